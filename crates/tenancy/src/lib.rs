@@ -1,1 +1,24 @@
+//! Who is calling, and on whose behalf.
+//!
+//! Server side: [`RequestContextLayer`] captures what must travel with a call
+//! (request id, trace context, deadline, credentials) and [`AuthLayer`]
+//! verifies the bearer JWT and puts a [`TenantContext`] in the request
+//! extensions. Client side: [`PropagateLayer`] forwards that context on every
+//! service-to-service call.
 #![forbid(unsafe_code)]
+
+mod claims;
+mod client;
+mod context;
+mod jwks;
+mod server;
+mod signing;
+mod verifier;
+
+pub use claims::{AccessClaims, ACCESS_TOKEN_TYP, Role, TenantContext};
+pub use client::{DEFAULT_OUTBOUND_TIMEOUT, Propagate, PropagateLayer};
+pub use context::{CallContext, REQUEST_ID_HEADER, RequestContext, RequestContextLayer};
+pub use jwks::{AuthServiceJwks, JwksCache, JwksError, JwksSource, StaticJwks};
+pub use server::{AuthLayer, Authenticate, ORG_HINT_HEADER, PublicMethods};
+pub use signing::{KeyError, SigningKey};
+pub use verifier::{AuthError, MAX_TOKEN_BYTES, MAX_LEEWAY_SECS, TokenVerifier, VerifierConfig};

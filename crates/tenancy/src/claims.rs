@@ -1,0 +1,101 @@
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// `typ` header of Trellis access tokens (RFC 9068), so a token of another
+/// kind signed by the same key is never taken for one.
+pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
+
+/// A user's role inside its organization.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Developer,
+    Viewer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Developer => "developer",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    /// Whether the role may create and change resources (sessions, carts,
+    /// orders, executions).
+    pub fn can_write(self) -> bool {
+        matches!(self, Role::Admin | Role::Developer)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The claims of a Trellis access token, exactly as signed by Auth.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    pub iss: String,
+    pub aud: String,
+    /// User id.
+    pub sub: Uuid,
+    /// Organization id: the token, never a header, decides the tenant.
+    pub org: Uuid,
+    pub role: Role,
+    /// Login session id.
+    pub sid: Uuid,
+    pub iat: i64,
+    pub nbf: i64,
+    pub exp: i64,
+    pub jti: Uuid,
+    /// Space-separated scopes, e.g. "worker".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+/// The verified caller, put in request extensions by [`crate::AuthLayer`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantContext {
+    pub org_id: Uuid,
+    pub user_id: Uuid,
+    pub role: Role,
+    pub session_id: Uuid,
+    pub token_id: Uuid,
+    /// Unix seconds.
+    pub expires_at: i64,
+    pub worker: bool,
+}
+
+impl TenantContext {
+    pub(crate) fn from_claims(claims: &AccessClaims) -> Self {
+        let worker = claims
+            .scope
+            .as_deref()
+            .is_some_and(|scope| scope.split(' ').any(|s| s == "worker"));
+        TenantContext {
+            org_id: claims.org,
+            user_id: claims.sub,
+            role: claims.role,
+            session_id: claims.sid,
+            token_id: claims.jti,
+            expires_at: claims.exp,
+            worker,
+        }
+    }
+
+    /// The caller of a request that went through [`crate::AuthLayer`].
+    /// Returns `UNAUTHENTICATED` rather than panicking when the layer was not
+    /// in front of the handler (a public method, or a wiring mistake).
+    pub fn from_request<T>(request: &tonic::Request<T>) -> Result<&TenantContext, tonic::Status> {
+        request
+            .extensions()
+            .get::<TenantContext>()
+            .ok_or_else(|| tonic::Status::unauthenticated("missing bearer token"))
+    }
+}

@@ -1,0 +1,94 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tonic::Status;
+
+use crate::context::{CallContext, format_grpc_timeout};
+
+/// Deadline of an outbound call whose caller sent none: no call may hang.
+pub const DEFAULT_OUTBOUND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Client-side layer for service-to-service channels: forwards the
+/// [`CallContext`] attached by [`CallContext::outbound`] as `authorization`,
+/// `x-request-id`, `traceparent`/`tracestate`, and the remaining deadline as
+/// `grpc-timeout`, and enforces that deadline locally.
+#[derive(Clone, Copy, Debug)]
+pub struct PropagateLayer {
+    default_timeout: Duration,
+}
+
+impl PropagateLayer {
+    pub fn new(default_timeout: Duration) -> Self {
+        PropagateLayer { default_timeout }
+    }
+}
+
+impl Default for PropagateLayer {
+    fn default() -> Self {
+        PropagateLayer::new(DEFAULT_OUTBOUND_TIMEOUT)
+    }
+}
+
+impl<S> tower::Layer<S> for PropagateLayer {
+    type Service = Propagate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Propagate {
+            inner,
+            default_timeout: self.default_timeout,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Propagate<S> {
+    inner: S,
+    default_timeout: Duration,
+}
+
+impl<S, B, ResBody> tower::Service<http::Request<B>> for Propagate<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let context = request.extensions_mut().remove::<CallContext>();
+        let mut timeout = self.default_timeout;
+        if let Some(context) = &context {
+            context.stamp(request.headers_mut());
+            if let Some(remaining) = context.remaining() {
+                timeout = timeout.min(remaining);
+            }
+        }
+        if timeout.is_zero() {
+            let status = Status::deadline_exceeded(format!(
+                "deadline exceeded before calling {}",
+                request.uri().path()
+            ));
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        }
+        request
+            .headers_mut()
+            .insert("grpc-timeout", format_grpc_timeout(timeout));
+        let path = request.uri().path().to_owned();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, response).await {
+                Ok(result) => result,
+                Err(_) => Ok(Status::deadline_exceeded(format!("{path} timed out")).into_http()),
+            }
+        })
+    }
+}

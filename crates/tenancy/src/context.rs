@@ -1,0 +1,228 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue};
+use tokio::time::Instant;
+
+/// Correlates a call across services; generated when absent or unusable.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
+const GRPC_TIMEOUT: &str = "grpc-timeout";
+
+/// What a service must forward when it calls another on a caller's behalf.
+/// [`RequestContextLayer`] puts one in every request's extensions.
+#[derive(Clone, Debug)]
+pub struct CallContext {
+    request_id: HeaderValue,
+    authorization: Option<HeaderValue>,
+    traceparent: Option<HeaderValue>,
+    tracestate: Option<HeaderValue>,
+    deadline: Option<Instant>,
+}
+
+impl CallContext {
+    /// A context for a call that starts here (a background job, a test).
+    pub fn new_root() -> Self {
+        CallContext {
+            request_id: new_request_id(),
+            authorization: None,
+            traceparent: None,
+            tracestate: None,
+            deadline: None,
+        }
+    }
+
+    fn from_headers(headers: &HeaderMap, now: Instant) -> Self {
+        let request_id = headers
+            .get(REQUEST_ID_HEADER)
+            .filter(|v| is_usable_request_id(v.as_bytes()))
+            .cloned()
+            .unwrap_or_else(new_request_id);
+        CallContext {
+            request_id,
+            authorization: headers.get(http::header::AUTHORIZATION).cloned(),
+            traceparent: headers.get(TRACEPARENT).cloned(),
+            tracestate: headers.get(TRACESTATE).cloned(),
+            deadline: headers
+                .get(GRPC_TIMEOUT)
+                .and_then(|v| parse_grpc_timeout(v.as_bytes()))
+                .map(|timeout| now + timeout),
+        }
+    }
+
+    /// The context of an incoming request, or a fresh root one when the
+    /// layer was not installed.
+    pub fn from_request<T>(request: &tonic::Request<T>) -> CallContext {
+        request
+            .extensions()
+            .get::<CallContext>()
+            .cloned()
+            .unwrap_or_else(CallContext::new_root)
+    }
+
+    pub fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or("")
+    }
+
+    /// Time left before the caller's deadline, if it sent one.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|deadline| deadline.saturating_duration_since(Instant::now()))
+    }
+
+    /// Wraps `message` for a downstream call; [`crate::PropagateLayer`] on the
+    /// client's channel turns this context into metadata and a deadline.
+    pub fn outbound<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.extensions_mut().insert(self.clone());
+        request
+    }
+
+    pub(crate) fn stamp(&self, headers: &mut HeaderMap) {
+        headers.insert(REQUEST_ID_HEADER, self.request_id.clone());
+        let optional = [
+            (http::header::AUTHORIZATION.as_str(), &self.authorization),
+            (TRACEPARENT, &self.traceparent),
+            (TRACESTATE, &self.tracestate),
+        ];
+        for (name, value) in optional {
+            match value {
+                Some(value) => {
+                    headers.insert(name, value.clone());
+                }
+                None => {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+}
+
+fn new_request_id() -> HeaderValue {
+    let id = uuid::Uuid::new_v4();
+    let mut buf = uuid::Uuid::encode_buffer();
+    HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf))
+        .expect("a UUID is a valid header value")
+}
+
+/// Client ids are echoed into logs and headers: keep them short and plain.
+fn is_usable_request_id(id: &[u8]) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
+pub(crate) fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let amount: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(amount * 3600),
+        b'M' => Duration::from_secs(amount * 60),
+        b'S' => Duration::from_secs(amount),
+        b'm' => Duration::from_millis(amount),
+        b'u' => Duration::from_micros(amount),
+        b'n' => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// Encodes a timeout with the finest unit that fits in 8 digits.
+pub(crate) fn format_grpc_timeout(timeout: Duration) -> HeaderValue {
+    let micros = timeout.as_micros();
+    let text = if micros < 100_000_000 {
+        format!("{micros}u")
+    } else if timeout.as_millis() < 100_000_000 {
+        format!("{}m", timeout.as_millis())
+    } else {
+        format!("{}S", timeout.as_secs().min(99_999_999))
+    };
+    HeaderValue::from_str(&text).expect("digits and a unit are a valid header value")
+}
+
+/// Captures request id, trace context, deadline and credentials into a
+/// [`CallContext`] and echoes the request id in the response headers.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestContextLayer;
+
+impl<S> tower::Layer<S> for RequestContextLayer {
+    type Service = RequestContext<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestContext { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RequestContext<S> {
+    inner: S,
+}
+
+impl<S, B, ResBody> tower::Service<http::Request<B>> for RequestContext<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let context = CallContext::from_headers(request.headers(), Instant::now());
+        let request_id = context.request_id.clone();
+        // Downstream layers and handlers read the id from here.
+        request.headers_mut().insert(REQUEST_ID_HEADER, request_id.clone());
+        request.extensions_mut().insert(context);
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = response.await?;
+            response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
+            Ok(response)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_round_trips() {
+        for timeout in [
+            Duration::from_millis(1),
+            Duration::from_secs(5),
+            Duration::from_secs(3 * 3600),
+        ] {
+            let encoded = format_grpc_timeout(timeout);
+            let decoded = parse_grpc_timeout(encoded.as_bytes()).unwrap();
+            assert!(decoded <= timeout && timeout - decoded < Duration::from_millis(1));
+        }
+        assert_eq!(parse_grpc_timeout(b"5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout(b"123456789S"), None);
+        assert_eq!(parse_grpc_timeout(b"S"), None);
+        assert_eq!(parse_grpc_timeout(b"5x"), None);
+    }
+
+    #[test]
+    fn unusable_request_ids_are_replaced() {
+        let mut headers = HeaderMap::new();
+        headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("abc-123"));
+        let kept = CallContext::from_headers(&headers, Instant::now());
+        assert_eq!(kept.request_id(), "abc-123");
+
+        headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("bad id\twith spaces"));
+        let replaced = CallContext::from_headers(&headers, Instant::now());
+        assert_eq!(replaced.request_id().len(), 36);
+    }
+}

@@ -1,0 +1,242 @@
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::HeaderMap;
+use tonic::Status;
+
+use crate::claims::TenantContext;
+use crate::verifier::{AuthError, TokenVerifier};
+
+/// Optional tenant hint from clients; checked against the token, never
+/// trusted on its own.
+pub const ORG_HINT_HEADER: &str = "x-trellis-org-id";
+
+/// Identity headers a client might send hoping a handler trusts them. They are
+/// removed before any handler runs; identity comes from the token only.
+const SPOOFABLE_PREFIXES: [&str; 2] = ["x-trellis-", "x-forwarded-user"];
+const SPOOFABLE_NAMES: [&str; 5] = ["x-user-id", "x-org-id", "x-tenant-id", "x-role", "x-remote-user"];
+
+/// Methods that need no token: per server, from `API.md`, plus health and
+/// reflection, which every server serves.
+#[derive(Clone, Debug, Default)]
+pub struct PublicMethods {
+    methods: HashSet<String>,
+    services: Vec<String>,
+}
+
+impl PublicMethods {
+    /// Health and both reflection versions.
+    pub fn standard() -> Self {
+        PublicMethods::default()
+            .with_service("grpc.health.v1.Health")
+            .with_service("grpc.reflection.v1.ServerReflection")
+            .with_service("grpc.reflection.v1alpha.ServerReflection")
+    }
+
+    /// One method by its full path, e.g. `/trellis.auth.v1.AuthService/Login`.
+    pub fn with_method(mut self, path: impl Into<String>) -> Self {
+        self.methods.insert(path.into());
+        self
+    }
+
+    /// Every method of a service, e.g. `grpc.health.v1.Health`.
+    pub fn with_service(mut self, service: &str) -> Self {
+        self.services.push(format!("/{service}/"));
+        self
+    }
+
+    pub fn contains(&self, path: &str) -> bool {
+        self.methods.contains(path) || self.services.iter().any(|prefix| path.starts_with(prefix))
+    }
+}
+
+/// Verifies the bearer JWT of every non-public call and puts the caller's
+/// [`TenantContext`] in the request extensions; refuses with
+/// `UNAUTHENTICATED` before the handler runs.
+#[derive(Clone)]
+pub struct AuthLayer {
+    verifier: Arc<TokenVerifier>,
+    public: Arc<PublicMethods>,
+}
+
+impl AuthLayer {
+    pub fn new(verifier: Arc<TokenVerifier>, public: PublicMethods) -> Self {
+        AuthLayer {
+            verifier,
+            public: Arc::new(public),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = Authenticate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Authenticate {
+            inner,
+            verifier: self.verifier.clone(),
+            public: self.public.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Authenticate<S> {
+    inner: S,
+    verifier: Arc<TokenVerifier>,
+    public: Arc<PublicMethods>,
+}
+
+fn strip_spoofable_headers(headers: &mut HeaderMap) -> Option<http::HeaderValue> {
+    let hint = headers.get(ORG_HINT_HEADER).cloned();
+    let spoofable: Vec<_> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            SPOOFABLE_PREFIXES.iter().any(|p| name.starts_with(p)) || SPOOFABLE_NAMES.contains(&name)
+        })
+        .cloned()
+        .collect();
+    for name in spoofable {
+        headers.remove(name);
+    }
+    hint
+}
+
+/// The token of `authorization: Bearer <token>` (scheme case-insensitive).
+fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
+    let value = headers
+        .get(http::header::AUTHORIZATION)
+        .ok_or(AuthError::Missing)?;
+    let value = value.to_str().map_err(|_| AuthError::MalformedHeader)?;
+    let (scheme, token) = value.split_once(' ').ok_or(AuthError::MalformedHeader)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(AuthError::MalformedHeader);
+    }
+    Ok(token.trim())
+}
+
+fn check_org_hint(hint: Option<&http::HeaderValue>, tenant: &TenantContext) -> Result<(), Status> {
+    let Some(hint) = hint else { return Ok(()) };
+    let matches = hint
+        .to_str()
+        .ok()
+        .and_then(|h| uuid::Uuid::parse_str(h.trim()).ok())
+        .is_some_and(|org| org == tenant.org_id);
+    if matches {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(
+            "x-trellis-org-id does not match the organization of the access token",
+        ))
+    }
+}
+
+fn reject<B: Default>(status: Status) -> http::Response<B> {
+    status.into_http()
+}
+
+impl<S, B, ResBody> tower::Service<http::Request<B>> for Authenticate<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let hint = strip_spoofable_headers(request.headers_mut());
+        if self.public.contains(request.uri().path()) {
+            return Box::pin(self.inner.call(request));
+        }
+        let token = match bearer_token(request.headers()) {
+            Ok(token) => token,
+            Err(error) => return refuse(request.uri().path(), error),
+        };
+
+        // Fast path: a token verified before costs one cache lookup.
+        if let Some(tenant) = self.verifier.cached(token) {
+            if let Err(status) = check_org_hint(hint.as_ref(), &tenant) {
+                return Box::pin(std::future::ready(Ok(reject(status))));
+            }
+            record_caller(&tenant);
+            request.extensions_mut().insert(tenant);
+            return Box::pin(self.inner.call(request));
+        }
+
+        let token = token.to_owned();
+        let verifier = self.verifier.clone();
+        // The clone is not ready; keep the one poll_ready was called on.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let tenant = match verifier.verify(&token).await {
+                Ok(tenant) => tenant,
+                Err(error) => {
+                    tracing::debug!(%error, path = request.uri().path(), "access token refused");
+                    return Ok(reject(error.to_status()));
+                }
+            };
+            if let Err(status) = check_org_hint(hint.as_ref(), &tenant) {
+                return Ok(reject(status));
+            }
+            record_caller(&tenant);
+            request.extensions_mut().insert(tenant);
+            inner.call(request).await
+        })
+    }
+}
+
+fn refuse<R: Default + Send + 'static, E: Send + 'static>(
+    path: &str,
+    error: AuthError,
+) -> Pin<Box<dyn Future<Output = Result<http::Response<R>, E>> + Send>> {
+    tracing::debug!(%error, path, "call refused");
+    Box::pin(std::future::ready(Ok(reject(error.to_status()))))
+}
+
+/// Fills the caller fields of the per-RPC span opened by the runtime.
+fn record_caller(tenant: &TenantContext) {
+    let span = tracing::Span::current();
+    span.record("org", tracing::field::display(tenant.org_id));
+    span.record("user", tracing::field::display(tenant.user_id));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_methods_match_exact_paths_and_whole_services() {
+        let public = PublicMethods::standard().with_method("/trellis.auth.v1.AuthService/Login");
+        assert!(public.contains("/trellis.auth.v1.AuthService/Login"));
+        assert!(public.contains("/grpc.health.v1.Health/Check"));
+        assert!(!public.contains("/trellis.auth.v1.AuthService/LoginX"));
+        assert!(!public.contains("/trellis.auth.v1.AuthService/WhoAmI"));
+        assert!(!public.contains("/grpc.health.v1.HealthX/Check"));
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_required() {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", "bearer abc".parse().unwrap());
+        assert_eq!(bearer_token(&headers), Ok("abc"));
+        headers.insert("authorization", "Basic abc".parse().unwrap());
+        assert_eq!(bearer_token(&headers), Err(AuthError::MalformedHeader));
+        headers.insert("authorization", "Bearer ".parse().unwrap());
+        assert_eq!(bearer_token(&headers), Err(AuthError::MalformedHeader));
+        headers.remove("authorization");
+        assert_eq!(bearer_token(&headers), Err(AuthError::Missing));
+    }
+}

@@ -1,0 +1,196 @@
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, Validation, decode, decode_header};
+
+use crate::claims::{ACCESS_TOKEN_TYP, AccessClaims, TenantContext};
+use crate::jwks::{JwksCache, is_plausible_kid};
+
+/// Longer bearer values are refused before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Upper bound on clock-skew tolerance for `exp` and `nbf`.
+pub const MAX_LEEWAY_SECS: u64 = 30;
+
+/// Why a token was refused. Every variant answers `UNAUTHENTICATED`; the
+/// detail is for logs, the client sees only [`AuthError::client_message`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("missing bearer token")]
+    Missing,
+    #[error("malformed authorization header")]
+    MalformedHeader,
+    #[error("token larger than {MAX_TOKEN_BYTES} bytes")]
+    TooLarge,
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    #[error("algorithm not allowed: {0}")]
+    AlgorithmNotAllowed(String),
+    #[error("wrong token type")]
+    WrongType,
+    #[error("forbidden header parameter: {0}")]
+    ForbiddenHeader(&'static str),
+    #[error("missing or invalid kid")]
+    BadKid,
+    #[error("unknown signing key")]
+    UnknownKey,
+    #[error("token expired")]
+    Expired,
+    #[error("token rejected: {0}")]
+    Invalid(String),
+}
+
+impl AuthError {
+    pub fn client_message(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing bearer token",
+            AuthError::MalformedHeader => "malformed authorization header",
+            AuthError::Expired => "access token expired",
+            _ => "invalid access token",
+        }
+    }
+
+    pub fn to_status(&self) -> tonic::Status {
+        tonic::Status::unauthenticated(self.client_message())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct VerifierConfig {
+    pub issuer: String,
+    pub audience: String,
+    /// Clamped to [`MAX_LEEWAY_SECS`].
+    pub leeway_secs: u64,
+    /// How many verified tokens to remember.
+    pub cache_capacity: usize,
+}
+
+struct Verified {
+    tenant: TenantContext,
+    kid: String,
+}
+
+/// Verifies access JWTs against a [`JwksCache`], remembering verified tokens
+/// so a repeated token costs a lookup rather than an Ed25519 check (~40 µs).
+pub struct TokenVerifier {
+    jwks: Arc<JwksCache>,
+    validation: Validation,
+    leeway: i64,
+    verified: quick_cache::sync::Cache<String, Arc<Verified>>,
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl TokenVerifier {
+    pub fn new(jwks: Arc<JwksCache>, config: VerifierConfig) -> Self {
+        let leeway = config.leeway_secs.min(MAX_LEEWAY_SECS);
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.leeway = leeway;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.validate_aud = true;
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        validation.set_issuer(&[config.issuer]);
+        validation.set_audience(&[config.audience]);
+        TokenVerifier {
+            jwks,
+            validation,
+            leeway: leeway as i64,
+            verified: quick_cache::sync::Cache::new(config.cache_capacity.max(1)),
+        }
+    }
+
+    pub fn jwks(&self) -> &Arc<JwksCache> {
+        &self.jwks
+    }
+
+    /// The cached verdict for `token`, if it is still within `exp` and its key
+    /// is still published.
+    pub fn cached(&self, token: &str) -> Option<TenantContext> {
+        let hit = self.verified.get(token)?;
+        if hit.tenant.expires_at + self.leeway < now_secs() || !self.jwks.contains(&hit.kid) {
+            self.verified.remove(token);
+            return None;
+        }
+        Some(hit.tenant.clone())
+    }
+
+    /// Full verification: header rules, key lookup (refreshing the JWKS once,
+    /// rate-limited, for an unknown `kid`), signature and claims.
+    pub async fn verify(&self, token: &str) -> Result<TenantContext, AuthError> {
+        if let Some(tenant) = self.cached(token) {
+            return Ok(tenant);
+        }
+        let kid = self.check_header(token)?;
+        let key = match self.jwks.get(&kid) {
+            Some(key) => key,
+            None => {
+                self.jwks.refresh_rate_limited().await;
+                self.jwks.get(&kid).ok_or(AuthError::UnknownKey)?
+            }
+        };
+        if key.algorithm != Algorithm::EdDSA {
+            return Err(AuthError::AlgorithmNotAllowed("key/algorithm mismatch".into()));
+        }
+        let claims = decode::<AccessClaims>(token, &key.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                _ => AuthError::Invalid(e.to_string()),
+            })?
+            .claims;
+        // jsonwebtoken checks `exp`/`nbf` only when present in the numeric
+        // form; the typed claims make both mandatory integers.
+        let tenant = TenantContext::from_claims(&claims);
+        self.verified.insert(
+            token.to_owned(),
+            Arc::new(Verified {
+                tenant: tenant.clone(),
+                kid,
+            }),
+        );
+        Ok(tenant)
+    }
+
+    /// Header checks that need no key; returns the `kid`.
+    fn check_header(&self, token: &str) -> Result<String, AuthError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::TooLarge);
+        }
+        if token.bytes().filter(|&b| b == b'.').count() != 2 {
+            return Err(AuthError::Malformed("a JWS has three parts".into()));
+        }
+        let header = decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(AuthError::AlgorithmNotAllowed(format!("{:?}", header.alg)));
+        }
+        if header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
+            return Err(AuthError::WrongType);
+        }
+        // Keys come only from our JWKS, never from the token itself.
+        let forbidden = [
+            ("jwk", header.jwk.is_some()),
+            ("jku", header.jku.is_some()),
+            ("x5u", header.x5u.is_some()),
+            ("x5c", header.x5c.is_some()),
+            ("crit", header.crit.is_some()),
+        ];
+        if let Some((name, _)) = forbidden.into_iter().find(|(_, present)| *present) {
+            return Err(AuthError::ForbiddenHeader(name));
+        }
+        match header.kid {
+            Some(kid) if is_plausible_kid(&kid) => Ok(kid),
+            _ => Err(AuthError::BadKid),
+        }
+    }
+}
+
+impl std::fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenVerifier")
+            .field("cached_tokens", &self.verified.len())
+            .finish()
+    }
+}
