@@ -1,1 +1,15 @@
+//! One way to start any Trellis server: typed configuration, the shared
+//! server stack, health, reflection, limits, telemetry and graceful shutdown.
 #![forbid(unsafe_code)]
+
+mod access_log;
+mod config;
+mod serve;
+mod shutdown;
+mod telemetry;
+
+pub use access_log::{AccessLog, AccessLogLayer};
+pub use config::{ConfigError, JwtArgs, LogFormat, ServerLimits, TelemetryArgs, parse_duration};
+pub use serve::{ServeError, ServiceSet, serve};
+pub use shutdown::{Shutdown, ShutdownTrigger, wait_for_signal};
+pub use telemetry::init_tracing;

@@ -1,1 +1,14 @@
+//! Storage backends chosen by URL: SQLite (embedded default) or PostgreSQL
+//! through sqlx, Redis through bb8-redis, each service's migrations kept in
+//! its own history table, and one mapping of storage failures to statuses.
 #![forbid(unsafe_code)]
+
+mod database;
+mod error;
+mod migrate;
+mod redis_pool;
+
+pub use database::{Database, DatabaseOptions, default_sqlite_url, redact_url};
+pub use error::StoreError;
+pub use migrate::{EmbeddedMigration, ServiceMigrations, migrate};
+pub use redis_pool::{RedisPool, connect_redis};

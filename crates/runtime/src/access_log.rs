@@ -1,0 +1,177 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use tonic::Code;
+use tracing::Span;
+
+/// tonic reports an over-size request as OUT_OF_RANGE; gRPC clients expect
+/// RESOURCE_EXHAUSTED for a message over the server's limit.
+const OVERSIZE_PREFIX: &str = "Error, decoded message length too large";
+
+/// Opens a span per RPC (method, request id, organization and user once
+/// authenticated) and logs its final gRPC status and latency.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AccessLogLayer;
+
+impl<S> tower::Layer<S> for AccessLogLayer {
+    type Service = AccessLog<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AccessLog { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AccessLog<S> {
+    inner: S,
+}
+
+struct Completion {
+    span: Span,
+    started: Instant,
+}
+
+impl Completion {
+    fn finish(self, status: Option<Code>) {
+        let latency_us = self.started.elapsed().as_micros() as u64;
+        let _entered = self.span.enter();
+        match status {
+            Some(Code::Ok) => tracing::debug!(status = "OK", latency_us, "rpc finished"),
+            Some(
+                code @ (Code::Unknown
+                | Code::Internal
+                | Code::Unavailable
+                | Code::DataLoss),
+            ) => tracing::warn!(status = ?code, latency_us, "rpc failed"),
+            Some(code) => tracing::info!(status = ?code, latency_us, "rpc finished"),
+            None => tracing::info!(latency_us, "rpc ended without a status (client went away)"),
+        }
+    }
+}
+
+/// Reads `grpc-status`, rewriting tonic's over-size OUT_OF_RANGE.
+fn final_status(headers: &mut HeaderMap) -> Option<Code> {
+    let code = Code::from_bytes(headers.get("grpc-status")?.as_bytes());
+    let oversize = code == Code::OutOfRange
+        && headers
+            .get("grpc-message")
+            .is_some_and(|m| m.as_bytes().starts_with(OVERSIZE_PREFIX.as_bytes()));
+    if oversize {
+        headers.insert("grpc-status", (Code::ResourceExhausted as i32).into());
+        return Some(Code::ResourceExhausted);
+    }
+    Some(code)
+}
+
+impl<S, B, ResBody> tower::Service<http::Request<B>> for AccessLog<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    ResBody: Body,
+{
+    type Response = http::Response<LoggedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let request_id = request
+            .headers()
+            .get(trellis_tenancy::REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let span = tracing::info_span!(
+            "rpc",
+            method = request.uri().path(),
+            request_id,
+            org = tracing::field::Empty,
+            user = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let response = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        Box::pin(async move {
+            let response = {
+                let _entered = span.enter();
+                response.await?
+            };
+            let (mut parts, body) = response.into_parts();
+            let completion = Completion { span, started };
+            // Trailers-only responses (every error) carry the status here;
+            // successful ones carry it in the trailers.
+            let pending = match final_status(&mut parts.headers) {
+                Some(code) => {
+                    completion.finish(Some(code));
+                    None
+                }
+                None => Some(completion),
+            };
+            Ok(http::Response::from_parts(
+                parts,
+                LoggedBody {
+                    inner: body,
+                    pending,
+                },
+            ))
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that reports the status found in its trailers.
+    pub struct LoggedBody<B> {
+        #[pin]
+        inner: B,
+        pending: Option<Completion>,
+    }
+
+    impl<B> PinnedDrop for LoggedBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(completion) = this.project().pending.take() {
+                completion.finish(None);
+            }
+        }
+    }
+}
+
+impl<B: Body> Body for LoggedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        match frame {
+            Some(Ok(mut frame)) => {
+                if let Some(trailers) = frame.trailers_mut() {
+                    let code = final_status(trailers);
+                    if let Some(completion) = this.pending.take() {
+                        completion.finish(code);
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            other => Poll::Ready(other),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,174 @@
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tonic::server::NamedService;
+use tonic::service::{Routes, RoutesBuilder};
+use tonic_health::ServingStatus;
+use tower::ServiceBuilder;
+use trellis_tenancy::{AuthLayer, PublicMethods, RequestContextLayer, TokenVerifier};
+
+use crate::access_log::AccessLogLayer;
+use crate::config::ServerLimits;
+use crate::shutdown::Shutdown;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("reflection setup failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// The gRPC services one server exposes, with the methods that need no token.
+pub struct ServiceSet {
+    name: &'static str,
+    routes: RoutesBuilder,
+    service_names: Vec<&'static str>,
+    public: PublicMethods,
+}
+
+impl ServiceSet {
+    /// `name` labels the server in logs, e.g. "auth".
+    pub fn new(name: &'static str) -> Self {
+        ServiceSet {
+            name,
+            routes: RoutesBuilder::default(),
+            service_names: Vec::new(),
+            public: PublicMethods::standard(),
+        }
+    }
+
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<http::Request<tonic::body::Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.service_names.push(S::NAME);
+        self.routes.add_service(service);
+        self
+    }
+
+    /// A method callable without a token, e.g. `/trellis.auth.v1.AuthService/Login`.
+    pub fn public_method(mut self, path: &str) -> Self {
+        self.public = self.public.with_method(path);
+        self
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Fully-qualified names of the services, as health and reflection know them.
+    pub fn service_names(&self) -> &[&'static str] {
+        &self.service_names
+    }
+}
+
+/// Serves `services` on `listener` until `shutdown` fires, then reports
+/// NOT_SERVING, lets in-flight calls finish and returns within
+/// `limits.shutdown_drain + limits.shutdown_grace`.
+pub async fn serve(
+    services: ServiceSet,
+    listener: TcpListener,
+    limits: &ServerLimits,
+    verifier: Arc<TokenVerifier>,
+    shutdown: Shutdown,
+) -> Result<(), ServeError> {
+    let ServiceSet {
+        name,
+        mut routes,
+        service_names,
+        public,
+    } = services;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for service in &service_names {
+        health
+            .set_service_status(*service, ServingStatus::Serving)
+            .await;
+    }
+
+    // Reflection lists exactly what this server serves, from the same
+    // descriptor set the code was generated from.
+    let reflection = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(trellis::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+        for service in &service_names {
+            builder = builder.with_service_name(*service);
+        }
+        builder
+    };
+    routes
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?);
+    let routes: Routes = routes.routes();
+
+    let stack = ServiceBuilder::new()
+        // Request id, trace context, deadline and credentials for handlers
+        // and outbound calls; echoes x-request-id.
+        .layer(RequestContextLayer)
+        // One span per RPC; logs final status and latency.
+        .layer(AccessLogLayer)
+        // Bounds work in progress across all connections; excess calls wait.
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.concurrency_limit))
+        // Verifies the bearer JWT; public methods pass without one.
+        .layer(AuthLayer::new(verifier, public))
+        .into_inner();
+
+    let address = listener.local_addr().ok();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let mut on_signal = shutdown.clone();
+    let drain = limits.shutdown_drain;
+    let stop_accepting = async move {
+        on_signal.wait().await;
+        // Load balancers see NOT_SERVING at once; new calls are still served
+        // during the drain so none are refused while routing catches up.
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        for service in &service_names {
+            health
+                .set_service_status(*service, ServingStatus::NotServing)
+                .await;
+        }
+        tracing::info!(server = name, "shutting down: health NOT_SERVING, draining");
+        tokio::time::sleep(drain).await;
+    };
+
+    let server = tonic::transport::Server::builder()
+        .timeout(limits.request_timeout)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .tcp_nodelay(true)
+        .layer(stack)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, stop_accepting);
+
+    tracing::info!(server = name, address = ?address, "serving");
+    let mut deadline = shutdown;
+    let bound = limits.shutdown_drain + limits.shutdown_grace;
+    tokio::select! {
+        result = server => result?,
+        () = async move {
+            deadline.wait().await;
+            tokio::time::sleep(bound).await;
+        } => {
+            tracing::warn!(server = name, "shutdown grace exceeded; closing remaining calls");
+        }
+    }
+    tracing::info!(server = name, "stopped");
+    Ok(())
+}

@@ -1,0 +1,138 @@
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+
+use crate::error::StoreError;
+
+/// A relational pool; which one is decided by the URL at start.
+#[derive(Clone, Debug)]
+pub enum Database {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+#[derive(Clone, Debug)]
+pub struct DatabaseOptions {
+    pub max_connections: u32,
+    /// How long a query waits for a free connection before UNAVAILABLE.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for DatabaseOptions {
+    fn default() -> Self {
+        DatabaseOptions {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `sqlite://<data_dir>/<name>.db`, the embedded default.
+pub fn default_sqlite_url(data_dir: &Path, name: &str) -> String {
+    format!("sqlite://{}", data_dir.join(format!("{name}.db")).display())
+}
+
+/// The URL without its password, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+impl Database {
+    /// Opens the pool and checks one connection, so a wrong URL or a database
+    /// that is down fails at start with the URL (password redacted) named.
+    pub async fn connect(url: &str, options: &DatabaseOptions) -> Result<Database, StoreError> {
+        let connect_error = |source| StoreError::Connect {
+            url: redact_url(url),
+            source,
+        };
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            let file = path.split('?').next().unwrap_or(path);
+            if let Some(parent) = Path::new(file).parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|source| StoreError::DataDir {
+                    path: parent.display().to_string(),
+                    source,
+                })?;
+            }
+            let connect = SqliteConnectOptions::from_str(url)
+                .map_err(connect_error)?
+                .create_if_missing(true)
+                // WAL lets readers run beside the single writer.
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(5));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(options.max_connections)
+                .acquire_timeout(options.acquire_timeout)
+                .connect_with(connect)
+                .await
+                .map_err(connect_error)?;
+            Ok(Database::Sqlite(pool))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let connect = PgConnectOptions::from_str(url).map_err(connect_error)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(options.max_connections)
+                .acquire_timeout(options.acquire_timeout)
+                .connect_with(connect)
+                .await
+                .map_err(connect_error)?;
+            Ok(Database::Postgres(pool))
+        } else {
+            Err(StoreError::UnsupportedUrl(redact_url(url)))
+        }
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Database::Sqlite(_) => "sqlite",
+            Database::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Round-trips a trivial query; for readiness checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Database::Sqlite(pool) => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            }
+            Database::Postgres(pool) => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Database::Sqlite(pool) => pool.close().await,
+            Database::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/trellis"),
+            "postgres://app:***@db:5432/trellis"
+        );
+        assert_eq!(redact_url("sqlite://data/auth.db"), "sqlite://data/auth.db");
+    }
+}

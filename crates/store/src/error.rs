@@ -1,0 +1,72 @@
+/// A storage failure. Connection trouble is `UNAVAILABLE` (the caller may
+/// retry); anything else is `INTERNAL` with details kept in the log.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://...")]
+    UnsupportedUrl(String),
+    #[error("cannot open {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("migrations of {service} failed: {source}")]
+    Migrate {
+        service: &'static str,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("cannot reach Redis at {url}: {source}")]
+    RedisConnect {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("redis error: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis pool: {0}")]
+    RedisPool(#[from] bb8::RunError<redis::RedisError>),
+}
+
+impl StoreError {
+    /// Whether the backend is unreachable or overloaded rather than the
+    /// request being wrong.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Sqlx(error) => matches!(
+                error,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+            ),
+            StoreError::Redis(error) => {
+                error.is_io_error() || error.is_connection_dropped() || error.is_timeout()
+            }
+            StoreError::RedisPool(_) => true,
+            StoreError::Connect { .. } | StoreError::RedisConnect { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+impl From<StoreError> for tonic::Status {
+    fn from(error: StoreError) -> Self {
+        if error.is_unavailable() {
+            tracing::warn!(%error, "storage unavailable");
+            tonic::Status::unavailable("storage temporarily unavailable, retry later")
+        } else {
+            tracing::error!(%error, "storage error");
+            tonic::Status::internal("internal error")
+        }
+    }
+}
