@@ -1,1 +1,385 @@
+//! The `trellis` command: `up`, `serve <service>...`, `migrate`.
 #![forbid(unsafe_code)]
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use trellis_runtime::{
+    ConfigError, JwtArgs, ServerLimits, ServiceSet, Shutdown, ShutdownTrigger, TelemetryArgs,
+};
+use trellis_store::{Database, DatabaseOptions, ServiceMigrations, StoreError};
+use trellis_tenancy::{AuthServiceJwks, JwksCache, TokenVerifier};
+
+#[derive(Parser, Debug)]
+#[command(name = "trellis", version, about = "Multi-tenant gRPC backend: auth, sessions, carts, orders, executions")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start all five servers in one process, each on its own port, on the
+    /// embedded defaults (SQLite under the data dir, in-memory sessions).
+    Up(ServeArgs),
+    /// Start the named servers with the configured backends.
+    Serve {
+        /// Servers to start.
+        #[arg(required = true, value_enum)]
+        services: Vec<ServiceName>,
+        #[command(flatten)]
+        args: ServeArgs,
+    },
+    /// Apply every service's database migrations, then exit.
+    Migrate(StorageArgs),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ServiceName {
+    Auth,
+    Session,
+    Cart,
+    Order,
+    Execution,
+}
+
+impl ServiceName {
+    pub const ALL: [ServiceName; 5] = [
+        ServiceName::Auth,
+        ServiceName::Session,
+        ServiceName::Cart,
+        ServiceName::Order,
+        ServiceName::Execution,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceName::Auth => "auth",
+            ServiceName::Session => "session",
+            ServiceName::Cart => "cart",
+            ServiceName::Order => "order",
+            ServiceName::Execution => "execution",
+        }
+    }
+
+    fn service_set(self, limits: &ServerLimits) -> ServiceSet {
+        match self {
+            ServiceName::Auth => trellis_auth::service_set(limits),
+            ServiceName::Session => trellis_session::service_set(limits),
+            ServiceName::Cart => trellis_cart::service_set(limits),
+            ServiceName::Order => trellis_order::service_set(limits),
+            ServiceName::Execution => trellis_execution::service_set(limits),
+        }
+    }
+
+    fn migrations(self) -> ServiceMigrations {
+        match self {
+            ServiceName::Auth => trellis_auth::MIGRATIONS,
+            ServiceName::Session => trellis_session::MIGRATIONS,
+            ServiceName::Cart => trellis_cart::MIGRATIONS,
+            ServiceName::Order => trellis_order::MIGRATIONS,
+            ServiceName::Execution => trellis_execution::MIGRATIONS,
+        }
+    }
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct StorageArgs {
+    /// Where embedded data lives (SQLite files, signing keys).
+    #[arg(long, env = "TRELLIS_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// `postgres://...` for production; unset = one SQLite file per service
+    /// under the data dir.
+    #[arg(long, env = "TRELLIS_DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+impl StorageArgs {
+    fn database_url(&self, service: ServiceName) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| trellis_store::default_sqlite_url(&self.data_dir, service.as_str()))
+    }
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct ListenArgs {
+    #[arg(long, env = "TRELLIS_AUTH_ADDR", default_value = "127.0.0.1:50051")]
+    pub auth_addr: SocketAddr,
+    #[arg(long, env = "TRELLIS_SESSION_ADDR", default_value = "127.0.0.1:50052")]
+    pub session_addr: SocketAddr,
+    #[arg(long, env = "TRELLIS_CART_ADDR", default_value = "127.0.0.1:50053")]
+    pub cart_addr: SocketAddr,
+    #[arg(long, env = "TRELLIS_ORDER_ADDR", default_value = "127.0.0.1:50054")]
+    pub order_addr: SocketAddr,
+    #[arg(long, env = "TRELLIS_EXECUTION_ADDR", default_value = "127.0.0.1:50055")]
+    pub execution_addr: SocketAddr,
+}
+
+impl ListenArgs {
+    fn address(&self, service: ServiceName) -> SocketAddr {
+        match service {
+            ServiceName::Auth => self.auth_addr,
+            ServiceName::Session => self.session_addr,
+            ServiceName::Cart => self.cart_addr,
+            ServiceName::Order => self.order_addr,
+            ServiceName::Execution => self.execution_addr,
+        }
+    }
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    /// `redis://...` for sessions and rate limits; unset = in-memory.
+    #[arg(long, env = "TRELLIS_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Where the JWKS comes from; unset = the Auth server of this process,
+    /// or `http://127.0.0.1:50051`.
+    #[arg(long, env = "TRELLIS_AUTH_URL")]
+    pub auth_url: Option<String>,
+    /// Leave migrations to `trellis migrate` (e.g. a Kubernetes Job).
+    #[arg(long, env = "TRELLIS_SKIP_MIGRATIONS")]
+    pub skip_migrations: bool,
+    #[command(flatten)]
+    pub limits: ServerLimits,
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("cannot listen on {address} for {service}: {source}")]
+    Listen {
+        service: &'static str,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{service} server failed: {source}")]
+    Serve {
+        service: &'static str,
+        source: trellis_runtime::ServeError,
+    },
+}
+
+impl CliError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Config(_) | CliError::Invalid(_) => ExitCode::from(2),
+            _ => ExitCode::FAILURE,
+        }
+    }
+}
+
+/// Servers started by [`start`], running until [`Running::shutdown`].
+pub struct Running {
+    pub addresses: Vec<(ServiceName, SocketAddr)>,
+    trigger: ShutdownTrigger,
+    tasks: JoinSet<Result<(), CliError>>,
+}
+
+impl Running {
+    pub fn address(&self, service: ServiceName) -> Option<SocketAddr> {
+        self.addresses
+            .iter()
+            .find(|(name, _)| *name == service)
+            .map(|(_, address)| *address)
+    }
+
+    /// Signals every server to stop and waits until all have.
+    pub async fn shutdown(mut self) -> Result<(), CliError> {
+        self.trigger.trigger();
+        self.join().await
+    }
+
+    /// Waits for the servers; returns the first failure.
+    pub async fn join(&mut self) -> Result<(), CliError> {
+        let mut first_error = None;
+        while let Some(result) = self.tasks.join_next().await {
+            let outcome = result.unwrap_or_else(|error| {
+                Err(CliError::Invalid(format!("server task panicked: {error}")))
+            });
+            if let Err(error) = outcome {
+                // One failed server takes the process down with it.
+                self.trigger.trigger();
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+fn dedup(services: &[ServiceName]) -> Vec<ServiceName> {
+    ServiceName::ALL
+        .into_iter()
+        .filter(|name| services.contains(name))
+        .collect()
+}
+
+/// Applies the migrations of `services` on their configured databases.
+pub async fn migrate(storage: &StorageArgs, services: &[ServiceName]) -> Result<(), CliError> {
+    for &service in services {
+        let url = storage.database_url(service);
+        let database = Database::connect(&url, &DatabaseOptions::default()).await?;
+        trellis_store::migrate(&database, &service.migrations()).await?;
+        tracing::info!(service = service.as_str(), backend = database.backend_name(), "migrations applied");
+        database.close().await;
+    }
+    Ok(())
+}
+
+/// Binds, migrates and starts `services`; returns once all are accepting.
+pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running, CliError> {
+    args.limits.validate()?;
+    args.jwt.validate()?;
+    let services = dedup(services);
+
+    let mut listeners = Vec::with_capacity(services.len());
+    for &service in &services {
+        let address = args.listen.address(service);
+        let listener = TcpListener::bind(address).await.map_err(|source| CliError::Listen {
+            service: service.as_str(),
+            address,
+            source,
+        })?;
+        let bound = listener.local_addr().map_err(|source| CliError::Listen {
+            service: service.as_str(),
+            address,
+            source,
+        })?;
+        listeners.push((service, listener, bound));
+    }
+
+    if !args.skip_migrations {
+        migrate(&args.storage, &services).await?;
+    }
+    if let Some(url) = &args.redis_url {
+        // Checked now so a wrong URL fails at start; the pool is used by the
+        // session and rate-limit stores.
+        trellis_store::connect_redis(url, 4).await?;
+    }
+
+    let verifier = build_verifier(args, &listeners)?;
+    let (trigger, shutdown) = Shutdown::new();
+    let mut tasks = JoinSet::new();
+    let mut addresses = Vec::new();
+    for (service, listener, bound) in listeners {
+        let set = service.service_set(&args.limits);
+        println!("{:<10} listening on {bound}  ({})", service.as_str(), set.service_names().join(", "));
+        addresses.push((service, bound));
+        let limits = args.limits.clone();
+        let verifier = verifier.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            trellis_runtime::serve(set, listener, &limits, verifier, shutdown)
+                .await
+                .map_err(|source| CliError::Serve {
+                    service: service.as_str(),
+                    source,
+                })
+        });
+    }
+    Ok(Running {
+        addresses,
+        trigger,
+        tasks,
+    })
+}
+
+/// One verifier (one JWKS cache, one verified-token cache) for every server
+/// of the process.
+fn build_verifier(
+    args: &ServeArgs,
+    listeners: &[(ServiceName, TcpListener, SocketAddr)],
+) -> Result<Arc<TokenVerifier>, CliError> {
+    let auth_url = args.auth_url.clone().unwrap_or_else(|| {
+        let local_auth = listeners
+            .iter()
+            .find(|(service, _, _)| *service == ServiceName::Auth)
+            .map(|(_, _, bound)| *bound);
+        match local_auth {
+            Some(address) if !address.ip().is_unspecified() => format!("http://{address}"),
+            Some(address) => format!("http://127.0.0.1:{}", address.port()),
+            None => "http://127.0.0.1:50051".to_owned(),
+        }
+    });
+    let endpoint = tonic::transport::Endpoint::from_shared(auth_url.clone())
+        .map_err(|e| CliError::Invalid(format!("auth-url {auth_url:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(2));
+    // Lazy, so the other servers start even while Auth is still coming up.
+    let source = AuthServiceJwks::new(endpoint.connect_lazy(), Duration::from_secs(3));
+    let jwks = Arc::new(JwksCache::new(Arc::new(source), args.jwt.jwks_min_refresh));
+    jwks.spawn_background_refresh(args.jwt.jwks_refresh);
+    Ok(Arc::new(TokenVerifier::new(jwks, args.jwt.verifier_config())))
+}
+
+async fn serve_until_signal(services: &[ServiceName], args: &ServeArgs) -> Result<(), CliError> {
+    let mut running = start(services, args).await?;
+    let trigger = running.trigger.clone();
+    tokio::select! {
+        () = trellis_runtime::wait_for_signal() => {
+            trigger.trigger();
+            running.join().await
+        }
+        result = running.join() => result,
+    }
+}
+
+/// Parses `args` and runs the command; the `trellis` binary is just this.
+pub fn main_from<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = Cli::parse_from(args);
+    let telemetry = match &cli.command {
+        Command::Up(args) | Command::Serve { args, .. } => args.telemetry.clone(),
+        Command::Migrate(_) => TelemetryArgs {
+            log: "info".into(),
+            ..TelemetryArgs::default()
+        },
+    };
+    if let Err(message) = trellis_runtime::init_tracing(&telemetry) {
+        eprintln!("trellis: {message}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("trellis: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Up(args) => serve_until_signal(&ServiceName::ALL, args).await,
+            Command::Serve { services, args } => serve_until_signal(services, args).await,
+            Command::Migrate(storage) => migrate(storage, &ServiceName::ALL).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("trellis: {error}");
+            error.exit_code()
+        }
+    }
+}
