@@ -59,12 +59,32 @@ fn final_status(headers: &mut HeaderMap) -> Option<Code> {
     let oversize = code == Code::OutOfRange
         && headers
             .get("grpc-message")
-            .is_some_and(|m| m.as_bytes().starts_with(OVERSIZE_PREFIX.as_bytes()));
+            .is_some_and(|m| percent_decode(m.as_bytes()).starts_with(OVERSIZE_PREFIX.as_bytes()));
     if oversize {
         headers.insert("grpc-status", (Code::ResourceExhausted as i32).into());
         return Some(Code::ResourceExhausted);
     }
     Some(code)
+}
+
+/// `grpc-message` is percent-encoded on the wire.
+fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 impl<S, B, ResBody> tower::Service<http::Request<B>> for AccessLog<S>
@@ -173,5 +193,27 @@ impl<B: Body> Body for LoggedBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_oversize_out_of_range_is_rewritten() {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-status", "11".parse().unwrap());
+        headers.insert(
+            "grpc-message",
+            "Error,%20decoded%20message%20length%20too%20large:%20found%2070004%20bytes".parse().unwrap(),
+        );
+        assert_eq!(final_status(&mut headers), Some(Code::ResourceExhausted));
+        assert_eq!(headers["grpc-status"], "8");
+
+        headers.insert("grpc-status", "11".parse().unwrap());
+        headers.insert("grpc-message", "page%20token%20expired".parse().unwrap());
+        assert_eq!(final_status(&mut headers), Some(Code::OutOfRange));
+        assert_eq!(percent_decode(b"a%2Fb%zz"), b"a/b%zz");
     }
 }
