@@ -25,10 +25,16 @@ struct Slow(Duration);
 
 #[tonic::async_trait]
 impl AuthService for Slow {
-    async fn who_am_i(&self, request: Request<WhoAmIRequest>) -> Result<Response<WhoAmIResponse>, Status> {
+    async fn who_am_i(
+        &self,
+        request: Request<WhoAmIRequest>,
+    ) -> Result<Response<WhoAmIResponse>, Status> {
         let tenant = TenantContext::from_request(&request)?.clone();
         tokio::time::sleep(self.0).await;
-        Ok(Response::new(WhoAmIResponse { session_id: tenant.session_id.to_string(), ..Default::default() }))
+        Ok(Response::new(WhoAmIResponse {
+            session_id: tenant.session_id.to_string(),
+            ..Default::default()
+        }))
     }
 }
 
@@ -36,9 +42,14 @@ impl AuthService for Slow {
 #[ignore = "the server half of the SIGTERM tests; they run it as a child process"]
 fn server_process() {
     let env = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} not set"));
-    let key = SigningKey::from_pkcs8_der("key-1", &STANDARD.decode(env("TRELLIS_TEST_KEY")).unwrap()).unwrap();
+    let key =
+        SigningKey::from_pkcs8_der("key-1", &STANDARD.decode(env("TRELLIS_TEST_KEY")).unwrap())
+            .unwrap();
     let slow = Duration::from_millis(env("TRELLIS_TEST_SLOW_MS").parse().unwrap());
-    let limits = ServerLimits { shutdown_grace: Duration::from_millis(env("TRELLIS_TEST_GRACE_MS").parse().unwrap()), ..ServerLimits::default() };
+    let limits = ServerLimits {
+        shutdown_grace: Duration::from_millis(env("TRELLIS_TEST_GRACE_MS").parse().unwrap()),
+        ..ServerLimits::default()
+    };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -49,7 +60,9 @@ fn server_process() {
             trigger.trigger();
         });
         let set = ServiceSet::new("slow").add_service(AuthServiceServer::new(Slow(slow)));
-        trellis_runtime::serve(set, listener, &limits, verifier_for(&key).await, shutdown).await.unwrap();
+        trellis_runtime::serve(set, listener, &limits, verifier_for(&key).await, shutdown)
+            .await
+            .unwrap();
         println!("stopped");
     });
     std::process::exit(0);
@@ -64,7 +77,13 @@ struct ServerProcess {
 
 fn spawn_server_process(key: &SigningKey, slow: Duration, grace: Duration) -> ServerProcess {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["server_process", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "server_process",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("TRELLIS_TEST_KEY", STANDARD.encode(key.pkcs8_der()))
         .env("TRELLIS_TEST_SLOW_MS", slow.as_millis().to_string())
         .env("TRELLIS_TEST_GRACE_MS", grace.as_millis().to_string())
@@ -74,18 +93,29 @@ fn spawn_server_process(key: &SigningKey, slow: Duration, grace: Duration) -> Se
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let address = loop {
-        let line = lines.next().expect("server exited before listening").unwrap();
+        let line = lines
+            .next()
+            .expect("server exited before listening")
+            .unwrap();
         // libtest prints its own prefix on the same line.
         if let Some((_, address)) = line.split_once("listening on ") {
             break address.trim().to_owned();
         }
     };
-    let output = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>().join("\n"));
-    ServerProcess { child, address, output }
+    let output =
+        std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>().join("\n"));
+    ServerProcess {
+        child,
+        address,
+        output,
+    }
 }
 
 fn sigterm(child: &Child) {
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
 }
 
@@ -106,7 +136,11 @@ async fn sigterm_lets_in_flight_calls_finish_then_exits() {
     let key = SigningKey::generate("key-1");
     let server = spawn_server_process(&key, Duration::from_millis(800), Duration::from_secs(5));
     let client = AuthServiceClient::new(
-        tonic::transport::Channel::from_shared(format!("http://{}", server.address)).unwrap().connect().await.unwrap(),
+        tonic::transport::Channel::from_shared(format!("http://{}", server.address))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
     );
     let token = bearer(&key, &claims(uuid::Uuid::new_v4(), Role::Viewer));
 
@@ -123,20 +157,37 @@ async fn sigterm_lets_in_flight_calls_finish_then_exits() {
 
     for call in calls {
         let result = call.await.unwrap();
-        assert!(result.is_ok(), "an in-flight call failed during shutdown: {:?}", result.err());
+        assert!(
+            result.is_ok(),
+            "an in-flight call failed during shutdown: {:?}",
+            result.err()
+        );
     }
     let mut child = server.child;
-    let (took, status) = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(6)))
-        .await
-        .unwrap()
-        .expect("server did not exit within its grace period");
+    let (took, status) =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(6)))
+            .await
+            .unwrap()
+            .expect("server did not exit within its grace period");
     assert!(status.success(), "{status:?}");
-    assert!(signalled.elapsed() < Duration::from_secs(5), "exit took {took:?}");
-    assert!(server.output.join().unwrap().contains("stopped"), "serve returned cleanly");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "exit took {took:?}"
+    );
+    assert!(
+        server.output.join().unwrap().contains("stopped"),
+        "serve returned cleanly"
+    );
 
     // Gone: new calls are refused, not hung.
     let mut fresh = client.clone();
-    let status = fresh.who_am_i(with_metadata(WhoAmIRequest {}, &[("authorization", &token)])).await.unwrap_err();
+    let status = fresh
+        .who_am_i(with_metadata(
+            WhoAmIRequest {},
+            &[("authorization", &token)],
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
 }
 
@@ -145,20 +196,38 @@ async fn a_call_longer_than_the_grace_period_does_not_hold_the_exit() {
     let key = SigningKey::generate("key-1");
     let server = spawn_server_process(&key, Duration::from_secs(60), Duration::from_millis(500));
     let mut client = AuthServiceClient::new(
-        tonic::transport::Channel::from_shared(format!("http://{}", server.address)).unwrap().connect().await.unwrap(),
+        tonic::transport::Channel::from_shared(format!("http://{}", server.address))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
     );
     let token = bearer(&key, &claims(uuid::Uuid::new_v4(), Role::Viewer));
-    let stuck = tokio::spawn(async move { client.who_am_i(with_metadata(WhoAmIRequest {}, &[("authorization", &token)])).await });
+    let stuck = tokio::spawn(async move {
+        client
+            .who_am_i(with_metadata(
+                WhoAmIRequest {},
+                &[("authorization", &token)],
+            ))
+            .await
+    });
     tokio::time::sleep(Duration::from_millis(200)).await;
     sigterm(&server.child);
     let mut child = server.child;
-    let (took, status) = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(5)))
-        .await
-        .unwrap()
-        .expect("server ignored its grace period");
+    let (took, status) =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(5)))
+            .await
+            .unwrap()
+            .expect("server ignored its grace period");
     assert!(status.success());
-    assert!(took < Duration::from_secs(2), "exit took {took:?} with a 500 ms grace");
-    assert!(stuck.await.unwrap().is_err(), "the over-long call is cut, not answered");
+    assert!(
+        took < Duration::from_secs(2),
+        "exit took {took:?} with a 500 ms grace"
+    );
+    assert!(
+        stuck.await.unwrap().is_err(),
+        "the over-long call is cut, not answered"
+    );
 }
 
 #[tokio::test]
@@ -167,7 +236,10 @@ async fn health_reports_not_serving_at_once_while_draining() {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
     let key = SigningKey::generate("key-1");
-    let limits = ServerLimits { shutdown_drain: Duration::from_millis(1500), ..ServerLimits::default() };
+    let limits = ServerLimits {
+        shutdown_drain: Duration::from_millis(1500),
+        ..ServerLimits::default()
+    };
     let server = spawn_server(
         ServiceSet::new("slow").add_service(AuthServiceServer::new(Slow(Duration::ZERO))),
         verifier_for(&key).await,
@@ -175,18 +247,37 @@ async fn health_reports_not_serving_at_once_while_draining() {
     )
     .await;
     let mut health = HealthClient::new(channel(server.address).await);
-    let check = |name: &str| HealthCheckRequest { service: name.into() };
-    assert_eq!(health.check(check("")).await.unwrap().into_inner().status, ServingStatus::Serving as i32);
+    let check = |name: &str| HealthCheckRequest {
+        service: name.into(),
+    };
+    assert_eq!(
+        health.check(check("")).await.unwrap().into_inner().status,
+        ServingStatus::Serving as i32
+    );
 
     server.trigger.trigger();
     tokio::time::sleep(Duration::from_millis(100)).await;
     for name in ["", "trellis.auth.v1.AuthService"] {
         let status = health.check(check(name)).await.unwrap().into_inner().status;
-        assert_eq!(status, ServingStatus::NotServing as i32, "{name:?} during drain");
+        assert_eq!(
+            status,
+            ServingStatus::NotServing as i32,
+            "{name:?} during drain"
+        );
     }
     // Still answering real calls while load balancers catch up.
     let mut client = AuthServiceClient::new(channel(server.address).await);
     let token = bearer(&key, &claims(uuid::Uuid::new_v4(), Role::Viewer));
-    client.who_am_i(with_metadata(WhoAmIRequest {}, &[("authorization", &token)])).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), server.task).await.unwrap().unwrap().unwrap();
+    client
+        .who_am_i(with_metadata(
+            WhoAmIRequest {},
+            &[("authorization", &token)],
+        ))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }

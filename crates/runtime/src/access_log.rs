@@ -41,12 +41,9 @@ impl Completion {
         let _entered = self.span.enter();
         match status {
             Some(Code::Ok) => tracing::debug!(status = "OK", latency_us, "rpc finished"),
-            Some(
-                code @ (Code::Unknown
-                | Code::Internal
-                | Code::Unavailable
-                | Code::DataLoss),
-            ) => tracing::warn!(status = ?code, latency_us, "rpc failed"),
+            Some(code @ (Code::Unknown | Code::Internal | Code::Unavailable | Code::DataLoss)) => {
+                tracing::warn!(status = ?code, latency_us, "rpc failed")
+            }
             Some(code) => tracing::info!(status = ?code, latency_us, "rpc finished"),
             None => tracing::info!(latency_us, "rpc ended without a status (client went away)"),
         }
@@ -73,7 +70,11 @@ fn percent_decode(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
             (b'%', Some(high), Some(low)) => {
                 out.push((high * 16 + low) as u8);
                 i += 3;
@@ -206,7 +207,9 @@ mod tests {
         headers.insert("grpc-status", "11".parse().unwrap());
         headers.insert(
             "grpc-message",
-            "Error,%20decoded%20message%20length%20too%20large:%20found%2070004%20bytes".parse().unwrap(),
+            "Error,%20decoded%20message%20length%20too%20large:%20found%2070004%20bytes"
+                .parse()
+                .unwrap(),
         );
         assert_eq!(final_status(&mut headers), Some(Code::ResourceExhausted));
         assert_eq!(headers["grpc-status"], "8");

@@ -35,7 +35,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
-fn check(name: &'static str, ok: bool, rule: &'static str, value: impl std::fmt::Debug) -> Result<(), ConfigError> {
+fn check(
+    name: &'static str,
+    ok: bool,
+    rule: &'static str,
+    value: impl std::fmt::Debug,
+) -> Result<(), ConfigError> {
     if ok {
         Ok(())
     } else {
@@ -183,7 +188,9 @@ impl JwtArgs {
             return Err(ConfigError::Empty { name: "jwt-issuer" });
         }
         if self.jwt_audience.trim().is_empty() {
-            return Err(ConfigError::Empty { name: "jwt-audience" });
+            return Err(ConfigError::Empty {
+                name: "jwt-audience",
+            });
         }
         check(
             "jwt-leeway",
@@ -262,6 +269,11 @@ mod tests {
             max_message_bytes: 10,
             ..ServerLimits::default()
         };
-        assert!(tiny.validate().unwrap_err().to_string().contains("max-message-bytes"));
+        assert!(
+            tiny.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max-message-bytes")
+        );
     }
 }

@@ -122,7 +122,9 @@ pub async fn serve(
         // One span per RPC; logs final status and latency.
         .layer(AccessLogLayer)
         // Bounds work in progress across all connections; excess calls wait.
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.concurrency_limit))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            limits.concurrency_limit,
+        ))
         // Verifies the bearer JWT; public methods pass without one.
         .layer(AuthLayer::new(verifier, public))
         .into_inner();

@@ -60,7 +60,10 @@ impl Database {
         };
         if let Some(path) = url.strip_prefix("sqlite://") {
             let file = path.split('?').next().unwrap_or(path);
-            if let Some(parent) = Path::new(file).parent().filter(|p| !p.as_os_str().is_empty()) {
+            if let Some(parent) = Path::new(file)
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+            {
                 std::fs::create_dir_all(parent).map_err(|source| StoreError::DataDir {
                     path: parent.display().to_string(),
                     source,

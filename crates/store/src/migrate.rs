@@ -46,7 +46,10 @@ impl ServiceMigrations {
 
 /// Applies the pending migrations of one service; already applied ones are
 /// skipped, and a changed one is an error rather than silently re-run.
-pub async fn migrate(database: &Database, migrations: &ServiceMigrations) -> Result<(), StoreError> {
+pub async fn migrate(
+    database: &Database,
+    migrations: &ServiceMigrations,
+) -> Result<(), StoreError> {
     let error = |source| StoreError::Migrate {
         service: migrations.service,
         source,

@@ -5,39 +5,77 @@
 use std::io::Write;
 use std::time::Duration;
 
-use trellis_store::{Database, DatabaseOptions, EmbeddedMigration, ServiceMigrations, StoreError, connect_redis, migrate};
+use trellis_store::{
+    Database, DatabaseOptions, EmbeddedMigration, ServiceMigrations, StoreError, connect_redis,
+    migrate,
+};
 
 /// Written past the test harness's capture, so a skip is never silent.
 fn skipped(what: &str, variable: &str) {
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {what} (set {variable} to run it)");
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: {what} (set {variable} to run it)"
+    );
 }
 
 fn migrations(service: &'static str) -> ServiceMigrations {
     static V1: [EmbeddedMigration; 2] = [
-        EmbeddedMigration { version: 1, description: "widgets", sql: "CREATE TABLE widgets_probe (id TEXT PRIMARY KEY, org_id TEXT NOT NULL)" },
-        EmbeddedMigration { version: 2, description: "widget names", sql: "ALTER TABLE widgets_probe ADD COLUMN name TEXT" },
+        EmbeddedMigration {
+            version: 1,
+            description: "widgets",
+            sql: "CREATE TABLE widgets_probe (id TEXT PRIMARY KEY, org_id TEXT NOT NULL)",
+        },
+        EmbeddedMigration {
+            version: 2,
+            description: "widget names",
+            sql: "ALTER TABLE widgets_probe ADD COLUMN name TEXT",
+        },
     ];
-    ServiceMigrations { service, sqlite: &V1, postgres: &V1 }
+    ServiceMigrations {
+        service,
+        sqlite: &V1,
+        postgres: &V1,
+    }
 }
 
 async fn exercise_migrations(database: &Database, service: &'static str) {
     let set = migrations(service);
     migrate(database, &set).await.expect("first run applies");
-    migrate(database, &set).await.expect("second run is a no-op");
+    migrate(database, &set)
+        .await
+        .expect("second run is a no-op");
     // Another service's history is separate: same version numbers, own table.
     let other: &'static str = Box::leak(format!("{service}_other").into_boxed_str());
     let other_set = ServiceMigrations {
         service: other,
-        sqlite: &[EmbeddedMigration { version: 1, description: "x", sql: "SELECT 1" }],
-        postgres: &[EmbeddedMigration { version: 1, description: "x", sql: "SELECT 1" }],
+        sqlite: &[EmbeddedMigration {
+            version: 1,
+            description: "x",
+            sql: "SELECT 1",
+        }],
+        postgres: &[EmbeddedMigration {
+            version: 1,
+            description: "x",
+            sql: "SELECT 1",
+        }],
     };
-    migrate(database, &other_set).await.expect("independent history");
+    migrate(database, &other_set)
+        .await
+        .expect("independent history");
 
     // An edited, already-applied migration is refused, not re-run.
     let edited = ServiceMigrations {
         service,
-        sqlite: &[EmbeddedMigration { version: 1, description: "widgets", sql: "CREATE TABLE changed (id TEXT)" }],
-        postgres: &[EmbeddedMigration { version: 1, description: "widgets", sql: "CREATE TABLE changed (id TEXT)" }],
+        sqlite: &[EmbeddedMigration {
+            version: 1,
+            description: "widgets",
+            sql: "CREATE TABLE changed (id TEXT)",
+        }],
+        postgres: &[EmbeddedMigration {
+            version: 1,
+            description: "widgets",
+            sql: "CREATE TABLE changed (id TEXT)",
+        }],
     };
     let error = migrate(database, &edited).await.unwrap_err();
     assert!(matches!(error, StoreError::Migrate { .. }), "{error}");
@@ -48,11 +86,16 @@ async fn exercise_migrations(database: &Database, service: &'static str) {
 async fn sqlite_creates_its_file_and_migrates_per_service() {
     let dir = std::env::temp_dir().join(format!("trellis-store-{}", uuid::Uuid::new_v4()));
     let url = format!("sqlite://{}/nested/probe.db", dir.display());
-    let database = Database::connect(&url, &DatabaseOptions::default()).await.unwrap();
+    let database = Database::connect(&url, &DatabaseOptions::default())
+        .await
+        .unwrap();
     assert_eq!(database.backend_name(), "sqlite");
     exercise_migrations(&database, "probe").await;
     if let Database::Sqlite(pool) = &database {
-        let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(pool).await.unwrap();
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(pool)
+            .await
+            .unwrap();
         assert_eq!(mode, "wal");
     }
     database.close().await;
@@ -64,32 +107,62 @@ async fn postgres_migrates_per_service() {
     let Ok(url) = std::env::var("TRELLIS_TEST_DATABASE_URL") else {
         return skipped("PostgreSQL migration test", "TRELLIS_TEST_DATABASE_URL");
     };
-    let database = Database::connect(&url, &DatabaseOptions::default()).await.unwrap();
+    let database = Database::connect(&url, &DatabaseOptions::default())
+        .await
+        .unwrap();
     assert_eq!(database.backend_name(), "postgres");
-    let service: &'static str = Box::leak(format!("probe_{}", uuid::Uuid::new_v4().simple()).into_boxed_str());
-    let Database::Postgres(pool) = &database else { unreachable!() };
-    sqlx::query("DROP TABLE IF EXISTS widgets_probe").execute(pool).await.unwrap();
+    let service: &'static str =
+        Box::leak(format!("probe_{}", uuid::Uuid::new_v4().simple()).into_boxed_str());
+    let Database::Postgres(pool) = &database else {
+        unreachable!()
+    };
+    sqlx::query("DROP TABLE IF EXISTS widgets_probe")
+        .execute(pool)
+        .await
+        .unwrap();
     exercise_migrations(&database, service).await;
-    for table in ["widgets_probe".to_owned(), format!("_trellis_{service}_migrations"), format!("_trellis_{service}_other_migrations")] {
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}"))).execute(pool).await.unwrap();
+    for table in [
+        "widgets_probe".to_owned(),
+        format!("_trellis_{service}_migrations"),
+        format!("_trellis_{service}_other_migrations"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}")))
+            .execute(pool)
+            .await
+            .unwrap();
     }
 }
 
 #[tokio::test]
 async fn unreachable_or_unknown_backends_fail_clearly() {
-    let options = DatabaseOptions { max_connections: 1, acquire_timeout: Duration::from_secs(1) };
-    let error = Database::connect("postgres://app:s3cret@127.0.0.1:1/test", &options).await.unwrap_err();
+    let options = DatabaseOptions {
+        max_connections: 1,
+        acquire_timeout: Duration::from_secs(1),
+    };
+    let error = Database::connect("postgres://app:s3cret@127.0.0.1:1/test", &options)
+        .await
+        .unwrap_err();
     let message = error.to_string();
-    assert!(message.contains("cannot open postgres://app:***@127.0.0.1:1/test"), "{message}");
+    assert!(
+        message.contains("cannot open postgres://app:***@127.0.0.1:1/test"),
+        "{message}"
+    );
     assert!(!message.contains("s3cret"));
     assert!(error.is_unavailable());
     assert_eq!(tonic::Status::from(error).code(), tonic::Code::Unavailable);
 
-    let error = Database::connect("mysql://localhost/x", &options).await.unwrap_err();
+    let error = Database::connect("mysql://localhost/x", &options)
+        .await
+        .unwrap_err();
     assert!(matches!(error, StoreError::UnsupportedUrl(_)), "{error}");
 
     let error = connect_redis("redis://127.0.0.1:1/", 1).await.unwrap_err();
-    assert!(error.to_string().contains("cannot reach Redis at redis://127.0.0.1:1/"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("cannot reach Redis at redis://127.0.0.1:1/"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -100,7 +173,18 @@ async fn redis_pool_round_trips() {
     let pool = connect_redis(&url, 4).await.unwrap();
     let key = format!("trellis:test:{}", uuid::Uuid::new_v4());
     let mut connection = pool.get().await.unwrap();
-    let _: () = redis::cmd("SET").arg(&key).arg("42").arg("EX").arg(30).query_async(&mut *connection).await.unwrap();
-    let value: String = redis::cmd("GET").arg(&key).query_async(&mut *connection).await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("42")
+        .arg("EX")
+        .arg(30)
+        .query_async(&mut *connection)
+        .await
+        .unwrap();
+    let value: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut *connection)
+        .await
+        .unwrap();
     assert_eq!(value, "42");
 }

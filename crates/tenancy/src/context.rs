@@ -182,7 +182,9 @@ where
         let context = CallContext::from_headers(request.headers(), Instant::now());
         let request_id = context.request_id.clone();
         // Downstream layers and handlers read the id from here.
-        request.headers_mut().insert(REQUEST_ID_HEADER, request_id.clone());
+        request
+            .headers_mut()
+            .insert(REQUEST_ID_HEADER, request_id.clone());
         request.extensions_mut().insert(context);
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -221,7 +223,10 @@ mod tests {
         let kept = CallContext::from_headers(&headers, Instant::now());
         assert_eq!(kept.request_id(), "abc-123");
 
-        headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("bad id\twith spaces"));
+        headers.insert(
+            REQUEST_ID_HEADER,
+            HeaderValue::from_static("bad id\twith spaces"),
+        );
         let replaced = CallContext::from_headers(&headers, Instant::now());
         assert_eq!(replaced.request_id().len(), 36);
     }

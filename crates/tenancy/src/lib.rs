@@ -15,10 +15,10 @@ mod server;
 mod signing;
 mod verifier;
 
-pub use claims::{AccessClaims, ACCESS_TOKEN_TYP, Role, TenantContext};
+pub use claims::{ACCESS_TOKEN_TYP, AccessClaims, Role, TenantContext};
 pub use client::{DEFAULT_OUTBOUND_TIMEOUT, Propagate, PropagateLayer};
 pub use context::{CallContext, REQUEST_ID_HEADER, RequestContext, RequestContextLayer};
 pub use jwks::{AuthServiceJwks, JwksCache, JwksError, JwksSource, StaticJwks};
 pub use server::{AuthLayer, Authenticate, ORG_HINT_HEADER, PublicMethods};
 pub use signing::{KeyError, SigningKey};
-pub use verifier::{AuthError, MAX_TOKEN_BYTES, MAX_LEEWAY_SECS, TokenVerifier, VerifierConfig};
+pub use verifier::{AuthError, MAX_LEEWAY_SECS, MAX_TOKEN_BYTES, TokenVerifier, VerifierConfig};

@@ -17,7 +17,13 @@ pub const ORG_HINT_HEADER: &str = "x-trellis-org-id";
 /// Identity headers a client might send hoping a handler trusts them. They are
 /// removed before any handler runs; identity comes from the token only.
 const SPOOFABLE_PREFIXES: [&str; 2] = ["x-trellis-", "x-forwarded-user"];
-const SPOOFABLE_NAMES: [&str; 5] = ["x-user-id", "x-org-id", "x-tenant-id", "x-role", "x-remote-user"];
+const SPOOFABLE_NAMES: [&str; 5] = [
+    "x-user-id",
+    "x-org-id",
+    "x-tenant-id",
+    "x-role",
+    "x-remote-user",
+];
 
 /// Methods that need no token: per server, from `API.md`, plus health and
 /// reflection, which every server serves.
@@ -96,7 +102,8 @@ fn strip_spoofable_headers(headers: &mut HeaderMap) -> Option<http::HeaderValue>
         .keys()
         .filter(|name| {
             let name = name.as_str();
-            SPOOFABLE_PREFIXES.iter().any(|p| name.starts_with(p)) || SPOOFABLE_NAMES.contains(&name)
+            SPOOFABLE_PREFIXES.iter().any(|p| name.starts_with(p))
+                || SPOOFABLE_NAMES.contains(&name)
         })
         .cloned()
         .collect();
@@ -141,7 +148,10 @@ fn reject<B: Default>(status: Status) -> http::Response<B> {
 
 impl<S, B, ResBody> tower::Service<http::Request<B>> for Authenticate<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S: tower::Service<http::Request<B>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     B: Send + 'static,

@@ -29,8 +29,8 @@ impl SigningKey {
     }
 
     pub fn from_pkcs8_der(kid: impl Into<String>, der: &[u8]) -> Result<Self, KeyError> {
-        let key = ed25519_dalek::SigningKey::from_pkcs8_der(der)
-            .map_err(|e| KeyError(e.to_string()))?;
+        let key =
+            ed25519_dalek::SigningKey::from_pkcs8_der(der).map_err(|e| KeyError(e.to_string()))?;
         Ok(Self::from_parts(kid.into(), &key, der.to_vec()))
     }
 
@@ -76,6 +76,8 @@ impl SigningKey {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }

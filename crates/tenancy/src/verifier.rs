@@ -133,7 +133,9 @@ impl TokenVerifier {
             }
         };
         if key.algorithm != Algorithm::EdDSA {
-            return Err(AuthError::AlgorithmNotAllowed("key/algorithm mismatch".into()));
+            return Err(AuthError::AlgorithmNotAllowed(
+                "key/algorithm mismatch".into(),
+            ));
         }
         let claims = decode::<AccessClaims>(token, &key.decoding, &self.validation)
             .map_err(|e| match e.kind() {

@@ -22,7 +22,10 @@ const AUDIENCE: &str = "trellis";
 const ORG: &str = "0b6f3a52-8a8e-4c47-9d0e-3f1c2a7b5e11";
 
 fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 fn claims() -> Value {
@@ -62,7 +65,11 @@ fn unsigned(header: &Value, claims: &Value, signature: &[u8]) -> String {
 }
 
 fn hmac_token(alg: &str, secret: &[u8], kid: &str) -> String {
-    let input = format!("{}.{}", b64(&json!({"alg": alg, "typ": "at+jwt", "kid": kid})), b64(&claims()));
+    let input = format!(
+        "{}.{}",
+        b64(&json!({"alg": alg, "typ": "at+jwt", "kid": kid})),
+        b64(&claims())
+    );
     let tag = match alg {
         "HS512" => {
             let mut mac = hmac::Hmac::<sha2::Sha512>::new_from_slice(secret).unwrap();
@@ -90,7 +97,11 @@ fn without(mut value: Value, key: &str) -> Value {
 
 struct Harness {
     service: trellis_tenancy::Authenticate<
-        tower::util::BoxCloneService<http::Request<()>, http::Response<String>, std::convert::Infallible>,
+        tower::util::BoxCloneService<
+            http::Request<()>,
+            http::Response<String>,
+            std::convert::Infallible,
+        >,
     >,
     handler_calls: Arc<AtomicUsize>,
     jwks_source: Arc<StaticJwks>,
@@ -99,7 +110,9 @@ struct Harness {
 
 impl Harness {
     async fn new(published: &[&SigningKey]) -> Self {
-        let jwks_source = Arc::new(StaticJwks::new(published.iter().map(|k| k.public_jwk()).collect()));
+        let jwks_source = Arc::new(StaticJwks::new(
+            published.iter().map(|k| k.public_jwk()).collect(),
+        ));
         // No refresh rate limit here, so retirement and rotation are visible at once.
         let jwks = Arc::new(JwksCache::new(jwks_source.clone(), Duration::ZERO));
         jwks.refresh().await.unwrap();
@@ -120,19 +133,30 @@ impl Harness {
             let spoofed: Vec<String> = request
                 .headers()
                 .keys()
-                .filter(|name| name.as_str().starts_with("x-trellis-") || name.as_str() == "x-user-id")
+                .filter(|name| {
+                    name.as_str().starts_with("x-trellis-") || name.as_str() == "x-user-id"
+                })
                 .map(|name| name.to_string())
                 .collect();
             async move {
                 let body = format!("{:?}|{}", tenant.map(|t| t.role), spoofed.join(","));
                 Ok::<_, std::convert::Infallible>(
-                    http::Response::builder().header("grpc-status", "0").body(body).unwrap(),
+                    http::Response::builder()
+                        .header("grpc-status", "0")
+                        .body(body)
+                        .unwrap(),
                 )
             }
         });
         let public = PublicMethods::standard().with_method("/trellis.auth.v1.AuthService/Login");
-        let service = AuthLayer::new(verifier, public).layer(tower::util::BoxCloneService::new(handler));
-        Harness { service, handler_calls, jwks_source, jwks }
+        let service =
+            AuthLayer::new(verifier, public).layer(tower::util::BoxCloneService::new(handler));
+        Harness {
+            service,
+            handler_calls,
+            jwks_source,
+            jwks,
+        }
     }
 
     async fn call_with(&mut self, path: &str, headers: &[(&str, &str)]) -> (i32, String) {
@@ -140,13 +164,29 @@ impl Harness {
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
-        let response = self.service.ready().await.unwrap().call(builder.body(()).unwrap()).await.unwrap();
-        let code = response.headers()["grpc-status"].to_str().unwrap().parse().unwrap();
+        let response = self
+            .service
+            .ready()
+            .await
+            .unwrap()
+            .call(builder.body(()).unwrap())
+            .await
+            .unwrap();
+        let code = response.headers()["grpc-status"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         (code, response.into_body())
     }
 
     async fn call(&mut self, authorization: &str) -> i32 {
-        self.call_with("/trellis.cart.v1.CartService/GetCart", &[("authorization", authorization)]).await.0
+        self.call_with(
+            "/trellis.cart.v1.CartService/GetCart",
+            &[("authorization", authorization)],
+        )
+        .await
+        .0
     }
 
     fn calls(&self) -> usize {
@@ -173,89 +213,317 @@ async fn hostile_tokens_never_reach_the_handler() {
     let valid = signed(&header("key-a"), &claims(), &key);
     let (valid_header, valid_payload, valid_signature) = {
         let parts: Vec<&str> = valid.split('.').collect();
-        (parts[0].to_owned(), parts[1].to_owned(), parts[2].to_owned())
+        (
+            parts[0].to_owned(),
+            parts[1].to_owned(),
+            parts[2].to_owned(),
+        )
     };
     let public_x = B64.decode(&key.public_jwk().x).unwrap();
     let mut flipped = B64.decode(&valid_signature).unwrap();
     flipped[10] ^= 0x01;
     let admin_payload = b64(&with(claims(), "role", json!("admin")));
-    let attacker_jwk = serde_json::to_value(json!({"kty": "OKP", "crv": "Ed25519", "x": attacker.public_jwk().x})).unwrap();
+    let attacker_jwk =
+        serde_json::to_value(json!({"kty": "OKP", "crv": "Ed25519", "x": attacker.public_jwk().x}))
+            .unwrap();
     let long_kid = "k".repeat(1000);
-    let oversized = signed(&header("key-a"), &with(claims(), "pad", json!("x".repeat(9000))), &key);
+    let oversized = signed(
+        &header("key-a"),
+        &with(claims(), "pad", json!("x".repeat(9000))),
+        &key,
+    );
 
     let hostile: Vec<(&str, String)> = vec![
-        ("alg none", unsigned(&with(header("key-a"), "alg", json!("none")), &claims(), b"")),
-        ("alg None", unsigned(&with(header("key-a"), "alg", json!("None")), &claims(), b"")),
-        ("alg NONE", unsigned(&with(header("key-a"), "alg", json!("NONE")), &claims(), b"")),
-        ("alg nOnE", unsigned(&with(header("key-a"), "alg", json!("nOnE")), &claims(), b"")),
-        ("alg none with a real signature", format!("{}.{valid_payload}.{valid_signature}", b64(&with(header("key-a"), "alg", json!("none"))))),
-        ("HS256 keyed with the raw public key", hmac_token("HS256", &public_x, "key-a")),
-        ("HS256 keyed with the base64 public key", hmac_token("HS256", key.public_jwk().x.as_bytes(), "key-a")),
-        ("HS512 keyed with the public key", hmac_token("HS512", &public_x, "key-a")),
-        ("RS256 with garbage signature", unsigned(&with(header("key-a"), "alg", json!("RS256")), &claims(), &[7u8; 256])),
-        ("ES256 zero signature", unsigned(&with(header("key-a"), "alg", json!("ES256")), &claims(), &[0u8; 64])),
-        ("EdDSA zero signature", unsigned(&header("key-a"), &claims(), &[0u8; 64])),
-        ("empty signature", format!("{valid_header}.{valid_payload}.")),
-        ("truncated signature", format!("{valid_header}.{valid_payload}.{}", &valid_signature[..valid_signature.len() - 10])),
-        ("bit-flipped signature", format!("{valid_header}.{valid_payload}.{}", B64.encode(&flipped))),
-        ("payload swapped under a valid signature", format!("{valid_header}.{admin_payload}.{valid_signature}")),
-        ("signed by an unpublished key reusing the kid", signed(&header("key-a"), &claims(), &attacker)),
+        (
+            "alg none",
+            unsigned(&with(header("key-a"), "alg", json!("none")), &claims(), b""),
+        ),
+        (
+            "alg None",
+            unsigned(&with(header("key-a"), "alg", json!("None")), &claims(), b""),
+        ),
+        (
+            "alg NONE",
+            unsigned(&with(header("key-a"), "alg", json!("NONE")), &claims(), b""),
+        ),
+        (
+            "alg nOnE",
+            unsigned(&with(header("key-a"), "alg", json!("nOnE")), &claims(), b""),
+        ),
+        (
+            "alg none with a real signature",
+            format!(
+                "{}.{valid_payload}.{valid_signature}",
+                b64(&with(header("key-a"), "alg", json!("none")))
+            ),
+        ),
+        (
+            "HS256 keyed with the raw public key",
+            hmac_token("HS256", &public_x, "key-a"),
+        ),
+        (
+            "HS256 keyed with the base64 public key",
+            hmac_token("HS256", key.public_jwk().x.as_bytes(), "key-a"),
+        ),
+        (
+            "HS512 keyed with the public key",
+            hmac_token("HS512", &public_x, "key-a"),
+        ),
+        (
+            "RS256 with garbage signature",
+            unsigned(
+                &with(header("key-a"), "alg", json!("RS256")),
+                &claims(),
+                &[7u8; 256],
+            ),
+        ),
+        (
+            "ES256 zero signature",
+            unsigned(
+                &with(header("key-a"), "alg", json!("ES256")),
+                &claims(),
+                &[0u8; 64],
+            ),
+        ),
+        (
+            "EdDSA zero signature",
+            unsigned(&header("key-a"), &claims(), &[0u8; 64]),
+        ),
+        (
+            "empty signature",
+            format!("{valid_header}.{valid_payload}."),
+        ),
+        (
+            "truncated signature",
+            format!(
+                "{valid_header}.{valid_payload}.{}",
+                &valid_signature[..valid_signature.len() - 10]
+            ),
+        ),
+        (
+            "bit-flipped signature",
+            format!("{valid_header}.{valid_payload}.{}", B64.encode(&flipped)),
+        ),
+        (
+            "payload swapped under a valid signature",
+            format!("{valid_header}.{admin_payload}.{valid_signature}"),
+        ),
+        (
+            "signed by an unpublished key reusing the kid",
+            signed(&header("key-a"), &claims(), &attacker),
+        ),
         ("two parts", format!("{valid_header}.{valid_payload}")),
         ("four parts", format!("{valid}.{valid_signature}")),
         ("one part", valid_header.clone()),
-        ("bad base64 header", format!("!!!{valid_header}.{valid_payload}.{valid_signature}")),
-        ("bad base64 payload", format!("{valid_header}.%%{valid_payload}.{valid_signature}")),
-        ("header not JSON", signed_raw(&B64.encode("not json"), &valid_payload, &key)),
-        ("payload not JSON", signed_raw(&valid_header, &B64.encode("not json"), &key)),
-        ("missing kid", signed(&without(header("key-a"), "kid"), &claims(), &key)),
-        ("unknown kid", signed(&header("key-unknown"), &claims(), &attacker)),
-        ("path traversal kid", signed(&header("../../../../etc/passwd"), &claims(), &key)),
-        ("SQL injection kid", signed(&header("key-a' OR '1'='1"), &claims(), &key)),
+        (
+            "bad base64 header",
+            format!("!!!{valid_header}.{valid_payload}.{valid_signature}"),
+        ),
+        (
+            "bad base64 payload",
+            format!("{valid_header}.%%{valid_payload}.{valid_signature}"),
+        ),
+        (
+            "header not JSON",
+            signed_raw(&B64.encode("not json"), &valid_payload, &key),
+        ),
+        (
+            "payload not JSON",
+            signed_raw(&valid_header, &B64.encode("not json"), &key),
+        ),
+        (
+            "missing kid",
+            signed(&without(header("key-a"), "kid"), &claims(), &key),
+        ),
+        (
+            "unknown kid",
+            signed(&header("key-unknown"), &claims(), &attacker),
+        ),
+        (
+            "path traversal kid",
+            signed(&header("../../../../etc/passwd"), &claims(), &key),
+        ),
+        (
+            "SQL injection kid",
+            signed(&header("key-a' OR '1'='1"), &claims(), &key),
+        ),
         ("NUL in kid", signed(&header("key-a\u{0}"), &claims(), &key)),
         ("empty kid", signed(&header(""), &claims(), &key)),
         ("1000-byte kid", signed(&header(&long_kid), &claims(), &key)),
-        ("embedded jwk", signed(&with(header("key-a"), "jwk", attacker_jwk), &claims(), &attacker)),
-        ("jku", signed(&with(header("key-a"), "jku", json!("https://evil.test/jwks.json")), &claims(), &key)),
-        ("x5u", signed(&with(header("key-a"), "x5u", json!("https://evil.test/cert.pem")), &claims(), &key)),
-        ("crit", signed(&with(header("key-a"), "crit", json!(["exp"])), &claims(), &key)),
-        ("expired", signed(&header("key-a"), &with(claims(), "exp", json!(now() - 3600)), &key)),
-        ("expired beyond leeway", signed(&header("key-a"), &with(claims(), "exp", json!(now() - 45)), &key)),
-        ("not yet valid", signed(&header("key-a"), &with(claims(), "nbf", json!(now() + 3600)), &key)),
-        ("exp as string", signed(&header("key-a"), &with(claims(), "exp", json!((now() + 600).to_string())), &key)),
-        ("nbf as string", signed(&header("key-a"), &with(claims(), "nbf", json!((now() - 5).to_string())), &key)),
-        ("missing exp", signed(&header("key-a"), &without(claims(), "exp"), &key)),
-        ("missing nbf", signed(&header("key-a"), &without(claims(), "nbf"), &key)),
-        ("wrong iss", signed(&header("key-a"), &with(claims(), "iss", json!("https://evil.test")), &key)),
-        ("missing iss", signed(&header("key-a"), &without(claims(), "iss"), &key)),
-        ("wrong aud", signed(&header("key-a"), &with(claims(), "aud", json!("someone-else")), &key)),
-        ("missing aud", signed(&header("key-a"), &without(claims(), "aud"), &key)),
-        ("missing typ", signed(&without(header("key-a"), "typ"), &claims(), &key)),
-        ("typ JWT", signed(&with(header("key-a"), "typ", json!("JWT")), &claims(), &key)),
-        ("typ refresh", signed(&with(header("key-a"), "typ", json!("refresh+jwt")), &claims(), &key)),
-        ("sub not a uuid", signed(&header("key-a"), &with(claims(), "sub", json!("admin")), &key)),
-        ("missing org", signed(&header("key-a"), &without(claims(), "org"), &key)),
-        ("unknown role", signed(&header("key-a"), &with(claims(), "role", json!("superadmin")), &key)),
+        (
+            "embedded jwk",
+            signed(
+                &with(header("key-a"), "jwk", attacker_jwk),
+                &claims(),
+                &attacker,
+            ),
+        ),
+        (
+            "jku",
+            signed(
+                &with(header("key-a"), "jku", json!("https://evil.test/jwks.json")),
+                &claims(),
+                &key,
+            ),
+        ),
+        (
+            "x5u",
+            signed(
+                &with(header("key-a"), "x5u", json!("https://evil.test/cert.pem")),
+                &claims(),
+                &key,
+            ),
+        ),
+        (
+            "crit",
+            signed(
+                &with(header("key-a"), "crit", json!(["exp"])),
+                &claims(),
+                &key,
+            ),
+        ),
+        (
+            "expired",
+            signed(
+                &header("key-a"),
+                &with(claims(), "exp", json!(now() - 3600)),
+                &key,
+            ),
+        ),
+        (
+            "expired beyond leeway",
+            signed(
+                &header("key-a"),
+                &with(claims(), "exp", json!(now() - 45)),
+                &key,
+            ),
+        ),
+        (
+            "not yet valid",
+            signed(
+                &header("key-a"),
+                &with(claims(), "nbf", json!(now() + 3600)),
+                &key,
+            ),
+        ),
+        (
+            "exp as string",
+            signed(
+                &header("key-a"),
+                &with(claims(), "exp", json!((now() + 600).to_string())),
+                &key,
+            ),
+        ),
+        (
+            "nbf as string",
+            signed(
+                &header("key-a"),
+                &with(claims(), "nbf", json!((now() - 5).to_string())),
+                &key,
+            ),
+        ),
+        (
+            "missing exp",
+            signed(&header("key-a"), &without(claims(), "exp"), &key),
+        ),
+        (
+            "missing nbf",
+            signed(&header("key-a"), &without(claims(), "nbf"), &key),
+        ),
+        (
+            "wrong iss",
+            signed(
+                &header("key-a"),
+                &with(claims(), "iss", json!("https://evil.test")),
+                &key,
+            ),
+        ),
+        (
+            "missing iss",
+            signed(&header("key-a"), &without(claims(), "iss"), &key),
+        ),
+        (
+            "wrong aud",
+            signed(
+                &header("key-a"),
+                &with(claims(), "aud", json!("someone-else")),
+                &key,
+            ),
+        ),
+        (
+            "missing aud",
+            signed(&header("key-a"), &without(claims(), "aud"), &key),
+        ),
+        (
+            "missing typ",
+            signed(&without(header("key-a"), "typ"), &claims(), &key),
+        ),
+        (
+            "typ JWT",
+            signed(&with(header("key-a"), "typ", json!("JWT")), &claims(), &key),
+        ),
+        (
+            "typ refresh",
+            signed(
+                &with(header("key-a"), "typ", json!("refresh+jwt")),
+                &claims(),
+                &key,
+            ),
+        ),
+        (
+            "sub not a uuid",
+            signed(
+                &header("key-a"),
+                &with(claims(), "sub", json!("admin")),
+                &key,
+            ),
+        ),
+        (
+            "missing org",
+            signed(&header("key-a"), &without(claims(), "org"), &key),
+        ),
+        (
+            "unknown role",
+            signed(
+                &header("key-a"),
+                &with(claims(), "role", json!("superadmin")),
+                &key,
+            ),
+        ),
         ("oversized token", oversized),
         ("retired key", retired_token.clone()),
     ];
-    assert!(hostile.len() >= 40, "the suite must keep at least 40 hostile tokens");
+    assert!(
+        hostile.len() >= 40,
+        "the suite must keep at least 40 hostile tokens"
+    );
 
     let mut handled = harness.calls();
     for (name, token) in &hostile {
         let code = harness.call(&format!("Bearer {token}")).await;
         assert_eq!(code, UNAUTHENTICATED, "{name}: expected UNAUTHENTICATED");
         assert_eq!(harness.calls(), handled, "{name}: the handler ran");
-        assert_eq!(harness.call(&control).await, 0, "control token refused after {name}");
+        assert_eq!(
+            harness.call(&control).await,
+            0,
+            "control token refused after {name}"
+        );
         handled += 1;
         assert_eq!(harness.calls(), handled);
     }
 
     // Malformed authorization headers, same rules.
     for authorization in ["", "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "Token abc"] {
-        assert_eq!(harness.call(authorization).await, UNAUTHENTICATED, "{authorization:?}");
+        assert_eq!(
+            harness.call(authorization).await,
+            UNAUTHENTICATED,
+            "{authorization:?}"
+        );
         assert_eq!(harness.calls(), handled);
     }
-    let (code, _) = harness.call_with("/trellis.cart.v1.CartService/GetCart", &[]).await;
+    let (code, _) = harness
+        .call_with("/trellis.cart.v1.CartService/GetCart", &[])
+        .await;
     assert_eq!(code, UNAUTHENTICATED, "no authorization header at all");
     assert_eq!(harness.calls(), handled);
 }
@@ -265,20 +533,33 @@ async fn public_methods_skip_verification_and_identity_headers_are_stripped() {
     let key = SigningKey::generate("key-a");
     let mut harness = Harness::new(&[&key]).await;
     let (code, body) = harness
-        .call_with("/trellis.auth.v1.AuthService/Login", &[("x-trellis-user-id", "forged"), ("x-user-id", "forged")])
+        .call_with(
+            "/trellis.auth.v1.AuthService/Login",
+            &[("x-trellis-user-id", "forged"), ("x-user-id", "forged")],
+        )
         .await;
     assert_eq!(code, 0);
-    assert_eq!(body, "None|", "public call must see no tenant and no spoofed headers");
+    assert_eq!(
+        body, "None|",
+        "public call must see no tenant and no spoofed headers"
+    );
 
     let token = format!("Bearer {}", signed(&header("key-a"), &claims(), &key));
     let (code, body) = harness
         .call_with(
             "/trellis.cart.v1.CartService/GetCart",
-            &[("authorization", &token), ("x-trellis-role", "admin"), ("x-trellis-org-id", ORG)],
+            &[
+                ("authorization", &token),
+                ("x-trellis-role", "admin"),
+                ("x-trellis-org-id", ORG),
+            ],
         )
         .await;
     assert_eq!(code, 0);
-    assert_eq!(body, "Some(Developer)|", "role comes from the token, spoofed headers are gone");
+    assert_eq!(
+        body, "Some(Developer)|",
+        "role comes from the token, spoofed headers are gone"
+    );
 }
 
 #[tokio::test]
@@ -290,7 +571,10 @@ async fn org_hint_must_match_the_token() {
         // Twice: once through full verification, once through the cache.
         for _ in 0..2 {
             let (code, _) = harness
-                .call_with("/trellis.cart.v1.CartService/GetCart", &[("authorization", &token), ("x-trellis-org-id", hint)])
+                .call_with(
+                    "/trellis.cart.v1.CartService/GetCart",
+                    &[("authorization", &token), ("x-trellis-org-id", hint)],
+                )
                 .await;
             assert_eq!(code, tonic::Code::PermissionDenied as i32, "hint {hint}");
         }
@@ -303,7 +587,9 @@ async fn a_newly_published_key_is_picked_up_on_first_use() {
     let old = SigningKey::generate("key-old");
     let mut harness = Harness::new(&[&old]).await;
     let new = SigningKey::generate("key-new");
-    harness.jwks_source.set(vec![old.public_jwk(), new.public_jwk()]);
+    harness
+        .jwks_source
+        .set(vec![old.public_jwk(), new.public_jwk()]);
     let token = format!("Bearer {}", signed(&header("key-new"), &claims(), &new));
     assert_eq!(harness.call(&token).await, 0);
     assert_eq!(harness.calls(), 1);
@@ -327,6 +613,11 @@ async fn tokens_minted_by_the_signer_verify_into_the_tenant() {
         scope: None,
     };
     let token = format!("Bearer {}", key.sign(&claims).unwrap());
-    let (code, body) = harness.call_with("/trellis.cart.v1.CartService/GetCart", &[("authorization", &token)]).await;
+    let (code, body) = harness
+        .call_with(
+            "/trellis.cart.v1.CartService/GetCart",
+            &[("authorization", &token)],
+        )
+        .await;
     assert_eq!((code, body.as_str()), (0, "Some(Admin)|"));
 }

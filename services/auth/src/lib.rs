@@ -36,7 +36,9 @@ impl OrganizationService for OrganizationApi {}
 
 pub fn service_set(limits: &ServerLimits) -> ServiceSet {
     let set = ServiceSet::new("auth")
-        .add_service(AuthServiceServer::new(AuthApi).max_decoding_message_size(limits.max_message_bytes))
+        .add_service(
+            AuthServiceServer::new(AuthApi).max_decoding_message_size(limits.max_message_bytes),
+        )
         .add_service(
             OrganizationServiceServer::new(OrganizationApi)
                 .max_decoding_message_size(limits.max_message_bytes),

@@ -26,9 +26,12 @@ impl CartService for CartApi {}
 pub fn service_set(limits: &ServerLimits) -> ServiceSet {
     ServiceSet::new("cart")
         .add_service(
-            CatalogServiceServer::new(CatalogApi).max_decoding_message_size(limits.max_message_bytes),
+            CatalogServiceServer::new(CatalogApi)
+                .max_decoding_message_size(limits.max_message_bytes),
         )
-        .add_service(CartServiceServer::new(CartApi).max_decoding_message_size(limits.max_message_bytes))
+        .add_service(
+            CartServiceServer::new(CartApi).max_decoding_message_size(limits.max_message_bytes),
+        )
 }
 
 /// This service's tables; they arrive with the service's own issue.

@@ -7,9 +7,7 @@
 
 use trellis_runtime::{ServerLimits, ServiceSet};
 
-use trellis::execution::v1::execution_service_server::{
-    ExecutionService, ExecutionServiceServer,
-};
+use trellis::execution::v1::execution_service_server::{ExecutionService, ExecutionServiceServer};
 use trellis::execution::v1::worker_service_server::{WorkerService, WorkerServiceServer};
 
 pub const DEFAULT_PORT: u16 = 50055;
