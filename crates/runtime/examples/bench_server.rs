@@ -1,0 +1,113 @@
+//! Server half of `bench/auth_overhead.sh`: one authenticated unary RPC
+//! (`AuthService/WhoAmI`), served either by a bare tonic server or through
+//! the full Trellis stack (request context, access log, concurrency limit,
+//! JWT verification with an EdDSA token). Counts handled calls, so the script
+//! can check that every reply was a success (h2load cannot see gRPC errors).
+//!
+//! Usage: bench_server <bare|bare-token|trellis> <port> <token-file>
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tonic::{Request, Response, Status};
+use trellis::auth::v1::auth_service_server::{AuthService, AuthServiceServer};
+use trellis::auth::v1::{WhoAmIRequest, WhoAmIResponse};
+use trellis_runtime::{ServerLimits, ServiceSet, Shutdown, TelemetryArgs};
+use trellis_tenancy::{AccessClaims, JwksCache, Role, SigningKey, StaticJwks, TenantContext, TokenVerifier, VerifierConfig};
+
+struct Bench {
+    handled: Arc<AtomicU64>,
+    authenticated: bool,
+}
+
+#[tonic::async_trait]
+impl AuthService for Bench {
+    async fn who_am_i(&self, request: Request<WhoAmIRequest>) -> Result<Response<WhoAmIResponse>, Status> {
+        let session_id = if self.authenticated {
+            TenantContext::from_request(&request)?.session_id.to_string()
+        } else {
+            String::from("bare")
+        };
+        self.handled.fetch_add(1, Ordering::Relaxed);
+        Ok(Response::new(WhoAmIResponse { session_id, ..Default::default() }))
+    }
+}
+
+/// Random base64url text as long as a real access token.
+fn fake_token() -> String {
+    let random: String = (0..10).map(|_| uuid::Uuid::new_v4().simple().to_string()).collect();
+    format!("{}.{}.{}", &random[..36], &random[36..260], &random[260..320])
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, mode, port, token_file] = args.as_slice() else {
+        eprintln!("usage: bench_server <bare|trellis> <port> <token-file>");
+        std::process::exit(2);
+    };
+    // The production default: human logs at info (successful RPCs log at debug).
+    let log = std::env::var("TRELLIS_LOG").unwrap_or_else(|_| "info".into());
+    trellis_runtime::init_tracing(&TelemetryArgs { log, ..TelemetryArgs::default() }).unwrap();
+    // One worker: the script pins the server to one core.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let handled = Arc::new(AtomicU64::new(0));
+    let address = format!("127.0.0.1:{port}");
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&address).await.unwrap();
+        let (trigger, shutdown) = Shutdown::new();
+        tokio::spawn(async move {
+            trellis_runtime::wait_for_signal().await;
+            trigger.trigger();
+        });
+        match mode.as_str() {
+            "bare" | "bare-token" => {
+                let service = AuthServiceServer::new(Bench { handled: handled.clone(), authenticated: false });
+                // bare-token: the same bytes on the wire as the trellis mode
+                // (a token-sized authorization header), nothing verifies it.
+                let token = if mode == "bare" { "none".to_owned() } else { fake_token() };
+                std::fs::write(token_file, token).unwrap();
+                let mut stop = shutdown;
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move { stop.wait().await })
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            "trellis" => {
+                let key = SigningKey::generate("bench-key");
+                let jwks = Arc::new(JwksCache::new(Arc::new(StaticJwks::new(vec![key.public_jwk()])), Duration::from_secs(10)));
+                jwks.refresh().await.unwrap();
+                let verifier = Arc::new(TokenVerifier::new(
+                    jwks,
+                    VerifierConfig { issuer: "trellis".into(), audience: "trellis".into(), leeway_secs: 30, cache_capacity: 100_000 },
+                ));
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+                let claims = AccessClaims {
+                    iss: "trellis".into(),
+                    aud: "trellis".into(),
+                    sub: uuid::Uuid::new_v4(),
+                    org: uuid::Uuid::new_v4(),
+                    role: Role::Developer,
+                    sid: uuid::Uuid::new_v4(),
+                    iat: now,
+                    nbf: now,
+                    exp: now + 3600,
+                    jti: uuid::Uuid::new_v4(),
+                    scope: None,
+                };
+                std::fs::write(token_file, key.sign(&claims).unwrap()).unwrap();
+                let set = ServiceSet::new("bench").add_service(AuthServiceServer::new(Bench { handled: handled.clone(), authenticated: true }));
+                trellis_runtime::serve(set, listener, &ServerLimits::default(), verifier, shutdown)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            other => Err(format!("unknown mode {other}")),
+        }
+    });
+    println!("handled {}", handled.load(Ordering::Relaxed));
+    if let Err(error) = result {
+        eprintln!("bench_server: {error}");
+        std::process::exit(1);
+    }
+}
