@@ -115,12 +115,16 @@ impl StorageArgs {
 
 #[derive(Args, Clone, Debug)]
 pub struct ListenArgs {
+    /// Listen address of the Auth server (port 0 = any free port).
     #[arg(long, env = "TRELLIS_AUTH_ADDR", default_value = "127.0.0.1:50051")]
     pub auth_addr: SocketAddr,
+    /// Listen address of the Session server (port 0 = any free port).
     #[arg(long, env = "TRELLIS_SESSION_ADDR", default_value = "127.0.0.1:50052")]
     pub session_addr: SocketAddr,
+    /// Listen address of the Cart server (port 0 = any free port).
     #[arg(long, env = "TRELLIS_CART_ADDR", default_value = "127.0.0.1:50053")]
     pub cart_addr: SocketAddr,
+    /// Listen address of the Order server (port 0 = any free port).
     #[arg(long, env = "TRELLIS_ORDER_ADDR", default_value = "127.0.0.1:50054")]
     pub order_addr: SocketAddr,
     #[arg(

@@ -14,7 +14,10 @@ use tonic::{Request, Response, Status};
 use trellis::auth::v1::auth_service_server::{AuthService, AuthServiceServer};
 use trellis::auth::v1::{WhoAmIRequest, WhoAmIResponse};
 use trellis_runtime::{ServerLimits, ServiceSet, Shutdown, TelemetryArgs};
-use trellis_tenancy::{AccessClaims, JwksCache, Role, SigningKey, StaticJwks, TenantContext, TokenVerifier, VerifierConfig};
+use trellis_tenancy::{
+    AccessClaims, JwksCache, Role, SigningKey, StaticJwks, TenantContext, TokenVerifier,
+    VerifierConfig,
+};
 
 struct Bench {
     handled: Arc<AtomicU64>,
@@ -23,21 +26,36 @@ struct Bench {
 
 #[tonic::async_trait]
 impl AuthService for Bench {
-    async fn who_am_i(&self, request: Request<WhoAmIRequest>) -> Result<Response<WhoAmIResponse>, Status> {
+    async fn who_am_i(
+        &self,
+        request: Request<WhoAmIRequest>,
+    ) -> Result<Response<WhoAmIResponse>, Status> {
         let session_id = if self.authenticated {
-            TenantContext::from_request(&request)?.session_id.to_string()
+            TenantContext::from_request(&request)?
+                .session_id
+                .to_string()
         } else {
             String::from("bare")
         };
         self.handled.fetch_add(1, Ordering::Relaxed);
-        Ok(Response::new(WhoAmIResponse { session_id, ..Default::default() }))
+        Ok(Response::new(WhoAmIResponse {
+            session_id,
+            ..Default::default()
+        }))
     }
 }
 
 /// Random base64url text as long as a real access token.
 fn fake_token() -> String {
-    let random: String = (0..10).map(|_| uuid::Uuid::new_v4().simple().to_string()).collect();
-    format!("{}.{}.{}", &random[..36], &random[36..260], &random[260..320])
+    let random: String = (0..10)
+        .map(|_| uuid::Uuid::new_v4().simple().to_string())
+        .collect();
+    format!(
+        "{}.{}.{}",
+        &random[..36],
+        &random[36..260],
+        &random[260..320]
+    )
 }
 
 fn main() {
@@ -48,9 +66,17 @@ fn main() {
     };
     // The production default: human logs at info (successful RPCs log at debug).
     let log = std::env::var("TRELLIS_LOG").unwrap_or_else(|_| "info".into());
-    trellis_runtime::init_tracing(&TelemetryArgs { log, ..TelemetryArgs::default() }).unwrap();
+    trellis_runtime::init_tracing(&TelemetryArgs {
+        log,
+        ..TelemetryArgs::default()
+    })
+    .unwrap();
     // One worker: the script pins the server to one core.
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let handled = Arc::new(AtomicU64::new(0));
     let address = format!("127.0.0.1:{port}");
     let result = runtime.block_on(async {
@@ -62,27 +88,48 @@ fn main() {
         });
         match mode.as_str() {
             "bare" | "bare-token" => {
-                let service = AuthServiceServer::new(Bench { handled: handled.clone(), authenticated: false });
+                let service = AuthServiceServer::new(Bench {
+                    handled: handled.clone(),
+                    authenticated: false,
+                });
                 // bare-token: the same bytes on the wire as the trellis mode
                 // (a token-sized authorization header), nothing verifies it.
-                let token = if mode == "bare" { "none".to_owned() } else { fake_token() };
+                let token = if mode == "bare" {
+                    "none".to_owned()
+                } else {
+                    fake_token()
+                };
                 std::fs::write(token_file, token).unwrap();
                 let mut stop = shutdown;
                 tonic::transport::Server::builder()
                     .add_service(service)
-                    .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move { stop.wait().await })
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        async move { stop.wait().await },
+                    )
                     .await
                     .map_err(|e| e.to_string())
             }
             "trellis" => {
                 let key = SigningKey::generate("bench-key");
-                let jwks = Arc::new(JwksCache::new(Arc::new(StaticJwks::new(vec![key.public_jwk()])), Duration::from_secs(10)));
+                let jwks = Arc::new(JwksCache::new(
+                    Arc::new(StaticJwks::new(vec![key.public_jwk()])),
+                    Duration::from_secs(10),
+                ));
                 jwks.refresh().await.unwrap();
                 let verifier = Arc::new(TokenVerifier::new(
                     jwks,
-                    VerifierConfig { issuer: "trellis".into(), audience: "trellis".into(), leeway_secs: 30, cache_capacity: 100_000 },
+                    VerifierConfig {
+                        issuer: "trellis".into(),
+                        audience: "trellis".into(),
+                        leeway_secs: 30,
+                        cache_capacity: 100_000,
+                    },
                 ));
-                let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs() as i64;
                 let claims = AccessClaims {
                     iss: "trellis".into(),
                     aud: "trellis".into(),
@@ -97,7 +144,10 @@ fn main() {
                     scope: None,
                 };
                 std::fs::write(token_file, key.sign(&claims).unwrap()).unwrap();
-                let set = ServiceSet::new("bench").add_service(AuthServiceServer::new(Bench { handled: handled.clone(), authenticated: true }));
+                let set = ServiceSet::new("bench").add_service(AuthServiceServer::new(Bench {
+                    handled: handled.clone(),
+                    authenticated: true,
+                }));
                 trellis_runtime::serve(set, listener, &ServerLimits::default(), verifier, shutdown)
                     .await
                     .map_err(|e| e.to_string())
