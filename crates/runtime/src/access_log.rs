@@ -104,10 +104,9 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let request_id = request
-            .headers()
-            .get(trellis_tenancy::REQUEST_ID_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+            .extensions()
+            .get::<trellis_tenancy::CallContext>()
+            .map_or("", |context| context.request_id());
         let span = tracing::info_span!(
             "rpc",
             method = request.uri().path(),
