@@ -109,8 +109,9 @@ where
             .map_or("", |context| context.request_id());
         let span = tracing::info_span!(
             "rpc",
-            method = request.uri().path(),
-            request_id,
+            // Display, not Debug: no per-character escaping on every call.
+            method = %request.uri().path(),
+            request_id = %request_id,
             org = tracing::field::Empty,
             user = tracing::field::Empty,
         );
