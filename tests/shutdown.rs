@@ -70,7 +70,7 @@ fn server_process() {
 
 struct ServerProcess {
     child: Child,
-    address: String,
+    address: std::net::SocketAddr,
     /// The rest of the child's stdout, read to the end so its pipe stays open.
     output: std::thread::JoinHandle<String>,
 }
@@ -99,7 +99,7 @@ fn spawn_server_process(key: &SigningKey, slow: Duration, grace: Duration) -> Se
             .unwrap();
         // libtest prints its own prefix on the same line.
         if let Some((_, address)) = line.split_once("listening on ") {
-            break address.trim().to_owned();
+            break address.trim().parse().unwrap();
         }
     };
     let output =
@@ -135,13 +135,7 @@ fn wait_exit(child: &mut Child, limit: Duration) -> Option<(Duration, std::proce
 async fn sigterm_lets_in_flight_calls_finish_then_exits() {
     let key = SigningKey::generate("key-1");
     let server = spawn_server_process(&key, Duration::from_millis(800), Duration::from_secs(5));
-    let client = AuthServiceClient::new(
-        tonic::transport::Channel::from_shared(format!("http://{}", server.address))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let client = AuthServiceClient::new(channel(server.address).await);
     let token = bearer(&key, &claims(uuid::Uuid::new_v4(), Role::Viewer));
 
     let calls: Vec<_> = (0..24)
@@ -195,13 +189,7 @@ async fn sigterm_lets_in_flight_calls_finish_then_exits() {
 async fn a_call_longer_than_the_grace_period_does_not_hold_the_exit() {
     let key = SigningKey::generate("key-1");
     let server = spawn_server_process(&key, Duration::from_secs(60), Duration::from_millis(500));
-    let mut client = AuthServiceClient::new(
-        tonic::transport::Channel::from_shared(format!("http://{}", server.address))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let mut client = AuthServiceClient::new(channel(server.address).await);
     let token = bearer(&key, &claims(uuid::Uuid::new_v4(), Role::Viewer));
     let stuck = tokio::spawn(async move {
         client
