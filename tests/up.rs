@@ -331,3 +331,136 @@ async fn servers_run_on_postgres_and_redis_when_configured() {
     );
     std::fs::remove_dir_all(data_dir).unwrap();
 }
+
+#[tokio::test]
+async fn tokens_signed_by_auths_keys_are_trusted_everywhere_until_their_key_retires() {
+    use trellis::auth::v1::GetJwksRequest;
+    use trellis_cli::{KeyDirArgs, TokenArgs, TokenRole};
+
+    let data_dir = temp_dir("up-keys");
+    let running = trellis_cli::start(
+        &ServiceName::ALL,
+        &up_args(&data_dir, &["--jwks-refresh", "1s"]),
+    )
+    .await
+    .unwrap();
+    let mut auth =
+        AuthServiceClient::new(channel(running.address(ServiceName::Auth).unwrap()).await);
+    let keys = auth
+        .get_jwks(GetJwksRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    assert_eq!(keys.len(), 1, "first start generates one key");
+    assert_eq!(
+        (
+            keys[0].kty.as_str(),
+            keys[0].crv.as_str(),
+            keys[0].alg.as_str()
+        ),
+        ("OKP", "Ed25519", "EdDSA")
+    );
+    assert_eq!(keys[0].y, "", "only public parts");
+
+    let token_args = TokenArgs {
+        keys: KeyDirArgs {
+            data_dir: data_dir.clone(),
+            signing_keys_dir: None,
+        },
+        role: TokenRole::Developer,
+        org: None,
+        user: None,
+        ttl: std::time::Duration::from_secs(600),
+        jwt: trellis_runtime::JwtArgs::default(),
+    };
+    let old_token = format!("Bearer {}", trellis_cli::mint_token(&token_args).unwrap());
+    let mut cart =
+        CartServiceClient::new(channel(running.address(ServiceName::Cart).unwrap()).await);
+    let get_cart = |token: &str| {
+        with_metadata(
+            GetCartRequest {
+                session_id: "s".into(),
+            },
+            &[("authorization", token)],
+        )
+    };
+    // Past the tenancy layer: the (not yet implemented) handler answers.
+    assert_eq!(
+        cart.get_cart(get_cart(&old_token))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unimplemented
+    );
+
+    // Stage, promote, and once more: the first key is retired.
+    let key_dir = data_dir.join("keys");
+    trellis_auth::rotate(&key_dir).unwrap();
+    // The procedure: promote only after verifiers refreshed (--jwks-refresh).
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let promoted = trellis_auth::rotate(&key_dir).unwrap();
+    let new_token = format!("Bearer {}", trellis_cli::mint_token(&token_args).unwrap());
+    assert_eq!(
+        cart.get_cart(get_cart(&new_token))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unimplemented,
+        "a promoted key was published before it signed"
+    );
+    assert_eq!(
+        cart.get_cart(get_cart(&old_token))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unimplemented,
+        "the previous key stays trusted"
+    );
+    let retired = trellis_auth::rotate(&key_dir).unwrap();
+    assert_eq!(retired.retired.len(), 1);
+    assert_eq!(
+        auth.get_jwks(GetJwksRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .keys
+            .len(),
+        3
+    );
+
+    // Within one background refresh the retired key's token is refused, even
+    // though it was verified (and cached) before.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let refused = cart.get_cart(get_cart(&old_token)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert_eq!(
+        cart.get_cart(get_cart(&new_token))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unimplemented
+    );
+    assert_eq!(
+        retired.active, promoted.staged,
+        "each rotation promotes the key the previous one staged"
+    );
+    assert_eq!(
+        kid_of(&trellis_cli::mint_token(&token_args).unwrap()),
+        retired.active
+    );
+    running.shutdown().await.unwrap();
+    std::fs::remove_dir_all(data_dir).unwrap();
+}
+
+fn kid_of(token: &str) -> String {
+    use base64::Engine;
+    let header = token.split('.').next().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap(),
+    )
+    .unwrap();
+    json["kid"].as_str().unwrap().to_owned()
+}

@@ -11,11 +11,12 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use trellis_auth::{KeyStore, KeyStoreError};
 use trellis_runtime::{
     ConfigError, JwtArgs, ServerLimits, ServiceSet, Shutdown, ShutdownTrigger, TelemetryArgs,
 };
 use trellis_store::{Database, DatabaseOptions, ServiceMigrations, StoreError};
-use trellis_tenancy::{AuthServiceJwks, JwksCache, TokenVerifier};
+use trellis_tenancy::{AccessClaims, AuthServiceJwks, JwksCache, Role, TokenVerifier};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -43,6 +44,105 @@ pub enum Command {
     },
     /// Apply every service's database migrations, then exit.
     Migrate(StorageArgs),
+    /// Manage Auth's signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Print an access token signed with the local signing keys, for trying
+    /// RPCs with grpcurl. Needs access to the private keys.
+    Token(TokenArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Promote the staged key to signer, stage a new one, retire the oldest.
+    /// Run it twice, at least --jwks-refresh apart, to switch signers.
+    Rotate(KeyDirArgs),
+    /// Show which keys sign and which are published.
+    List(KeyDirArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct KeyDirArgs {
+    #[arg(long, env = "TRELLIS_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Key directory; unset = `<data-dir>/keys`, generated on first start.
+    #[arg(long, env = "TRELLIS_SIGNING_KEYS_DIR")]
+    pub signing_keys_dir: Option<PathBuf>,
+}
+
+impl KeyDirArgs {
+    /// The key directory, and whether an empty one may get a first key: only
+    /// the embedded default; an explicit directory is a mounted Secret.
+    pub fn location(&self) -> (PathBuf, bool) {
+        match &self.signing_keys_dir {
+            Some(dir) => (dir.clone(), false),
+            None => (self.data_dir.join("keys"), true),
+        }
+    }
+
+    pub fn open(&self) -> Result<KeyStore, CliError> {
+        let (dir, generate) = self.location();
+        Ok(KeyStore::open(dir, generate)?)
+    }
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub keys: KeyDirArgs,
+    #[arg(long, value_enum, default_value = "admin")]
+    pub role: TokenRole,
+    /// Organization id; random when unset.
+    #[arg(long)]
+    pub org: Option<uuid::Uuid>,
+    /// User id; random when unset.
+    #[arg(long)]
+    pub user: Option<uuid::Uuid>,
+    #[arg(long, default_value = "15m", value_parser = trellis_runtime::parse_duration)]
+    pub ttl: Duration,
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum TokenRole {
+    Admin,
+    Developer,
+    Viewer,
+}
+
+impl From<TokenRole> for Role {
+    fn from(role: TokenRole) -> Role {
+        match role {
+            TokenRole::Admin => Role::Admin,
+            TokenRole::Developer => Role::Developer,
+            TokenRole::Viewer => Role::Viewer,
+        }
+    }
+}
+
+/// Signs an access token with the active local key.
+pub fn mint_token(args: &TokenArgs) -> Result<String, CliError> {
+    let keys = args.keys.open()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let claims = AccessClaims {
+        iss: args.jwt.jwt_issuer.clone(),
+        aud: args.jwt.jwt_audience.clone(),
+        sub: args.user.unwrap_or_else(uuid::Uuid::new_v4),
+        org: args.org.unwrap_or_else(uuid::Uuid::new_v4),
+        role: args.role.into(),
+        sid: uuid::Uuid::new_v4(),
+        iat: now,
+        nbf: now,
+        exp: now + args.ttl.as_secs() as i64,
+        jti: uuid::Uuid::new_v4(),
+        scope: None,
+    };
+    keys.signing_key()
+        .sign(&claims)
+        .map_err(|e| CliError::Invalid(format!("cannot sign: {e}")))
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -73,9 +173,13 @@ impl ServiceName {
         }
     }
 
-    fn service_set(self, limits: &ServerLimits) -> ServiceSet {
+    fn service_set(self, limits: &ServerLimits, keys: Option<&Arc<KeyStore>>) -> ServiceSet {
         match self {
-            ServiceName::Auth => trellis_auth::service_set(limits),
+            ServiceName::Auth => trellis_auth::service_set(
+                limits,
+                keys.expect("keys are opened whenever Auth is served")
+                    .clone(),
+            ),
             ServiceName::Session => trellis_session::service_set(limits),
             ServiceName::Cart => trellis_cart::service_set(limits),
             ServiceName::Order => trellis_order::service_set(limits),
@@ -99,6 +203,10 @@ pub struct StorageArgs {
     /// Where embedded data lives (SQLite files, signing keys).
     #[arg(long, env = "TRELLIS_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// Auth's signing keys (a mounted Secret); unset = `<data-dir>/keys`,
+    /// generated on first start.
+    #[arg(long, env = "TRELLIS_SIGNING_KEYS_DIR")]
+    pub signing_keys_dir: Option<PathBuf>,
     /// `postgres://...` for production; unset = one SQLite file per service
     /// under the data dir.
     #[arg(long, env = "TRELLIS_DATABASE_URL")]
@@ -185,6 +293,8 @@ pub enum CliError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Keys(#[from] KeyStoreError),
     #[error("{service} server failed: {source}")]
     Serve {
         service: &'static str,
@@ -295,12 +405,21 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
         trellis_store::connect_redis(url, 4).await?;
     }
 
+    let keys = if services.contains(&ServiceName::Auth) {
+        let key_dir = KeyDirArgs {
+            data_dir: args.storage.data_dir.clone(),
+            signing_keys_dir: args.storage.signing_keys_dir.clone(),
+        };
+        Some(Arc::new(key_dir.open()?))
+    } else {
+        None
+    };
     let verifier = build_verifier(args, &listeners)?;
     let (trigger, shutdown) = Shutdown::new();
     let mut tasks = JoinSet::new();
     let mut addresses = Vec::new();
     for (service, listener, bound) in listeners {
-        let set = service.service_set(&args.limits);
+        let set = service.service_set(&args.limits, keys.as_ref());
         println!(
             "{:<10} listening on {bound}  ({})",
             service.as_str(),
@@ -356,6 +475,39 @@ fn build_verifier(
     )))
 }
 
+fn keys_command(command: &KeysCommand) -> Result<(), CliError> {
+    match command {
+        KeysCommand::Rotate(args) => {
+            let (dir, _) = args.location();
+            // Rotating is the operator's explicit act, so an empty directory
+            // (preparing a Secret) gets its first key here.
+            KeyStore::open(&dir, true)?;
+            let rotation = trellis_auth::rotate(&dir)?;
+            println!("signing:  {}", rotation.active);
+            println!(
+                "staged:   {} (published now; signs after the next rotation)",
+                rotation.staged
+            );
+            for kid in rotation.retired {
+                println!("retired:  {kid}");
+            }
+        }
+        KeysCommand::List(args) => {
+            let keys = args.open()?;
+            let signing = keys.signing_key().kid().to_owned();
+            for jwk in keys.jwks() {
+                let state = if jwk.kid == signing {
+                    "signing"
+                } else {
+                    "published"
+                };
+                println!("{:<40} {state}", jwk.kid);
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn serve_until_signal(services: &[ServiceName], args: &ServeArgs) -> Result<(), CliError> {
     let mut running = start(services, args).await?;
     let trigger = running.trigger.clone();
@@ -377,7 +529,7 @@ where
     let cli = Cli::parse_from(args);
     let telemetry = match &cli.command {
         Command::Up(args) | Command::Serve { args, .. } => args.telemetry.clone(),
-        Command::Migrate(_) => TelemetryArgs {
+        Command::Migrate(_) | Command::Keys(_) | Command::Token(_) => TelemetryArgs {
             log: "info".into(),
             ..TelemetryArgs::default()
         },
@@ -401,6 +553,8 @@ where
             Command::Up(args) => serve_until_signal(&ServiceName::ALL, args).await,
             Command::Serve { services, args } => serve_until_signal(services, args).await,
             Command::Migrate(storage) => migrate(storage, &ServiceName::ALL).await,
+            Command::Keys(command) => keys_command(command),
+            Command::Token(args) => mint_token(args).map(|token| println!("{token}")),
         }
     });
     match result {
