@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use trellis_auth::{KeyStore, KeyStoreError};
+use trellis_auth::{AuthDeps, AuthSettings, KeyStore, KeyStoreError, Passwords};
 use trellis_runtime::{
     ConfigError, JwtArgs, ServerLimits, ServiceSet, Shutdown, ShutdownTrigger, TelemetryArgs,
 };
@@ -173,18 +173,39 @@ impl ServiceName {
         }
     }
 
-    fn service_set(self, limits: &ServerLimits, keys: Option<&Arc<KeyStore>>) -> ServiceSet {
-        match self {
+    fn service_set(
+        self,
+        args: &ServeArgs,
+        database: Database,
+        keys: Option<&Arc<KeyStore>>,
+    ) -> Result<ServiceSet, CliError> {
+        let limits = &args.limits;
+        Ok(match self {
             ServiceName::Auth => trellis_auth::service_set(
                 limits,
-                keys.expect("keys are opened whenever Auth is served")
-                    .clone(),
+                AuthDeps {
+                    keys: keys
+                        .expect("keys are opened whenever Auth is served")
+                        .clone(),
+                    database,
+                    passwords: Arc::new(
+                        Passwords::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+                            .map_err(|e| CliError::Invalid(e.to_string()))?,
+                    ),
+                    settings: AuthSettings {
+                        issuer: args.jwt.jwt_issuer.clone(),
+                        audience: args.jwt.jwt_audience.clone(),
+                        access_token_ttl: args.access_token_ttl,
+                        session_idle_ttl: args.session_idle_ttl,
+                        session_absolute_ttl: args.session_absolute_ttl,
+                    },
+                },
             ),
             ServiceName::Session => trellis_session::service_set(limits),
             ServiceName::Cart => trellis_cart::service_set(limits),
             ServiceName::Order => trellis_order::service_set(limits),
             ServiceName::Execution => trellis_execution::service_set(limits),
-        }
+        })
     }
 
     fn migrations(self) -> ServiceMigrations {
@@ -271,6 +292,15 @@ pub struct ServeArgs {
     /// Leave migrations to `trellis migrate` (e.g. a Kubernetes Job).
     #[arg(long, env = "TRELLIS_SKIP_MIGRATIONS")]
     pub skip_migrations: bool,
+    /// Lifetime of access tokens issued by Auth.
+    #[arg(long, env = "TRELLIS_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = trellis_runtime::parse_duration)]
+    pub access_token_ttl: Duration,
+    /// A login session ends this long after its last use (sliding).
+    #[arg(long, env = "TRELLIS_SESSION_IDLE_TTL", default_value = "24h", value_parser = trellis_runtime::parse_duration)]
+    pub session_idle_ttl: Duration,
+    /// A login session ends this long after login, however active.
+    #[arg(long, env = "TRELLIS_SESSION_ABSOLUTE_TTL", default_value = "720h", value_parser = trellis_runtime::parse_duration)]
+    pub session_absolute_ttl: Duration,
     #[command(flatten)]
     pub limits: ServerLimits,
     #[command(flatten)]
@@ -356,17 +386,32 @@ fn dedup(services: &[ServiceName]) -> Vec<ServiceName> {
         .collect()
 }
 
-/// Applies the migrations of `services` on their configured databases.
-pub async fn migrate(storage: &StorageArgs, services: &[ServiceName]) -> Result<(), CliError> {
+/// Opens each service's database, migrating it unless told not to.
+async fn open_databases(
+    storage: &StorageArgs,
+    services: &[ServiceName],
+    run_migrations: bool,
+) -> Result<Vec<Database>, CliError> {
+    let mut databases = Vec::with_capacity(services.len());
     for &service in services {
         let url = storage.database_url(service);
         let database = Database::connect(&url, &DatabaseOptions::default()).await?;
-        trellis_store::migrate(&database, &service.migrations()).await?;
-        tracing::info!(
-            service = service.as_str(),
-            backend = database.backend_name(),
-            "migrations applied"
-        );
+        if run_migrations {
+            trellis_store::migrate(&database, &service.migrations()).await?;
+            tracing::info!(
+                service = service.as_str(),
+                backend = database.backend_name(),
+                "migrations applied"
+            );
+        }
+        databases.push(database);
+    }
+    Ok(databases)
+}
+
+/// Applies the migrations of `services` on their configured databases.
+pub async fn migrate(storage: &StorageArgs, services: &[ServiceName]) -> Result<(), CliError> {
+    for database in open_databases(storage, services, true).await? {
         database.close().await;
     }
     Ok(())
@@ -396,9 +441,7 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
         listeners.push((service, listener, bound));
     }
 
-    if !args.skip_migrations {
-        migrate(&args.storage, &services).await?;
-    }
+    let databases = open_databases(&args.storage, &services, !args.skip_migrations).await?;
     if let Some(url) = &args.redis_url {
         // Checked now so a wrong URL fails at start; the pool is used by the
         // session and rate-limit stores.
@@ -418,8 +461,8 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
     let (trigger, shutdown) = Shutdown::new();
     let mut tasks = JoinSet::new();
     let mut addresses = Vec::new();
-    for (service, listener, bound) in listeners {
-        let set = service.service_set(&args.limits, keys.as_ref());
+    for ((service, listener, bound), database) in listeners.into_iter().zip(databases) {
+        let set = service.service_set(args, database, keys.as_ref())?;
         println!(
             "{:<10} listening on {bound}  ({})",
             service.as_str(),

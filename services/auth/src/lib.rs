@@ -1,22 +1,37 @@
 //! Auth server: `trellis.auth.v1.AuthService` and `OrganizationService`.
 //!
-//! Signing keys and `GetJwks` are real; the other RPCs answer UNIMPLEMENTED
-//! until the rest of the Auth issue lands.
+//! Sign-up, login, refresh-token rotation with reuse detection, logout,
+//! `WhoAmI` and the signing keys are real. `OrganizationService` answers
+//! UNIMPLEMENTED until the rest of the Auth issue lands.
 #![forbid(unsafe_code)]
 
+mod error;
 pub mod keys;
+pub mod password;
+mod store;
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
+use tonic_types::FieldViolation;
+use trellis::auth::v1 as pb;
 use trellis::auth::v1::auth_service_server::{AuthService, AuthServiceServer};
 use trellis::auth::v1::organization_service_server::{
     OrganizationService, OrganizationServiceServer,
 };
-use trellis::auth::v1::{GetJwksRequest, GetJwksResponse};
 use trellis_runtime::{ServerLimits, ServiceSet};
+use trellis_store::Database;
+use trellis_tenancy::{AccessClaims, CallContext, Role, TenantContext};
 
+pub use error::AuthServiceError;
 pub use keys::{KeyStore, KeyStoreError, Rotation, rotate};
+pub use password::Passwords;
+pub use store::MIGRATIONS;
+use store::{AuthStore, NewSession, OrganizationRow, Refreshed, UserRow, WriteError};
 
 pub const DEFAULT_PORT: u16 = 50051;
 
@@ -29,17 +44,586 @@ pub const PUBLIC_METHODS: [&str; 5] = [
     "/trellis.auth.v1.OrganizationService/AcceptInvitation",
 ];
 
+/// Token and session lifetimes.
+#[derive(Clone, Debug)]
+pub struct AuthSettings {
+    pub issuer: String,
+    pub audience: String,
+    pub access_token_ttl: Duration,
+    /// A login session ends this long after its last refresh.
+    pub session_idle_ttl: Duration,
+    /// ...and this long after login, however active.
+    pub session_absolute_ttl: Duration,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            issuer: "trellis".into(),
+            audience: "trellis".into(),
+            access_token_ttl: Duration::from_secs(15 * 60),
+            session_idle_ttl: Duration::from_secs(24 * 3600),
+            session_absolute_ttl: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// What the Auth server needs.
+pub struct AuthDeps {
+    pub keys: Arc<KeyStore>,
+    pub database: Database,
+    pub passwords: Arc<Passwords>,
+    pub settings: AuthSettings,
+}
+
+struct Plan {
+    name: &'static str,
+    max_users: i64,
+    max_concurrent_runs: i64,
+    max_runs_per_month: i64,
+}
+
+const FREE: Plan = Plan {
+    name: "free",
+    max_users: 3,
+    max_concurrent_runs: 1,
+    max_runs_per_month: 100,
+};
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn ms(duration: Duration) -> i64 {
+    duration.as_millis() as i64
+}
+
+fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+fn role_from_str(role: &str) -> Role {
+    match role {
+        "admin" => Role::Admin,
+        "developer" => Role::Developer,
+        _ => Role::Viewer,
+    }
+}
+
+fn user_message(user: &UserRow) -> pb::User {
+    pb::User {
+        user_id: user.id.clone(),
+        organization_id: user.org_id.clone(),
+        email: user.email.clone(),
+        name: user.name.clone(),
+        role: match user.role.as_str() {
+            "admin" => pb::Role::Admin,
+            "developer" => pb::Role::Developer,
+            _ => pb::Role::Viewer,
+        } as i32,
+        status: match user.status.as_str() {
+            "active" => pb::UserStatus::Active,
+            "invited" => pb::UserStatus::Invited,
+            _ => pb::UserStatus::Suspended,
+        } as i32,
+        created_at: Some(timestamp(user.created_at)),
+        last_login_at: user.last_login_at.map(timestamp),
+    }
+}
+
+fn organization_message(org: &OrganizationRow) -> pb::Organization {
+    pb::Organization {
+        organization_id: org.id.clone(),
+        name: org.name.clone(),
+        slug: org.slug.clone(),
+        plan: match org.plan.as_str() {
+            "free" => pb::Plan::Free,
+            "team" => pb::Plan::Team,
+            _ => pb::Plan::Enterprise,
+        } as i32,
+        limits: Some(pb::PlanLimits {
+            max_users: org.max_users as i32,
+            max_concurrent_runs: org.max_concurrent_runs as i32,
+            max_runs_per_month: org.max_runs_per_month as i32,
+        }),
+        created_at: Some(timestamp(org.created_at)),
+    }
+}
+
+/// Lower-case ASCII letters and digits joined by single dashes.
+fn slug_of(name: &str) -> String {
+    let mut slug = String::new();
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c.to_ascii_lowercase());
+        } else if !slug.ends_with('-') && !slug.is_empty() {
+            slug.push('-');
+        }
+    }
+    let slug = slug.trim_end_matches('-');
+    if slug.is_empty() {
+        "org".to_owned()
+    } else {
+        slug.chars()
+            .take(48)
+            .collect::<String>()
+            .trim_end_matches('-')
+            .to_owned()
+    }
+}
+
+fn normalize_email(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
+fn email_violation(field: &str, email: &str) -> Option<FieldViolation> {
+    let plausible = email.len() <= 254
+        && !email.contains(char::is_whitespace)
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        });
+    (!plausible).then(|| FieldViolation::new(field, "must be an email address"))
+}
+
+fn text_violation(field: &str, value: &str) -> Option<FieldViolation> {
+    let value = value.trim();
+    if value.is_empty() {
+        Some(FieldViolation::new(field, "must not be empty"))
+    } else if value.chars().count() > 200 {
+        Some(FieldViolation::new(field, "must be at most 200 characters"))
+    } else {
+        None
+    }
+}
+
+/// 256 random bits, URL-safe; only its SHA-256 is stored.
+fn new_refresh_token() -> String {
+    URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+}
+
+fn token_hash(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Who is calling, as the audit log records it.
+struct Caller {
+    user_agent: String,
+    address: String,
+    request_id: String,
+}
+
+impl Caller {
+    fn of<T>(request: &Request<T>) -> Caller {
+        let user_agent = request
+            .metadata()
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .chars()
+            .take(256)
+            .collect();
+        Caller {
+            user_agent,
+            address: request
+                .remote_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default(),
+            request_id: CallContext::from_request(request).request_id().to_owned(),
+        }
+    }
+}
+
+/// One structured event per authentication attempt: never a password or token.
+fn audit(event: &str, caller: &Caller, org: &str, user: &str, result: &str) {
+    tracing::info!(
+        target: "audit",
+        event,
+        org,
+        user,
+        result,
+        client_address = %caller.address,
+        request_id = %caller.request_id,
+    );
+}
+
+struct Tokens {
+    access_token: String,
+    refresh_token: String,
+    expires_in: i64,
+    session_id: String,
+}
+
 pub struct AuthApi {
     keys: Arc<KeyStore>,
+    store: AuthStore,
+    passwords: Arc<Passwords>,
+    settings: AuthSettings,
+}
+
+impl AuthApi {
+    fn access_token(
+        &self,
+        user: &UserRow,
+        session_id: &str,
+    ) -> Result<(String, i64), AuthServiceError> {
+        let now = now_ms() / 1000;
+        let ttl = self.settings.access_token_ttl.as_secs() as i64;
+        let parse = |id: &str| {
+            uuid::Uuid::parse_str(id)
+                .map_err(|e| AuthServiceError::Internal(format!("stored id {id:?}: {e}")))
+        };
+        let claims = AccessClaims {
+            iss: self.settings.issuer.clone(),
+            aud: self.settings.audience.clone(),
+            sub: parse(&user.id)?,
+            org: parse(&user.org_id)?,
+            role: role_from_str(&user.role),
+            sid: parse(session_id)?,
+            iat: now,
+            nbf: now,
+            exp: now + ttl,
+            jti: uuid::Uuid::new_v4(),
+            scope: None,
+        };
+        let token = self
+            .keys
+            .signing_key()
+            .sign(&claims)
+            .map_err(|e| AuthServiceError::Internal(format!("signing: {e}")))?;
+        Ok((token, ttl))
+    }
+
+    async fn start_session(
+        &self,
+        user: &UserRow,
+        caller: &Caller,
+    ) -> Result<Tokens, AuthServiceError> {
+        let now = now_ms();
+        let refresh_token = new_refresh_token();
+        let absolute_expires_at = now + ms(self.settings.session_absolute_ttl);
+        let session = NewSession {
+            id: uuid::Uuid::new_v4().to_string(),
+            org_id: user.org_id.clone(),
+            user_id: user.id.clone(),
+            now,
+            idle_expires_at: now + ms(self.settings.session_idle_ttl),
+            absolute_expires_at,
+            user_agent: caller.user_agent.clone(),
+            client_address: caller.address.clone(),
+            refresh_hash: token_hash(&refresh_token),
+            refresh_expires_at: absolute_expires_at,
+        };
+        self.store.start_session(&session).await?;
+        let (access_token, expires_in) = self.access_token(user, &session.id)?;
+        Ok(Tokens {
+            access_token,
+            refresh_token,
+            expires_in,
+            session_id: session.id,
+        })
+    }
+
+    /// The caller, if its login session is still live.
+    async fn live_caller(
+        &self,
+        tenant: &TenantContext,
+    ) -> Result<(UserRow, OrganizationRow), AuthServiceError> {
+        let org_id = tenant.org_id.to_string();
+        let live = self
+            .store
+            .session_is_live(&org_id, &tenant.session_id.to_string(), now_ms())
+            .await?;
+        if !live {
+            return Err(AuthServiceError::Unauthenticated("session ended"));
+        }
+        let user = self
+            .store
+            .user(&org_id, &tenant.user_id.to_string())
+            .await?;
+        let org = self.store.organization(&org_id).await?;
+        match (user, org) {
+            (Some(user), Some(org)) if user.status == "active" => Ok((user, org)),
+            _ => Err(AuthServiceError::Unauthenticated("session ended")),
+        }
+    }
+
+    async fn sign_up(
+        &self,
+        request: Request<pb::SignUpRequest>,
+    ) -> Result<pb::SignUpResponse, AuthServiceError> {
+        let caller = Caller::of(&request);
+        let input = request.into_inner();
+        let email = normalize_email(&input.email);
+        let mut violations: Vec<FieldViolation> = [
+            email_violation("email", &email),
+            text_violation("name", &input.name),
+            text_violation("organization_name", &input.organization_name),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        violations.extend(password::policy_violations("password", &input.password));
+        if !violations.is_empty() {
+            return Err(AuthServiceError::InvalidArgument(violations));
+        }
+        let now = now_ms();
+        let organization_name = input.organization_name.trim().to_owned();
+        let org = OrganizationRow {
+            id: uuid::Uuid::new_v4().to_string(),
+            slug: slug_of(&organization_name),
+            name: organization_name,
+            plan: FREE.name.into(),
+            max_users: FREE.max_users,
+            max_concurrent_runs: FREE.max_concurrent_runs,
+            max_runs_per_month: FREE.max_runs_per_month,
+            created_at: now,
+        };
+        let admin = UserRow {
+            id: uuid::Uuid::new_v4().to_string(),
+            org_id: org.id.clone(),
+            email: email.clone(),
+            name: input.name.trim().to_owned(),
+            password_hash: self.passwords.hash(input.password).await?,
+            role: "admin".into(),
+            status: "active".into(),
+            created_at: now,
+            last_login_at: None,
+        };
+        let org = match self.store.sign_up(&org, &admin).await {
+            Ok(org) => org,
+            Err(WriteError::Conflict(_)) => {
+                audit("sign_up", &caller, "", "", "email_taken");
+                return Err(AuthServiceError::AlreadyExists("email already registered"));
+            }
+            Err(WriteError::Store(error)) => return Err(error.into()),
+        };
+        let tokens = self.start_session(&admin, &caller).await?;
+        audit("sign_up", &caller, &org.id, &admin.id, "ok");
+        let admin = UserRow {
+            last_login_at: Some(now),
+            ..admin
+        };
+        Ok(pb::SignUpResponse {
+            access_token: tokens.access_token,
+            refresh_token: tokens.refresh_token,
+            expires_in: tokens.expires_in,
+            session_id: tokens.session_id,
+            user: Some(user_message(&admin)),
+            organization: Some(organization_message(&org)),
+        })
+    }
+
+    async fn login(
+        &self,
+        request: Request<pb::LoginRequest>,
+    ) -> Result<pb::LoginResponse, AuthServiceError> {
+        let caller = Caller::of(&request);
+        let input = request.into_inner();
+        let email = normalize_email(&input.email);
+        if input.password.len() > password::MAX_PASSWORD_BYTES {
+            return Err(AuthServiceError::InvalidCredentials);
+        }
+        let user = self.store.user_by_email(&email).await?;
+        let matches = self
+            .passwords
+            .verify(
+                input.password,
+                user.as_ref().map(|u| u.password_hash.clone()),
+            )
+            .await?;
+        let user = match user {
+            Some(user) if matches => user,
+            other => {
+                let (org, id) = other.map(|u| (u.org_id, u.id)).unwrap_or_default();
+                audit("login", &caller, &org, &id, "invalid_credentials");
+                return Err(AuthServiceError::InvalidCredentials);
+            }
+        };
+        // Checked after the password, so guessers learn nothing about status.
+        if user.status != "active" {
+            audit("login", &caller, &user.org_id, &user.id, "suspended");
+            return Err(AuthServiceError::Suspended);
+        }
+        let org = self
+            .store
+            .organization(&user.org_id)
+            .await?
+            .ok_or_else(|| {
+                AuthServiceError::Internal(format!("user {} has no organization", user.id))
+            })?;
+        let tokens = self.start_session(&user, &caller).await?;
+        audit("login", &caller, &user.org_id, &user.id, "ok");
+        let user = UserRow {
+            last_login_at: Some(now_ms()),
+            ..user
+        };
+        Ok(pb::LoginResponse {
+            access_token: tokens.access_token,
+            refresh_token: tokens.refresh_token,
+            expires_in: tokens.expires_in,
+            session_id: tokens.session_id,
+            user: Some(user_message(&user)),
+            organization: Some(organization_message(&org)),
+        })
+    }
+
+    async fn refresh(
+        &self,
+        request: Request<pb::RefreshRequest>,
+    ) -> Result<pb::RefreshResponse, AuthServiceError> {
+        let caller = Caller::of(&request);
+        let presented = request.into_inner().refresh_token;
+        if presented.is_empty() || presented.len() > 256 {
+            return Err(AuthServiceError::Unauthenticated("invalid refresh token"));
+        }
+        let now = now_ms();
+        let new_token = new_refresh_token();
+        let outcome = self
+            .store
+            .rotate_refresh(
+                &token_hash(&presented),
+                &token_hash(&new_token),
+                now,
+                now + ms(self.settings.session_idle_ttl),
+                now + ms(self.settings.session_absolute_ttl),
+            )
+            .await?;
+        let (session_id, org_id, user_id) = match outcome {
+            Refreshed::Rotated {
+                session_id,
+                org_id,
+                user_id,
+            } => (session_id, org_id, user_id),
+            Refreshed::Reused => {
+                audit("refresh", &caller, "", "", "reused_session_revoked");
+                return Err(AuthServiceError::Unauthenticated(
+                    "refresh token already used; session revoked",
+                ));
+            }
+            Refreshed::Invalid => {
+                audit("refresh", &caller, "", "", "invalid");
+                return Err(AuthServiceError::Unauthenticated("invalid refresh token"));
+            }
+        };
+        let user = self.store.user(&org_id, &user_id).await?;
+        let org = self.store.organization(&org_id).await?;
+        let (Some(user), Some(org)) = (user, org) else {
+            return Err(AuthServiceError::Unauthenticated("invalid refresh token"));
+        };
+        if user.status != "active" {
+            self.store
+                .revoke_user_sessions(&org_id, &user_id, now, "user suspended")
+                .await?;
+            return Err(AuthServiceError::Unauthenticated("invalid refresh token"));
+        }
+        let (access_token, expires_in) = self.access_token(&user, &session_id)?;
+        audit("refresh", &caller, &org_id, &user_id, "ok");
+        Ok(pb::RefreshResponse {
+            access_token,
+            refresh_token: new_token,
+            expires_in,
+            session_id,
+            user: Some(user_message(&user)),
+            organization: Some(organization_message(&org)),
+        })
+    }
+}
+
+fn tenant<T>(request: &Request<T>) -> Result<TenantContext, Status> {
+    TenantContext::from_request(request).cloned()
 }
 
 #[tonic::async_trait]
 impl AuthService for AuthApi {
+    async fn sign_up(
+        &self,
+        request: Request<pb::SignUpRequest>,
+    ) -> Result<Response<pb::SignUpResponse>, Status> {
+        Ok(Response::new(AuthApi::sign_up(self, request).await?))
+    }
+
+    async fn login(
+        &self,
+        request: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        Ok(Response::new(AuthApi::login(self, request).await?))
+    }
+
+    async fn refresh(
+        &self,
+        request: Request<pb::RefreshRequest>,
+    ) -> Result<Response<pb::RefreshResponse>, Status> {
+        Ok(Response::new(AuthApi::refresh(self, request).await?))
+    }
+
+    async fn logout(
+        &self,
+        request: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let tenant = tenant(&request)?;
+        let caller = Caller::of(&request);
+        let (org, user) = (tenant.org_id.to_string(), tenant.user_id.to_string());
+        self.store
+            .revoke_session(
+                &org,
+                &user,
+                &tenant.session_id.to_string(),
+                now_ms(),
+                "logout",
+            )
+            .await
+            .map_err(AuthServiceError::from)?;
+        audit("logout", &caller, &org, &user, "ok");
+        Ok(Response::new(pb::LogoutResponse {}))
+    }
+
+    async fn logout_all(
+        &self,
+        request: Request<pb::LogoutAllRequest>,
+    ) -> Result<Response<pb::LogoutAllResponse>, Status> {
+        let tenant = tenant(&request)?;
+        let caller = Caller::of(&request);
+        let (org, user) = (tenant.org_id.to_string(), tenant.user_id.to_string());
+        let revoked = self
+            .store
+            .revoke_user_sessions(&org, &user, now_ms(), "logout all")
+            .await
+            .map_err(AuthServiceError::from)?;
+        audit("logout_all", &caller, &org, &user, "ok");
+        Ok(Response::new(pb::LogoutAllResponse {
+            revoked_sessions: revoked as i32,
+        }))
+    }
+
+    async fn who_am_i(
+        &self,
+        request: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let tenant = tenant(&request)?;
+        let (user, org) = self.live_caller(&tenant).await?;
+        Ok(Response::new(pb::WhoAmIResponse {
+            user: Some(user_message(&user)),
+            organization: Some(organization_message(&org)),
+            session_id: tenant.session_id.to_string(),
+        }))
+    }
+
     async fn get_jwks(
         &self,
-        _: Request<GetJwksRequest>,
-    ) -> Result<Response<GetJwksResponse>, Status> {
-        Ok(Response::new(GetJwksResponse {
+        _: Request<pb::GetJwksRequest>,
+    ) -> Result<Response<pb::GetJwksResponse>, Status> {
+        Ok(Response::new(pb::GetJwksResponse {
             keys: self.keys.jwks(),
         }))
     }
@@ -51,11 +635,16 @@ pub struct OrganizationApi;
 #[tonic::async_trait]
 impl OrganizationService for OrganizationApi {}
 
-pub fn service_set(limits: &ServerLimits, keys: Arc<KeyStore>) -> ServiceSet {
+pub fn service_set(limits: &ServerLimits, deps: AuthDeps) -> ServiceSet {
+    let api = AuthApi {
+        keys: deps.keys,
+        store: AuthStore::new(deps.database),
+        passwords: deps.passwords,
+        settings: deps.settings,
+    };
     let set = ServiceSet::new("auth")
         .add_service(
-            AuthServiceServer::new(AuthApi { keys })
-                .max_decoding_message_size(limits.max_message_bytes),
+            AuthServiceServer::new(api).max_decoding_message_size(limits.max_message_bytes),
         )
         .add_service(
             OrganizationServiceServer::new(OrganizationApi)
@@ -66,9 +655,39 @@ pub fn service_set(limits: &ServerLimits, keys: Arc<KeyStore>) -> ServiceSet {
         .fold(set, |set, method| set.public_method(method))
 }
 
-/// This service's tables; they arrive with the rest of the Auth issue.
-pub const MIGRATIONS: trellis_store::ServiceMigrations = trellis_store::ServiceMigrations {
-    service: "auth",
-    sqlite: &[],
-    postgres: &[],
-};
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_are_lowercase_dashed_and_never_empty() {
+        assert_eq!(slug_of("Taco Palace, Inc."), "taco-palace-inc");
+        assert_eq!(slug_of("  ¡Hola!  "), "hola");
+        assert_eq!(slug_of("***"), "org");
+    }
+
+    #[test]
+    fn emails_are_normalised_and_checked() {
+        assert_eq!(normalize_email("  Ana@Example.COM "), "ana@example.com");
+        assert!(email_violation("email", "ana@example.com").is_none());
+        for bad in [
+            "",
+            "ana",
+            "ana@",
+            "@example.com",
+            "ana@example",
+            "a na@example.com",
+        ] {
+            assert!(email_violation("email", bad).is_some(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn refresh_tokens_carry_256_bits_and_are_stored_hashed() {
+        let token = new_refresh_token();
+        assert_eq!(URL_SAFE_NO_PAD.decode(&token).unwrap().len(), 32);
+        assert_ne!(new_refresh_token(), token);
+        assert_eq!(token_hash(&token).len(), 64);
+        assert_ne!(token_hash(&token), token);
+    }
+}

@@ -1,0 +1,55 @@
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+use trellis_store::StoreError;
+
+use crate::password::HashError;
+
+/// Everything Auth can answer besides success, mapped to a status in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthServiceError {
+    #[error("invalid {}", .0.iter().map(|v| v.field.as_str()).collect::<Vec<_>>().join(", "))]
+    InvalidArgument(Vec<FieldViolation>),
+    #[error("{0}")]
+    AlreadyExists(&'static str),
+    /// Wrong email and wrong password alike.
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("user is suspended")]
+    Suspended,
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Hash(#[from] HashError),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<AuthServiceError> for Status {
+    fn from(error: AuthServiceError) -> Status {
+        match error {
+            AuthServiceError::InvalidArgument(violations) => {
+                let message = violations
+                    .iter()
+                    .map(|v| format!("{}: {}", v.field, v.description))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                Status::with_error_details(
+                    Code::InvalidArgument,
+                    message,
+                    ErrorDetails::with_bad_request(violations),
+                )
+            }
+            AuthServiceError::AlreadyExists(what) => Status::already_exists(what),
+            AuthServiceError::InvalidCredentials => Status::unauthenticated("invalid credentials"),
+            AuthServiceError::Suspended => Status::permission_denied("user is suspended"),
+            AuthServiceError::Unauthenticated(why) => Status::unauthenticated(why),
+            AuthServiceError::Store(error) => error.into(),
+            error @ (AuthServiceError::Hash(_) | AuthServiceError::Internal(_)) => {
+                tracing::error!(%error, "auth internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Password hashing: argon2id on the blocking pool behind a semaphore, so a
+//! login storm queues instead of stalling the async workers.
+
+use std::sync::Arc;
+
+use argon2::password_hash::phc::PasswordHash;
+use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
+use tokio::sync::Semaphore;
+use tonic_types::FieldViolation;
+
+/// OWASP's argon2id minimum: 19 MiB, 2 passes, 1 lane.
+const MEMORY_KIB: u32 = 19 * 1024;
+const PASSES: u32 = 2;
+const LANES: u32 = 1;
+/// Long enough for any passphrase; bounds the work an attacker can ask for.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+fn argon2() -> Argon2<'static> {
+    let params =
+        Params::new(MEMORY_KIB, PASSES, LANES, None).expect("constant parameters are valid");
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// Every way `password` breaks the policy of `API.md`, at once.
+pub fn policy_violations(field: &str, password: &str) -> Vec<FieldViolation> {
+    let mut violations = Vec::new();
+    let mut violate = |description: &str| violations.push(FieldViolation::new(field, description));
+    if password.chars().count() < 8 {
+        violate("must be at least 8 characters");
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        violate("must be at most 1024 bytes");
+    }
+    if !password.chars().any(|c| c.is_ascii_digit()) {
+        violate("must contain a digit");
+    }
+    if !password.chars().any(char::is_lowercase) {
+        violate("must contain a lower case letter");
+    }
+    if !password.chars().any(char::is_uppercase) {
+        violate("must contain an upper case letter");
+    }
+    violations
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("password hashing failed: {0}")]
+pub struct HashError(String);
+
+pub struct Passwords {
+    permits: Arc<Semaphore>,
+    /// Verified against when the email is unknown, so both answers cost the same.
+    dummy_hash: Arc<str>,
+}
+
+impl Passwords {
+    /// `parallelism` bounds concurrent hashes (one per core is the useful most).
+    pub fn new(parallelism: usize) -> Result<Self, HashError> {
+        let dummy_hash = argon2()
+            .hash_password(b"dummy password for unknown accounts")
+            .map_err(|e| HashError(e.to_string()))?
+            .to_string();
+        Ok(Passwords {
+            permits: Arc::new(Semaphore::new(parallelism.max(1))),
+            dummy_hash: dummy_hash.into(),
+        })
+    }
+
+    async fn on_blocking_pool<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, HashError> {
+        let _permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| HashError(e.to_string()))?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| HashError(e.to_string()))
+    }
+
+    /// A PHC string (`$argon2id$v=19$m=19456,t=2,p=1$...`) with a fresh salt.
+    pub async fn hash(&self, password: String) -> Result<String, HashError> {
+        self.on_blocking_pool(move || {
+            argon2()
+                .hash_password(password.as_bytes())
+                .map(|h| h.to_string())
+        })
+        .await?
+        .map_err(|e| HashError(e.to_string()))
+    }
+
+    /// Whether `password` matches `stored`; with `None` (unknown account) a
+    /// dummy hash is checked so the time is the same, and the answer is no.
+    pub async fn verify(
+        &self,
+        password: String,
+        stored: Option<String>,
+    ) -> Result<bool, HashError> {
+        let known = stored.is_some();
+        let stored = stored.unwrap_or_else(|| self.dummy_hash.to_string());
+        let matches = self
+            .on_blocking_pool(move || {
+                PasswordHash::new(&stored)
+                    .map(|hash| argon2().verify_password(password.as_bytes(), &hash).is_ok())
+                    .unwrap_or(false)
+            })
+            .await?;
+        Ok(known && matches)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_violation_is_listed_at_once() {
+        let fields: Vec<String> = policy_violations("password", "short")
+            .iter()
+            .map(|v| v.description.clone())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "must be at least 8 characters",
+                "must contain a digit",
+                "must contain an upper case letter"
+            ]
+        );
+        assert!(policy_violations("password", "Correct-Horse-9").is_empty());
+        let long = format!("Aa1{}", "x".repeat(61));
+        assert_eq!(long.len(), 64);
+        assert!(
+            policy_violations("password", &long).is_empty(),
+            "64 characters are fine"
+        );
+    }
+
+    #[tokio::test]
+    async fn hashes_are_argon2id_phc_strings_that_verify_without_truncation() {
+        let passwords = Passwords::new(2).unwrap();
+        let long = format!("Aa1{}", "y".repeat(197));
+        let hash = passwords.hash(long.clone()).await.unwrap();
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
+        assert!(
+            passwords
+                .verify(long.clone(), Some(hash.clone()))
+                .await
+                .unwrap()
+        );
+        // A change past any plausible truncation point is noticed.
+        let mut altered = long.clone();
+        altered.push('z');
+        assert!(!passwords.verify(altered, Some(hash.clone())).await.unwrap());
+        assert!(
+            !passwords.verify(long, None).await.unwrap(),
+            "unknown accounts never match"
+        );
+    }
+}

@@ -1,0 +1,379 @@
+//! Auth's tables, on SQLite or PostgreSQL with the same SQL text. Every
+//! query after login is scoped by organization.
+
+use sqlx::Row;
+use trellis_store::{Database, EmbeddedMigration, ServiceMigrations, StoreError};
+
+const ACCOUNTS: &[EmbeddedMigration] = &[EmbeddedMigration {
+    version: 1,
+    description: "accounts",
+    sql: include_str!("../migrations/0001_accounts.sql"),
+}];
+
+pub const MIGRATIONS: ServiceMigrations = ServiceMigrations {
+    service: "auth",
+    sqlite: ACCOUNTS,
+    postgres: ACCOUNTS,
+};
+
+/// Runs `$body` with `$pool` bound to whichever pool `$db` holds; the body
+/// is compiled once per backend.
+macro_rules! with_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            Database::Sqlite($pool) => $body,
+            Database::Postgres($pool) => $body,
+        }
+    };
+}
+
+#[derive(Clone, Debug)]
+pub struct OrganizationRow {
+    pub id: String,
+    pub name: String,
+    pub slug: String,
+    pub plan: String,
+    pub max_users: i64,
+    pub max_concurrent_runs: i64,
+    pub max_runs_per_month: i64,
+    pub created_at: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct UserRow {
+    pub id: String,
+    pub org_id: String,
+    pub email: String,
+    pub name: String,
+    pub password_hash: String,
+    pub role: String,
+    pub status: String,
+    pub created_at: i64,
+    pub last_login_at: Option<i64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewSession {
+    pub id: String,
+    pub org_id: String,
+    pub user_id: String,
+    pub now: i64,
+    pub idle_expires_at: i64,
+    pub absolute_expires_at: i64,
+    pub user_agent: String,
+    pub client_address: String,
+    pub refresh_hash: String,
+    pub refresh_expires_at: i64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refreshed {
+    /// Exchanged: the session and its user, ready for new tokens.
+    Rotated {
+        session_id: String,
+        org_id: String,
+        user_id: String,
+    },
+    /// An already-exchanged token: the whole session was revoked.
+    Reused,
+    /// Unknown, expired, or its session is over.
+    Invalid,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("{0} already exists")]
+    Conflict(&'static str),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.is_unique_violation())
+}
+
+fn organization<R: Row>(row: &R) -> Result<OrganizationRow, sqlx::Error>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(OrganizationRow {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        slug: row.try_get("slug")?,
+        plan: row.try_get("plan")?,
+        max_users: row.try_get("max_users")?,
+        max_concurrent_runs: row.try_get("max_concurrent_runs")?,
+        max_runs_per_month: row.try_get("max_runs_per_month")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn user<R: Row>(row: &R) -> Result<UserRow, sqlx::Error>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<i64>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(UserRow {
+        id: row.try_get("id")?,
+        org_id: row.try_get("org_id")?,
+        email: row.try_get("email")?,
+        name: row.try_get("name")?,
+        password_hash: row.try_get("password_hash")?,
+        role: row.try_get("role")?,
+        status: row.try_get("status")?,
+        created_at: row.try_get("created_at")?,
+        last_login_at: row.try_get("last_login_at")?,
+    })
+}
+
+const ORG_COLUMNS: &str =
+    "id, name, slug, plan, max_users, max_concurrent_runs, max_runs_per_month, created_at";
+const USER_COLUMNS: &str =
+    "id, org_id, email, name, password_hash, role, status, created_at, last_login_at";
+
+#[derive(Clone, Debug)]
+pub struct AuthStore {
+    db: Database,
+}
+
+impl AuthStore {
+    pub fn new(db: Database) -> Self {
+        AuthStore { db }
+    }
+
+    /// Creates the organization and its first user in one transaction. The
+    /// slug gets a numeric suffix when taken.
+    pub async fn sign_up(
+        &self,
+        org: &OrganizationRow,
+        admin: &UserRow,
+    ) -> Result<OrganizationRow, WriteError> {
+        with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await.map_err(StoreError::from)?;
+            let taken: Vec<String> = sqlx::query_scalar(
+                "SELECT slug FROM auth_organizations WHERE slug = $1 OR slug LIKE $2",
+            )
+            .bind(&org.slug)
+            .bind(format!("{}-%", org.slug))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+            let slug = (1..)
+                .map(|n| if n == 1 { org.slug.clone() } else { format!("{}-{n}", org.slug) })
+                .find(|candidate| !taken.contains(candidate))
+                .expect("some suffix is free");
+            let org = OrganizationRow { slug, ..org.clone() };
+            sqlx::query(
+                "INSERT INTO auth_organizations (id, name, slug, plan, max_users, max_concurrent_runs, max_runs_per_month, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(&org.id).bind(&org.name).bind(&org.slug).bind(&org.plan)
+            .bind(org.max_users).bind(org.max_concurrent_runs).bind(org.max_runs_per_month).bind(org.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| if is_unique_violation(&e) { WriteError::Conflict("organization slug") } else { StoreError::from(e).into() })?;
+            sqlx::query(
+                "INSERT INTO auth_users (id, org_id, email, name, password_hash, role, status, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(&admin.id).bind(&org.id).bind(&admin.email).bind(&admin.name)
+            .bind(&admin.password_hash).bind(&admin.role).bind(&admin.status).bind(admin.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| if is_unique_violation(&e) { WriteError::Conflict("email") } else { StoreError::from(e).into() })?;
+            tx.commit().await.map_err(StoreError::from)?;
+            Ok(org)
+        })
+    }
+
+    /// Login is the one lookup not scoped by organization: emails are unique
+    /// across Trellis and the organization is what it finds.
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<UserRow>, StoreError> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM auth_users WHERE email = $1");
+        with_pool!(&self.db, pool => {
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(email).fetch_optional(pool).await?;
+            Ok(row.as_ref().map(user).transpose()?)
+        })
+    }
+
+    pub async fn user(&self, org_id: &str, user_id: &str) -> Result<Option<UserRow>, StoreError> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM auth_users WHERE org_id = $1 AND id = $2");
+        with_pool!(&self.db, pool => {
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(org_id).bind(user_id).fetch_optional(pool).await?;
+            Ok(row.as_ref().map(user).transpose()?)
+        })
+    }
+
+    pub async fn organization(&self, org_id: &str) -> Result<Option<OrganizationRow>, StoreError> {
+        let sql = format!("SELECT {ORG_COLUMNS} FROM auth_organizations WHERE id = $1");
+        with_pool!(&self.db, pool => {
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(org_id).fetch_optional(pool).await?;
+            Ok(row.as_ref().map(organization).transpose()?)
+        })
+    }
+
+    /// Starts a login session with its first refresh token and records the
+    /// login on the user.
+    pub async fn start_session(&self, session: &NewSession) -> Result<(), StoreError> {
+        with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO auth_login_sessions (id, org_id, user_id, created_at, last_used_at, idle_expires_at, absolute_expires_at, user_agent, client_address) \
+                 VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8)",
+            )
+            .bind(&session.id).bind(&session.org_id).bind(&session.user_id).bind(session.now)
+            .bind(session.idle_expires_at).bind(session.absolute_expires_at)
+            .bind(&session.user_agent).bind(&session.client_address)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO auth_refresh_tokens (token_hash, session_id, org_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&session.refresh_hash).bind(&session.id).bind(&session.org_id)
+            .bind(session.now).bind(session.refresh_expires_at)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE auth_users SET last_login_at = $1 WHERE org_id = $2 AND id = $3")
+                .bind(session.now).bind(&session.org_id).bind(&session.user_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Exchanges a refresh token for a new one, exactly once. Presenting an
+    /// exchanged token again revokes its session (reuse detection).
+    pub async fn rotate_refresh(
+        &self,
+        presented_hash: &str,
+        new_hash: &str,
+        now: i64,
+        idle_expires_at: i64,
+        refresh_expires_at: i64,
+    ) -> Result<Refreshed, StoreError> {
+        with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            // Only one of two concurrent exchanges can match `rotated_at IS NULL`.
+            let claimed = sqlx::query(
+                "UPDATE auth_refresh_tokens SET rotated_at = $1 \
+                 WHERE token_hash = $2 AND rotated_at IS NULL AND expires_at > $1 \
+                 RETURNING session_id, org_id",
+            )
+            .bind(now).bind(presented_hash)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(claimed) = claimed else {
+                let rotated: Option<(String, Option<i64>)> = sqlx::query_as(
+                    "SELECT session_id, rotated_at FROM auth_refresh_tokens WHERE token_hash = $1",
+                )
+                .bind(presented_hash)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let outcome = match rotated {
+                    Some((session_id, Some(_))) => {
+                        sqlx::query(
+                            "UPDATE auth_login_sessions SET revoked_at = $1, revoke_reason = 'refresh token reused' \
+                             WHERE id = $2 AND revoked_at IS NULL",
+                        )
+                        .bind(now).bind(&session_id)
+                        .execute(&mut *tx)
+                        .await?;
+                        Refreshed::Reused
+                    }
+                    _ => Refreshed::Invalid,
+                };
+                tx.commit().await?;
+                return Ok(outcome);
+            };
+            let session_id: String = claimed.try_get("session_id")?;
+            let org_id: String = claimed.try_get("org_id")?;
+            // The session must still be live; sliding expiry moves on use.
+            let live = sqlx::query(
+                "UPDATE auth_login_sessions SET last_used_at = $1, idle_expires_at = $2 \
+                 WHERE id = $3 AND org_id = $4 AND revoked_at IS NULL AND idle_expires_at > $1 AND absolute_expires_at > $1 \
+                 RETURNING user_id",
+            )
+            .bind(now).bind(idle_expires_at).bind(&session_id).bind(&org_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(live) = live else {
+                tx.commit().await?;
+                return Ok(Refreshed::Invalid);
+            };
+            let user_id: String = live.try_get("user_id")?;
+            sqlx::query(
+                "INSERT INTO auth_refresh_tokens (token_hash, session_id, org_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(new_hash).bind(&session_id).bind(&org_id).bind(now).bind(refresh_expires_at)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(Refreshed::Rotated { session_id, org_id, user_id })
+        })
+    }
+
+    /// Whether the session is live: not revoked and within both expiries.
+    pub async fn session_is_live(
+        &self,
+        org_id: &str,
+        session_id: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        with_pool!(&self.db, pool => {
+            let found: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM auth_login_sessions \
+                 WHERE org_id = $1 AND id = $2 AND revoked_at IS NULL AND idle_expires_at > $3 AND absolute_expires_at > $3",
+            )
+            .bind(org_id).bind(session_id).bind(now)
+            .fetch_optional(pool)
+            .await?;
+            Ok(found.is_some())
+        })
+    }
+
+    /// Revokes one session of a user; returns whether it was live.
+    pub async fn revoke_session(
+        &self,
+        org_id: &str,
+        user_id: &str,
+        session_id: &str,
+        now: i64,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        with_pool!(&self.db, pool => {
+            let done = sqlx::query(
+                "UPDATE auth_login_sessions SET revoked_at = $1, revoke_reason = $2 \
+                 WHERE org_id = $3 AND user_id = $4 AND id = $5 AND revoked_at IS NULL",
+            )
+            .bind(now).bind(reason).bind(org_id).bind(user_id).bind(session_id)
+            .execute(pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    /// Revokes every live session of a user; returns how many.
+    pub async fn revoke_user_sessions(
+        &self,
+        org_id: &str,
+        user_id: &str,
+        now: i64,
+        reason: &str,
+    ) -> Result<u64, StoreError> {
+        with_pool!(&self.db, pool => {
+            let done = sqlx::query(
+                "UPDATE auth_login_sessions SET revoked_at = $1, revoke_reason = $2 \
+                 WHERE org_id = $3 AND user_id = $4 AND revoked_at IS NULL",
+            )
+            .bind(now).bind(reason).bind(org_id).bind(user_id)
+            .execute(pool)
+            .await?;
+            Ok(done.rows_affected())
+        })
+    }
+}

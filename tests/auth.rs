@@ -1,0 +1,310 @@
+//! Auth end to end: real servers, real clients, on SQLite and (when
+//! TRELLIS_TEST_DATABASE_URL is set) PostgreSQL.
+
+mod common;
+
+use common::*;
+use tonic::Code;
+use tonic_types::StatusExt;
+use trellis::auth::v1::auth_service_client::AuthServiceClient;
+use trellis::auth::v1::{
+    LoginRequest, LogoutAllRequest, LogoutRequest, Plan, RefreshRequest, Role, SignUpRequest,
+    WhoAmIRequest,
+};
+use trellis::cart::v1::{GetCartRequest, cart_service_client::CartServiceClient};
+use trellis_cli::ServiceName;
+
+const PASSWORD: &str = "Correct-Horse-9";
+
+fn authed<T>(message: T, access_token: &str) -> tonic::Request<T> {
+    with_metadata(
+        message,
+        &[("authorization", &format!("Bearer {access_token}"))],
+    )
+}
+
+async fn sign_up_and_sessions(extra: &[&str]) {
+    let data_dir = temp_dir("auth");
+    let running = trellis_cli::start(
+        &[ServiceName::Auth, ServiceName::Cart],
+        &up_args(&data_dir, extra),
+    )
+    .await
+    .unwrap();
+    let mut auth =
+        AuthServiceClient::new(channel(running.address(ServiceName::Auth).unwrap()).await);
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    let email = format!("ana.{unique}@example.com");
+
+    // Every violation at once, named in the message and in BadRequest.
+    let refused = auth
+        .sign_up(SignUpRequest {
+            email: "not-an-email".into(),
+            password: "short".into(),
+            name: " ".into(),
+            organization_name: "Taco Palace".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    let fields: Vec<String> = refused
+        .get_details_bad_request()
+        .unwrap()
+        .field_violations
+        .iter()
+        .map(|v| v.field.clone())
+        .collect();
+    assert_eq!(
+        fields,
+        ["email", "name", "password", "password", "password"]
+    );
+    assert!(
+        refused.message().contains("password: must contain a digit"),
+        "{}",
+        refused.message()
+    );
+
+    let signed_up = auth
+        .sign_up(SignUpRequest {
+            email: format!("  ANA.{unique}@Example.com "),
+            password: PASSWORD.into(),
+            name: "Ana".into(),
+            organization_name: format!("Taco Palace {unique}"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let user = signed_up.user.clone().unwrap();
+    let org = signed_up.organization.clone().unwrap();
+    assert_eq!(user.email, email, "trimmed and lower-cased");
+    assert_eq!(user.role, Role::Admin as i32);
+    assert_eq!(org.plan, Plan::Free as i32);
+    assert_eq!(org.slug, format!("taco-palace-{unique}"));
+    let limits = org.limits.unwrap();
+    assert_eq!(
+        (
+            limits.max_users,
+            limits.max_concurrent_runs,
+            limits.max_runs_per_month
+        ),
+        (3, 1, 100)
+    );
+    assert_eq!(signed_up.expires_in, 900);
+
+    let duplicate = auth
+        .sign_up(SignUpRequest {
+            email: email.to_uppercase(),
+            password: PASSWORD.into(),
+            name: "Ana".into(),
+            organization_name: "Other".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(duplicate.code(), Code::AlreadyExists);
+
+    // Wrong password and unknown email: the same answer, byte for byte.
+    let wrong_password = auth
+        .login(LoginRequest {
+            email: email.clone(),
+            password: "Wrong-Horse-9".into(),
+        })
+        .await
+        .unwrap_err();
+    let unknown_email = auth
+        .login(LoginRequest {
+            email: format!("nobody.{unique}@example.com"),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(wrong_password.code(), Code::Unauthenticated);
+    assert_eq!(
+        (
+            wrong_password.code(),
+            wrong_password.message(),
+            wrong_password.details()
+        ),
+        (
+            unknown_email.code(),
+            unknown_email.message(),
+            unknown_email.details()
+        )
+    );
+    assert_eq!(wrong_password.message(), "invalid credentials");
+
+    let login = auth
+        .login(LoginRequest {
+            email: email.clone(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let me = auth
+        .who_am_i(authed(WhoAmIRequest {}, &login.access_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(me.user.unwrap().email, email);
+    assert_eq!(
+        me.organization.unwrap().organization_id,
+        org.organization_id
+    );
+    assert_eq!(me.session_id, login.session_id);
+    assert!(login.user.unwrap().last_login_at.is_some());
+
+    // Other servers trust Auth's tokens through the JWKS.
+    let mut cart =
+        CartServiceClient::new(channel(running.address(ServiceName::Cart).unwrap()).await);
+    let status = cart
+        .get_cart(authed(
+            GetCartRequest {
+                session_id: login.session_id.clone(),
+            },
+            &login.access_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::Unimplemented,
+        "past the tenancy layer: {status:?}"
+    );
+
+    // Refresh rotates; presenting the old token again revokes the session.
+    let refreshed = auth
+        .refresh(RefreshRequest {
+            refresh_token: login.refresh_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(refreshed.session_id, login.session_id);
+    assert_ne!(refreshed.refresh_token, login.refresh_token);
+    auth.who_am_i(authed(WhoAmIRequest {}, &refreshed.access_token))
+        .await
+        .unwrap();
+    let reuse = auth
+        .refresh(RefreshRequest {
+            refresh_token: login.refresh_token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reuse.code(), Code::Unauthenticated);
+    let family = auth
+        .refresh(RefreshRequest {
+            refresh_token: refreshed.refresh_token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        family.code(),
+        Code::Unauthenticated,
+        "the whole session is revoked"
+    );
+    let ended = auth
+        .who_am_i(authed(WhoAmIRequest {}, &refreshed.access_token))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (ended.code(), ended.message()),
+        (Code::Unauthenticated, "session ended")
+    );
+    let garbage = auth
+        .refresh(RefreshRequest {
+            refresh_token: "garbage".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(garbage.code(), Code::Unauthenticated);
+
+    // Logout ends this session only; LogoutAll ends the rest.
+    let first = auth
+        .login(LoginRequest {
+            email: email.clone(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let second = auth
+        .login(LoginRequest {
+            email: email.clone(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let third = auth
+        .login(LoginRequest {
+            email: email.clone(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    auth.logout(authed(LogoutRequest {}, &first.access_token))
+        .await
+        .unwrap();
+    assert_eq!(
+        auth.who_am_i(authed(WhoAmIRequest {}, &first.access_token))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        auth.refresh(RefreshRequest {
+            refresh_token: first.refresh_token
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::Unauthenticated
+    );
+    auth.who_am_i(authed(WhoAmIRequest {}, &second.access_token))
+        .await
+        .unwrap();
+    let all = auth
+        .logout_all(authed(LogoutAllRequest {}, &second.access_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        all.revoked_sessions, 3,
+        "second, third and the original sign-up session"
+    );
+    assert_eq!(
+        auth.who_am_i(authed(WhoAmIRequest {}, &third.access_token))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+    // The signed-up session was revoked too.
+    assert_eq!(
+        auth.refresh(RefreshRequest {
+            refresh_token: signed_up.refresh_token
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::Unauthenticated
+    );
+
+    running.shutdown().await.unwrap();
+    std::fs::remove_dir_all(data_dir).unwrap();
+}
+
+#[tokio::test]
+async fn sign_up_login_refresh_logout_on_sqlite() {
+    sign_up_and_sessions(&[]).await;
+}
+
+#[tokio::test]
+async fn sign_up_login_refresh_logout_on_postgres() {
+    let Ok(url) = std::env::var("TRELLIS_TEST_DATABASE_URL") else {
+        return loud("SKIPPED: Auth on PostgreSQL (set TRELLIS_TEST_DATABASE_URL)");
+    };
+    sign_up_and_sessions(&["--database-url", &url]).await;
+}
