@@ -25,9 +25,11 @@ fn authed<T>(message: T, access_token: &str) -> tonic::Request<T> {
 
 async fn sign_up_and_sessions(extra: &[&str]) {
     let data_dir = temp_dir("auth");
+    let mut args = vec!["--session-check-ttl", "1s"];
+    args.extend_from_slice(extra);
     let running = trellis_cli::start(
         &[ServiceName::Auth, ServiceName::Cart],
-        &up_args(&data_dir, extra),
+        &up_args(&data_dir, &args),
     )
     .await
     .unwrap();
@@ -243,9 +245,42 @@ async fn sign_up_and_sessions(extra: &[&str]) {
         .await
         .unwrap()
         .into_inner();
+    let on_cart = |token: &str| {
+        authed(
+            GetCartRequest {
+                session_id: "s".into(),
+            },
+            token,
+        )
+    };
+    assert_eq!(
+        cart.get_cart(on_cart(&first.access_token))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unimplemented
+    );
     auth.logout(authed(LogoutRequest {}, &first.access_token))
         .await
         .unwrap();
+    // Other servers stop accepting the token within --session-check-ttl.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let ended = cart
+        .get_cart(on_cart(&first.access_token))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (ended.code(), ended.message()),
+        (Code::Unauthenticated, "session ended")
+    );
+    assert_eq!(
+        cart.get_cart(on_cart(&second.access_token))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unimplemented,
+        "other sessions unaffected"
+    );
     assert_eq!(
         auth.who_am_i(authed(WhoAmIRequest {}, &first.access_token))
             .await

@@ -16,7 +16,7 @@ use trellis_runtime::{
     ConfigError, JwtArgs, ServerLimits, ServiceSet, Shutdown, ShutdownTrigger, TelemetryArgs,
 };
 use trellis_store::{Database, DatabaseOptions, ServiceMigrations, StoreError};
-use trellis_tenancy::{AccessClaims, AuthServiceJwks, JwksCache, Role, TokenVerifier};
+use trellis_tenancy::{AuthServiceJwks, AuthSessionCheck, JwksCache, SessionGuard, TokenVerifier};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -47,9 +47,6 @@ pub enum Command {
     /// Manage Auth's signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
-    /// Print an access token signed with the local signing keys, for trying
-    /// RPCs with grpcurl. Needs access to the private keys.
-    Token(TokenArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -84,65 +81,6 @@ impl KeyDirArgs {
         let (dir, generate) = self.location();
         Ok(KeyStore::open(dir, generate)?)
     }
-}
-
-#[derive(Args, Clone, Debug)]
-pub struct TokenArgs {
-    #[command(flatten)]
-    pub keys: KeyDirArgs,
-    #[arg(long, value_enum, default_value = "admin")]
-    pub role: TokenRole,
-    /// Organization id; random when unset.
-    #[arg(long)]
-    pub org: Option<uuid::Uuid>,
-    /// User id; random when unset.
-    #[arg(long)]
-    pub user: Option<uuid::Uuid>,
-    #[arg(long, default_value = "15m", value_parser = trellis_runtime::parse_duration)]
-    pub ttl: Duration,
-    #[command(flatten)]
-    pub jwt: JwtArgs,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug)]
-pub enum TokenRole {
-    Admin,
-    Developer,
-    Viewer,
-}
-
-impl From<TokenRole> for Role {
-    fn from(role: TokenRole) -> Role {
-        match role {
-            TokenRole::Admin => Role::Admin,
-            TokenRole::Developer => Role::Developer,
-            TokenRole::Viewer => Role::Viewer,
-        }
-    }
-}
-
-/// Signs an access token with the active local key.
-pub fn mint_token(args: &TokenArgs) -> Result<String, CliError> {
-    let keys = args.keys.open()?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let claims = AccessClaims {
-        iss: args.jwt.jwt_issuer.clone(),
-        aud: args.jwt.jwt_audience.clone(),
-        sub: args.user.unwrap_or_else(uuid::Uuid::new_v4),
-        org: args.org.unwrap_or_else(uuid::Uuid::new_v4),
-        role: args.role.into(),
-        sid: uuid::Uuid::new_v4(),
-        iat: now,
-        nbf: now,
-        exp: now + args.ttl.as_secs() as i64,
-        jti: uuid::Uuid::new_v4(),
-        scope: None,
-    };
-    keys.signing_key()
-        .sign(&claims)
-        .map_err(|e| CliError::Invalid(format!("cannot sign: {e}")))
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -298,6 +236,10 @@ pub struct ServeArgs {
     /// A login session ends this long after its last use (sliding).
     #[arg(long, env = "TRELLIS_SESSION_IDLE_TTL", default_value = "24h", value_parser = trellis_runtime::parse_duration)]
     pub session_idle_ttl: Duration,
+    /// How long a server trusts a session-liveness answer from Auth: the
+    /// most a logout can take to reach every server.
+    #[arg(long, env = "TRELLIS_SESSION_CHECK_TTL", default_value = "5s", value_parser = trellis_runtime::parse_duration)]
+    pub session_check_ttl: Duration,
     /// A login session ends this long after login, however active.
     #[arg(long, env = "TRELLIS_SESSION_ABSOLUTE_TTL", default_value = "720h", value_parser = trellis_runtime::parse_duration)]
     pub session_absolute_ttl: Duration,
@@ -457,12 +399,18 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
     } else {
         None
     };
-    let verifier = build_verifier(args, &listeners)?;
+    let (verifier, sessions) = build_verifier(args, &listeners)?;
     let (trigger, shutdown) = Shutdown::new();
     let mut tasks = JoinSet::new();
     let mut addresses = Vec::new();
     for ((service, listener, bound), database) in listeners.into_iter().zip(databases) {
         let set = service.service_set(args, database, keys.as_ref())?;
+        // Auth answers session checks from its own tables.
+        let set = if service == ServiceName::Auth {
+            set
+        } else {
+            set.with_session_guard(Some(sessions.clone()))
+        };
         println!(
             "{:<10} listening on {bound}  ({})",
             service.as_str(),
@@ -493,7 +441,7 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
 fn build_verifier(
     args: &ServeArgs,
     listeners: &[(ServiceName, TcpListener, SocketAddr)],
-) -> Result<Arc<TokenVerifier>, CliError> {
+) -> Result<(Arc<TokenVerifier>, Arc<SessionGuard>), CliError> {
     let auth_url = args.auth_url.clone().unwrap_or_else(|| {
         let local_auth = listeners
             .iter()
@@ -509,13 +457,19 @@ fn build_verifier(
         .map_err(|e| CliError::Invalid(format!("auth-url {auth_url:?}: {e}")))?
         .connect_timeout(Duration::from_secs(2));
     // Lazy, so the other servers start even while Auth is still coming up.
-    let source = AuthServiceJwks::new(endpoint.connect_lazy(), Duration::from_secs(3));
+    let auth = endpoint.connect_lazy();
+    let source = AuthServiceJwks::new(auth.clone(), Duration::from_secs(3));
     let jwks = Arc::new(JwksCache::new(Arc::new(source), args.jwt.jwks_min_refresh));
     jwks.spawn_background_refresh(args.jwt.jwks_refresh);
-    Ok(Arc::new(TokenVerifier::new(
-        jwks,
-        args.jwt.verifier_config(),
-    )))
+    let verifier = Arc::new(TokenVerifier::new(jwks, args.jwt.verifier_config()));
+    let sessions = Arc::new(SessionGuard::new(
+        Arc::new(AuthSessionCheck::new(auth, Duration::from_secs(3))),
+        args.session_check_ttl,
+        // Auth briefly unreachable: recent "live" verdicts keep serving.
+        Duration::from_secs(60),
+        args.jwt.token_cache,
+    ));
+    Ok((verifier, sessions))
 }
 
 fn keys_command(command: &KeysCommand) -> Result<(), CliError> {
@@ -572,7 +526,7 @@ where
     let cli = Cli::parse_from(args);
     let telemetry = match &cli.command {
         Command::Up(args) | Command::Serve { args, .. } => args.telemetry.clone(),
-        Command::Migrate(_) | Command::Keys(_) | Command::Token(_) => TelemetryArgs {
+        Command::Migrate(_) | Command::Keys(_) => TelemetryArgs {
             log: "info".into(),
             ..TelemetryArgs::default()
         },
@@ -597,7 +551,6 @@ where
             Command::Serve { services, args } => serve_until_signal(services, args).await,
             Command::Migrate(storage) => migrate(storage, &ServiceName::ALL).await,
             Command::Keys(command) => keys_command(command),
-            Command::Token(args) => mint_token(args).map(|token| println!("{token}")),
         }
     });
     match result {

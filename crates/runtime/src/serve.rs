@@ -6,7 +6,7 @@ use tonic::server::NamedService;
 use tonic::service::{Routes, RoutesBuilder};
 use tonic_health::ServingStatus;
 use tower::ServiceBuilder;
-use trellis_tenancy::{AuthLayer, PublicMethods, RequestContextLayer, TokenVerifier};
+use trellis_tenancy::{AuthLayer, PublicMethods, RequestContextLayer, SessionGuard, TokenVerifier};
 
 use crate::access_log::AccessLogLayer;
 use crate::config::ServerLimits;
@@ -26,6 +26,7 @@ pub struct ServiceSet {
     routes: RoutesBuilder,
     service_names: Vec<&'static str>,
     public: PublicMethods,
+    sessions: Option<Arc<SessionGuard>>,
 }
 
 impl ServiceSet {
@@ -36,7 +37,14 @@ impl ServiceSet {
             routes: RoutesBuilder::default(),
             service_names: Vec::new(),
             public: PublicMethods::standard(),
+            sessions: None,
         }
+    }
+
+    /// Refuse tokens whose login session has ended, asking `guard`.
+    pub fn with_session_guard(mut self, guard: Option<Arc<SessionGuard>>) -> Self {
+        self.sessions = guard;
+        self
     }
 
     pub fn add_service<S>(mut self, service: S) -> Self
@@ -86,6 +94,7 @@ pub async fn serve(
         mut routes,
         service_names,
         public,
+        sessions,
     } = services;
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -126,7 +135,7 @@ pub async fn serve(
             limits.concurrency_limit,
         ))
         // Verifies the bearer JWT; public methods pass without one.
-        .layer(AuthLayer::new(verifier, public))
+        .layer(AuthLayer::new(verifier, public).with_session_guard(sessions))
         .into_inner();
 
     let address = listener.local_addr().ok();

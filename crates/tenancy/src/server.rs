@@ -8,6 +8,7 @@ use http::HeaderMap;
 use tonic::Status;
 
 use crate::claims::TenantContext;
+use crate::session_guard::{Cached, SessionGuard};
 use crate::verifier::{AuthError, TokenVerifier};
 
 /// Optional tenant hint from clients; checked against the token, never
@@ -66,6 +67,7 @@ impl PublicMethods {
 pub struct AuthLayer {
     verifier: Arc<TokenVerifier>,
     public: Arc<PublicMethods>,
+    sessions: Option<Arc<SessionGuard>>,
 }
 
 impl AuthLayer {
@@ -73,7 +75,14 @@ impl AuthLayer {
         AuthLayer {
             verifier,
             public: Arc::new(public),
+            sessions: None,
         }
+    }
+
+    /// Also refuse tokens whose login session has ended (logout, revocation).
+    pub fn with_session_guard(mut self, guard: Option<Arc<SessionGuard>>) -> Self {
+        self.sessions = guard;
+        self
     }
 }
 
@@ -85,6 +94,7 @@ impl<S> tower::Layer<S> for AuthLayer {
             inner,
             verifier: self.verifier.clone(),
             public: self.public.clone(),
+            sessions: self.sessions.clone(),
         }
     }
 }
@@ -94,6 +104,7 @@ pub struct Authenticate<S> {
     inner: S,
     verifier: Arc<TokenVerifier>,
     public: Arc<PublicMethods>,
+    sessions: Option<Arc<SessionGuard>>,
 }
 
 fn strip_spoofable_headers(headers: &mut HeaderMap) -> Option<http::HeaderValue> {
@@ -176,37 +187,73 @@ where
             Err(error) => return refuse(request.uri().path(), error),
         };
 
-        // Fast path: a token verified before costs one cache lookup.
-        if let Some(tenant) = self.verifier.cached(token) {
-            if let Err(status) = check_org_hint(hint.as_ref(), &tenant) {
+        // Fast path: a token verified before, of a session known to be live,
+        // costs two cache lookups.
+        let cached = self.verifier.cached(token);
+        if let Some(tenant) = &cached {
+            if let Err(status) = check_org_hint(hint.as_ref(), tenant) {
                 return Box::pin(std::future::ready(Ok(reject(status))));
             }
-            record_caller(&tenant);
-            request.extensions_mut().insert(tenant);
-            return Box::pin(self.inner.call(request));
+            let session = self
+                .sessions
+                .as_ref()
+                .map(|guard| guard.cached(&tenant.session_id));
+            match session {
+                None | Some(Cached::Live) => {
+                    let tenant = tenant.clone();
+                    record_caller(&tenant);
+                    request.extensions_mut().insert(tenant);
+                    return Box::pin(self.inner.call(request));
+                }
+                Some(Cached::Ended) => {
+                    return Box::pin(std::future::ready(Ok(reject(session_ended()))));
+                }
+                Some(Cached::Ask) => {}
+            }
         }
 
         let token = token.to_owned();
+        let authorization = request.headers().get(http::header::AUTHORIZATION).cloned();
         let verifier = self.verifier.clone();
+        let sessions = self.sessions.clone();
         // The clone is not ready; keep the one poll_ready was called on.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let tenant = match verifier.verify(&token).await {
-                Ok(tenant) => tenant,
-                Err(error) => {
-                    tracing::debug!(%error, path = request.uri().path(), "access token refused");
-                    return Ok(reject(error.to_status()));
-                }
+            let tenant = match cached {
+                Some(tenant) => tenant,
+                None => match verifier.verify(&token).await {
+                    Ok(tenant) => tenant,
+                    Err(error) => {
+                        tracing::debug!(%error, path = request.uri().path(), "access token refused");
+                        return Ok(reject(error.to_status()));
+                    }
+                },
             };
             if let Err(status) = check_org_hint(hint.as_ref(), &tenant) {
                 return Ok(reject(status));
+            }
+            if let (Some(guard), Some(authorization)) = (sessions, authorization) {
+                let live = match guard.cached(&tenant.session_id) {
+                    Cached::Live => Ok(true),
+                    Cached::Ended => Ok(false),
+                    Cached::Ask => guard.ask(&tenant, authorization).await,
+                };
+                match live {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(reject(session_ended())),
+                    Err(status) => return Ok(reject(status)),
+                }
             }
             record_caller(&tenant);
             request.extensions_mut().insert(tenant);
             inner.call(request).await
         })
     }
+}
+
+fn session_ended() -> Status {
+    Status::unauthenticated("session ended")
 }
 
 fn refuse<R: Default + Send + 'static, E: Send + 'static>(

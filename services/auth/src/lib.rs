@@ -619,6 +619,23 @@ impl AuthService for AuthApi {
         }))
     }
 
+    async fn check_session(
+        &self,
+        request: Request<pb::CheckSessionRequest>,
+    ) -> Result<Response<pb::CheckSessionResponse>, Status> {
+        let tenant = tenant(&request)?;
+        let live = self
+            .store
+            .session_is_live(
+                &tenant.org_id.to_string(),
+                &tenant.session_id.to_string(),
+                now_ms(),
+            )
+            .await
+            .map_err(AuthServiceError::from)?;
+        Ok(Response::new(pb::CheckSessionResponse { live }))
+    }
+
     async fn get_jwks(
         &self,
         _: Request<pb::GetJwksRequest>,

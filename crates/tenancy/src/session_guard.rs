@@ -1,0 +1,153 @@
+//! Logout and revocation reach every server within seconds: each login
+//! session's liveness is asked of Auth and remembered briefly.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::HeaderValue;
+use tonic::{Code, Status};
+use trellis::auth::v1::{CheckSessionRequest, auth_service_client::AuthServiceClient};
+use uuid::Uuid;
+
+use crate::claims::TenantContext;
+use crate::jwks::BoxFuture;
+
+/// Asks whether a login session is still live.
+pub trait SessionCheck: Send + Sync + 'static {
+    /// `authorization` is the caller's own bearer header: the check is made
+    /// with the caller's credentials, never with a service identity.
+    fn is_live(
+        &self,
+        tenant: &TenantContext,
+        authorization: HeaderValue,
+    ) -> BoxFuture<Result<bool, Status>>;
+}
+
+/// Asks Auth's `CheckSession`.
+pub struct AuthSessionCheck {
+    client: AuthServiceClient<tonic::transport::Channel>,
+    timeout: Duration,
+}
+
+impl AuthSessionCheck {
+    pub fn new(channel: tonic::transport::Channel, timeout: Duration) -> Self {
+        AuthSessionCheck {
+            client: AuthServiceClient::new(channel),
+            timeout,
+        }
+    }
+}
+
+impl SessionCheck for AuthSessionCheck {
+    fn is_live(
+        &self,
+        _: &TenantContext,
+        authorization: HeaderValue,
+    ) -> BoxFuture<Result<bool, Status>> {
+        let mut client = self.client.clone();
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let mut request = tonic::Request::new(CheckSessionRequest {});
+            request.set_timeout(timeout);
+            let value = tonic::metadata::MetadataValue::try_from(authorization.as_bytes())
+                .map_err(|_| Status::unauthenticated("malformed authorization header"))?;
+            request.metadata_mut().insert("authorization", value);
+            match tokio::time::timeout(timeout, client.check_session(request)).await {
+                Ok(Ok(response)) => Ok(response.into_inner().live),
+                // Auth refused the token itself: as good as ended.
+                Ok(Err(status)) if status.code() == Code::Unauthenticated => Ok(false),
+                Ok(Err(status)) => Err(status),
+                Err(_) => Err(Status::unavailable("session check timed out")),
+            }
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Verdict {
+    live: bool,
+    checked: Instant,
+}
+
+/// What a cached verdict allows right now.
+pub(crate) enum Cached {
+    Live,
+    Ended,
+    /// Unknown or too old: ask.
+    Ask,
+}
+
+pub struct SessionGuard {
+    check: Arc<dyn SessionCheck>,
+    verdicts: quick_cache::sync::Cache<Uuid, Verdict>,
+    /// How long a verdict is trusted: the upper bound on logout delay.
+    fresh_for: Duration,
+    /// How long a "live" verdict still serves while Auth cannot be asked.
+    stale_grace: Duration,
+}
+
+impl SessionGuard {
+    pub fn new(
+        check: Arc<dyn SessionCheck>,
+        fresh_for: Duration,
+        stale_grace: Duration,
+        capacity: usize,
+    ) -> Self {
+        SessionGuard {
+            check,
+            verdicts: quick_cache::sync::Cache::new(capacity.max(1)),
+            fresh_for,
+            stale_grace,
+        }
+    }
+
+    pub(crate) fn cached(&self, session_id: &Uuid) -> Cached {
+        match self.verdicts.get(session_id) {
+            Some(verdict) if verdict.checked.elapsed() < self.fresh_for => {
+                if verdict.live {
+                    Cached::Live
+                } else {
+                    Cached::Ended
+                }
+            }
+            // An ended session never comes back.
+            Some(Verdict { live: false, .. }) => Cached::Ended,
+            _ => Cached::Ask,
+        }
+    }
+
+    /// Asks, and remembers the answer. When Auth cannot answer, a recent
+    /// "live" verdict keeps serving for `stale_grace`; otherwise UNAVAILABLE.
+    pub(crate) async fn ask(
+        &self,
+        tenant: &TenantContext,
+        authorization: HeaderValue,
+    ) -> Result<bool, Status> {
+        match self.check.is_live(tenant, authorization).await {
+            Ok(live) => {
+                self.verdicts.insert(
+                    tenant.session_id,
+                    Verdict {
+                        live,
+                        checked: Instant::now(),
+                    },
+                );
+                Ok(live)
+            }
+            Err(status) => {
+                let recent = self.verdicts.get(&tenant.session_id).is_some_and(|v| {
+                    v.live && v.checked.elapsed() < self.fresh_for + self.stale_grace
+                });
+                if recent {
+                    tracing::warn!(code = ?status.code(), "session check failed; serving from a recent verdict");
+                    Ok(true)
+                } else {
+                    tracing::warn!(code = ?status.code(), message = status.message(), "session check failed");
+                    Err(Status::unavailable(
+                        "cannot verify the session right now; retry",
+                    ))
+                }
+            }
+        }
+    }
+}
