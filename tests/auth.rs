@@ -343,3 +343,107 @@ async fn sign_up_login_refresh_logout_on_postgres() {
     };
     sign_up_and_sessions(&["--database-url", &url]).await;
 }
+
+async fn brute_force_is_throttled(extra: &[&str]) {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::{Duration, Instant};
+
+    let data_dir = temp_dir("auth-throttle");
+    let running = trellis_cli::start(&[ServiceName::Auth], &up_args(&data_dir, extra))
+        .await
+        .unwrap();
+    let address = running.address(ServiceName::Auth).unwrap();
+    let mut attacker = AuthServiceClient::new(channel(address).await);
+    let from_elsewhere = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .local_address(Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))))
+        .connect()
+        .await
+        .unwrap();
+    let mut real_user = AuthServiceClient::new(from_elsewhere);
+
+    let email = format!("target.{}@example.com", uuid::Uuid::new_v4().simple());
+    attacker
+        .sign_up(SignUpRequest {
+            email: email.clone(),
+            password: PASSWORD.into(),
+            name: "T".into(),
+            organization_name: "T".into(),
+        })
+        .await
+        .unwrap();
+    let unknown = format!("ghost.{}@example.com", uuid::Uuid::new_v4().simple());
+    let mut answers = Vec::new();
+    for target in [&email, &unknown] {
+        for attempt in 1..=5 {
+            let started = Instant::now();
+            let status = attacker
+                .login(LoginRequest {
+                    email: target.clone(),
+                    password: "Wrong-Horse-1".into(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(
+                (status.code(), status.message()),
+                (Code::Unauthenticated, "invalid credentials")
+            );
+            if attempt == 5 {
+                assert!(
+                    started.elapsed() >= Duration::from_millis(400),
+                    "failures past the third are slowed"
+                );
+            }
+        }
+        // Now refused before the password is even checked, right or wrong.
+        let throttled = attacker
+            .login(LoginRequest {
+                email: target.clone(),
+                password: PASSWORD.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(throttled.code(), Code::ResourceExhausted);
+        let retry = throttled
+            .get_details_retry_info()
+            .expect("RetryInfo")
+            .retry_delay
+            .unwrap();
+        assert!(
+            retry > Duration::from_secs(60) && retry <= Duration::from_secs(15 * 60),
+            "{retry:?}"
+        );
+        answers.push((throttled.code(), throttled.message().to_owned()));
+    }
+    assert_eq!(
+        answers[0], answers[1],
+        "known and unknown accounts throttle alike"
+    );
+
+    // The real user, from another address, is not locked out.
+    let login = real_user
+        .login(LoginRequest {
+            email: email.clone(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!login.access_token.is_empty());
+    running.shutdown().await.unwrap();
+    std::fs::remove_dir_all(data_dir).unwrap();
+}
+
+#[tokio::test]
+async fn brute_force_is_throttled_in_memory() {
+    brute_force_is_throttled(&[]).await;
+}
+
+#[tokio::test]
+async fn brute_force_is_throttled_with_redis() {
+    let Ok(url) = std::env::var("TRELLIS_TEST_REDIS_URL") else {
+        return loud("SKIPPED: login throttling on Redis (set TRELLIS_TEST_REDIS_URL)");
+    };
+    let prefix = format!("trellis-test:{}:", uuid::Uuid::new_v4().simple());
+    brute_force_is_throttled(&["--redis-url", &url, "--redis-key-prefix", &prefix]).await;
+}

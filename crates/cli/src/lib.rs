@@ -11,11 +11,16 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use trellis_auth::{AuthDeps, AuthSettings, KeyStore, KeyStoreError, Passwords};
+use trellis_auth::{
+    AuthDeps, AuthSettings, KeyStore, KeyStoreError, LoginThrottle, Passwords, ThrottlePolicy,
+};
 use trellis_runtime::{
     ConfigError, JwtArgs, ServerLimits, ServiceSet, Shutdown, ShutdownTrigger, TelemetryArgs,
 };
-use trellis_store::{Database, DatabaseOptions, ServiceMigrations, StoreError};
+use trellis_store::{
+    Counters, Database, DatabaseOptions, MemoryCounters, RedisCounters, ServiceMigrations,
+    StoreError,
+};
 use trellis_tenancy::{AuthServiceJwks, AuthSessionCheck, JwksCache, SessionGuard, TokenVerifier};
 
 #[derive(Parser, Debug)]
@@ -116,6 +121,7 @@ impl ServiceName {
         args: &ServeArgs,
         database: Database,
         keys: Option<&Arc<KeyStore>>,
+        counters: &Arc<dyn Counters>,
     ) -> Result<ServiceSet, CliError> {
         let limits = &args.limits;
         Ok(match self {
@@ -130,6 +136,7 @@ impl ServiceName {
                         Passwords::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
                             .map_err(|e| CliError::Invalid(e.to_string()))?,
                     ),
+                    throttle: LoginThrottle::new(counters.clone(), ThrottlePolicy::default()),
                     settings: AuthSettings {
                         issuer: args.jwt.jwt_issuer.clone(),
                         audience: args.jwt.jwt_audience.clone(),
@@ -223,6 +230,9 @@ pub struct ServeArgs {
     /// `redis://...` for sessions and rate limits; unset = in-memory.
     #[arg(long, env = "TRELLIS_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Namespace for this deployment's Redis keys.
+    #[arg(long, env = "TRELLIS_REDIS_KEY_PREFIX", default_value = "trellis:")]
+    pub redis_key_prefix: String,
     /// Where the JWKS comes from; unset = the Auth server of this process,
     /// or `http://127.0.0.1:50051`.
     #[arg(long, env = "TRELLIS_AUTH_URL")]
@@ -384,11 +394,15 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
     }
 
     let databases = open_databases(&args.storage, &services, !args.skip_migrations).await?;
-    if let Some(url) = &args.redis_url {
-        // Checked now so a wrong URL fails at start; the pool is used by the
-        // session and rate-limit stores.
-        trellis_store::connect_redis(url, 4).await?;
-    }
+    // Shared counters (failed logins, rate limits): Redis when configured,
+    // so every replica sees the same counts; else this process's memory.
+    let counters: Arc<dyn Counters> = match &args.redis_url {
+        Some(url) => Arc::new(RedisCounters::new(
+            trellis_store::connect_redis(url, 8).await?,
+            args.redis_key_prefix.clone(),
+        )),
+        None => Arc::new(MemoryCounters::default()),
+    };
 
     let keys = if services.contains(&ServiceName::Auth) {
         let key_dir = KeyDirArgs {
@@ -404,7 +418,7 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
     let mut tasks = JoinSet::new();
     let mut addresses = Vec::new();
     for ((service, listener, bound), database) in listeners.into_iter().zip(databases) {
-        let set = service.service_set(args, database, keys.as_ref())?;
+        let set = service.service_set(args, database, keys.as_ref(), &counters)?;
         // Auth answers session checks from its own tables.
         let set = if service == ServiceName::Auth {
             set

@@ -3,11 +3,13 @@
 //! its own history table, and one mapping of storage failures to statuses.
 #![forbid(unsafe_code)]
 
+mod counters;
 mod database;
 mod error;
 mod migrate;
 mod redis_pool;
 
+pub use counters::{Counters, MemoryCounters, RedisCounters, Tally};
 pub use database::{Database, DatabaseOptions, default_sqlite_url, redact_url};
 pub use error::StoreError;
 pub use migrate::{EmbeddedMigration, ServiceMigrations, migrate};

@@ -188,3 +188,37 @@ async fn redis_pool_round_trips() {
         .unwrap();
     assert_eq!(value, "42");
 }
+
+async fn exercise_counters(counters: &dyn trellis_store::Counters) {
+    let key = format!("test:{}", uuid::Uuid::new_v4());
+    let window = Duration::from_millis(400);
+    assert_eq!(counters.get(&key).await.unwrap().count, 0);
+    assert_eq!(counters.increment(&key, window).await.unwrap().count, 1);
+    let second = counters.increment(&key, window).await.unwrap();
+    assert_eq!(second.count, 2);
+    assert!(
+        second.resets_in <= window && second.resets_in > Duration::ZERO,
+        "{second:?}"
+    );
+    assert_eq!(counters.get(&key).await.unwrap().count, 2);
+    // The window does not slide with later increments: it expires.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(counters.get(&key).await.unwrap().count, 0);
+    assert_eq!(counters.increment(&key, window).await.unwrap().count, 1);
+    counters.delete(&key).await.unwrap();
+    assert_eq!(counters.get(&key).await.unwrap().count, 0);
+}
+
+#[tokio::test]
+async fn memory_counters_count_within_a_window() {
+    exercise_counters(&trellis_store::MemoryCounters::default()).await;
+}
+
+#[tokio::test]
+async fn redis_counters_count_within_a_window() {
+    let Ok(url) = std::env::var("TRELLIS_TEST_REDIS_URL") else {
+        return skipped("Redis counters test", "TRELLIS_TEST_REDIS_URL");
+    };
+    let pool = connect_redis(&url, 2).await.unwrap();
+    exercise_counters(&trellis_store::RedisCounters::new(pool, "trellis:test:")).await;
+}

@@ -18,6 +18,9 @@ pub enum AuthServiceError {
     Suspended,
     #[error("{0}")]
     Unauthenticated(&'static str),
+    /// Too many failed logins; the caller may retry after the delay.
+    #[error("too many failed logins")]
+    Throttled(std::time::Duration),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -45,6 +48,14 @@ impl From<AuthServiceError> for Status {
             AuthServiceError::InvalidCredentials => Status::unauthenticated("invalid credentials"),
             AuthServiceError::Suspended => Status::permission_denied("user is suspended"),
             AuthServiceError::Unauthenticated(why) => Status::unauthenticated(why),
+            AuthServiceError::Throttled(retry_after) => Status::with_error_details(
+                Code::ResourceExhausted,
+                "too many failed logins; retry later",
+                // Whole seconds, rounded up, so clients never retry early.
+                ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(
+                    retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
+                ))),
+            ),
             AuthServiceError::Store(error) => error.into(),
             error @ (AuthServiceError::Hash(_) | AuthServiceError::Internal(_)) => {
                 tracing::error!(%error, "auth internal error");

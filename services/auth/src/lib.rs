@@ -9,6 +9,7 @@ mod error;
 pub mod keys;
 pub mod password;
 mod store;
+pub mod throttle;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,6 +33,7 @@ pub use keys::{KeyStore, KeyStoreError, Rotation, rotate};
 pub use password::Passwords;
 pub use store::MIGRATIONS;
 use store::{AuthStore, NewSession, OrganizationRow, Refreshed, UserRow, WriteError};
+pub use throttle::{LoginThrottle, ThrottlePolicy};
 
 pub const DEFAULT_PORT: u16 = 50051;
 
@@ -74,6 +76,7 @@ pub struct AuthDeps {
     pub database: Database,
     pub passwords: Arc<Passwords>,
     pub settings: AuthSettings,
+    pub throttle: LoginThrottle,
 }
 
 struct Plan {
@@ -269,6 +272,7 @@ pub struct AuthApi {
     store: AuthStore,
     passwords: Arc<Passwords>,
     settings: AuthSettings,
+    throttle: LoginThrottle,
 }
 
 impl AuthApi {
@@ -434,6 +438,12 @@ impl AuthApi {
         if input.password.len() > password::MAX_PASSWORD_BYTES {
             return Err(AuthServiceError::InvalidCredentials);
         }
+        // Keyed by the email as typed (normalised), known or not, so a
+        // throttled answer says nothing about whether the account exists.
+        if let Err(retry_after) = self.throttle.admit(&email, &caller.address).await? {
+            audit("login", &caller, "", "", "throttled");
+            return Err(AuthServiceError::Throttled(retry_after));
+        }
         let user = self.store.user_by_email(&email).await?;
         let matches = self
             .passwords
@@ -447,9 +457,12 @@ impl AuthApi {
             other => {
                 let (org, id) = other.map(|u| (u.org_id, u.id)).unwrap_or_default();
                 audit("login", &caller, &org, &id, "invalid_credentials");
+                let tarpit = self.throttle.failed(&email, &caller.address).await?;
+                tokio::time::sleep(tarpit).await;
                 return Err(AuthServiceError::InvalidCredentials);
             }
         };
+        self.throttle.succeeded(&email, &caller.address).await?;
         // Checked after the password, so guessers learn nothing about status.
         if user.status != "active" {
             audit("login", &caller, &user.org_id, &user.id, "suspended");
@@ -658,6 +671,7 @@ pub fn service_set(limits: &ServerLimits, deps: AuthDeps) -> ServiceSet {
         store: AuthStore::new(deps.database),
         passwords: deps.passwords,
         settings: deps.settings,
+        throttle: deps.throttle,
     };
     let set = ServiceSet::new("auth")
         .add_service(
