@@ -18,6 +18,12 @@ pub enum AuthServiceError {
     Suspended,
     #[error("{0}")]
     Unauthenticated(&'static str),
+    #[error("{0}")]
+    PermissionDenied(&'static str),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(&'static str),
     /// Too many failed logins; the caller may retry after the delay.
     #[error("too many failed logins")]
     Throttled(std::time::Duration),
@@ -48,6 +54,9 @@ impl From<AuthServiceError> for Status {
             AuthServiceError::InvalidCredentials => Status::unauthenticated("invalid credentials"),
             AuthServiceError::Suspended => Status::permission_denied("user is suspended"),
             AuthServiceError::Unauthenticated(why) => Status::unauthenticated(why),
+            AuthServiceError::PermissionDenied(why) => Status::permission_denied(why),
+            AuthServiceError::NotFound(what) => Status::not_found(what),
+            AuthServiceError::FailedPrecondition(why) => Status::failed_precondition(why),
             AuthServiceError::Throttled(retry_after) => Status::with_error_details(
                 Code::ResourceExhausted,
                 "too many failed logins; retry later",

@@ -1,12 +1,11 @@
-//! Auth server: `trellis.auth.v1.AuthService` and `OrganizationService`.
-//!
-//! Sign-up, login, refresh-token rotation with reuse detection, logout,
-//! `WhoAmI` and the signing keys are real. `OrganizationService` answers
-//! UNIMPLEMENTED until the rest of the Auth issue lands.
+//! Auth server: `trellis.auth.v1.AuthService` and `OrganizationService`:
+//! sign-up, login with brute-force protection, refresh-token rotation with
+//! reuse detection, logout, signing keys, members and invitations.
 #![forbid(unsafe_code)]
 
 mod error;
 pub mod keys;
+mod organizations;
 pub mod password;
 mod store;
 pub mod throttle;
@@ -21,9 +20,7 @@ use tonic::{Request, Response, Status};
 use tonic_types::FieldViolation;
 use trellis::auth::v1 as pb;
 use trellis::auth::v1::auth_service_server::{AuthService, AuthServiceServer};
-use trellis::auth::v1::organization_service_server::{
-    OrganizationService, OrganizationServiceServer,
-};
+use trellis::auth::v1::organization_service_server::OrganizationServiceServer;
 use trellis_runtime::{ServerLimits, ServiceSet};
 use trellis_store::Database;
 use trellis_tenancy::{AccessClaims, CallContext, Role, TenantContext};
@@ -245,6 +242,20 @@ impl Caller {
             request_id: CallContext::from_request(request).request_id().to_owned(),
         }
     }
+}
+
+/// One structured event per admin action (and invitation acceptance).
+fn audit_admin(event: &str, caller: &Caller, org: &str, actor: &str, target: &str, result: &str) {
+    tracing::info!(
+        target: "audit",
+        event,
+        org,
+        user = actor,
+        target_id = target,
+        result,
+        client_address = %caller.address,
+        request_id = %caller.request_id,
+    );
 }
 
 /// One structured event per authentication attempt: never a password or token.
@@ -659,26 +670,22 @@ impl AuthService for AuthApi {
     }
 }
 
-#[derive(Clone, Debug, Default)]
-pub struct OrganizationApi;
-
-#[tonic::async_trait]
-impl OrganizationService for OrganizationApi {}
-
 pub fn service_set(limits: &ServerLimits, deps: AuthDeps) -> ServiceSet {
-    let api = AuthApi {
+    // One state behind both services.
+    let api = Arc::new(AuthApi {
         keys: deps.keys,
         store: AuthStore::new(deps.database),
         passwords: deps.passwords,
         settings: deps.settings,
         throttle: deps.throttle,
-    };
+    });
     let set = ServiceSet::new("auth")
         .add_service(
-            AuthServiceServer::new(api).max_decoding_message_size(limits.max_message_bytes),
+            AuthServiceServer::from_arc(api.clone())
+                .max_decoding_message_size(limits.max_message_bytes),
         )
         .add_service(
-            OrganizationServiceServer::new(OrganizationApi)
+            OrganizationServiceServer::from_arc(api)
                 .max_decoding_message_size(limits.max_message_bytes),
         );
     PUBLIC_METHODS

@@ -4,11 +4,18 @@
 use sqlx::Row;
 use trellis_store::{Database, EmbeddedMigration, ServiceMigrations, StoreError};
 
-const ACCOUNTS: &[EmbeddedMigration] = &[EmbeddedMigration {
-    version: 1,
-    description: "accounts",
-    sql: include_str!("../migrations/0001_accounts.sql"),
-}];
+const ACCOUNTS: &[EmbeddedMigration] = &[
+    EmbeddedMigration {
+        version: 1,
+        description: "accounts",
+        sql: include_str!("../migrations/0001_accounts.sql"),
+    },
+    EmbeddedMigration {
+        version: 2,
+        description: "invitations",
+        sql: include_str!("../migrations/0002_invitations.sql"),
+    },
+];
 
 pub const MIGRATIONS: ServiceMigrations = ServiceMigrations {
     service: "auth",
@@ -26,6 +33,12 @@ macro_rules! with_pool {
         }
     };
 }
+
+mod organizations;
+
+pub use organizations::{
+    AcceptOutcome, InvitationRow, InviteOutcome, MemberChange, MemberOutcome, RevokeOutcome,
+};
 
 #[derive(Clone, Debug)]
 pub struct OrganizationRow {
@@ -88,11 +101,11 @@ pub enum WriteError {
     Store(#[from] StoreError),
 }
 
-fn is_unique_violation(error: &sqlx::Error) -> bool {
+pub(crate) fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(e) if e.is_unique_violation())
 }
 
-fn organization<R: Row>(row: &R) -> Result<OrganizationRow, sqlx::Error>
+pub(crate) fn organization<R: Row>(row: &R) -> Result<OrganizationRow, sqlx::Error>
 where
     for<'a> &'a str: sqlx::ColumnIndex<R>,
     String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
@@ -110,7 +123,7 @@ where
     })
 }
 
-fn user<R: Row>(row: &R) -> Result<UserRow, sqlx::Error>
+pub(crate) fn user<R: Row>(row: &R) -> Result<UserRow, sqlx::Error>
 where
     for<'a> &'a str: sqlx::ColumnIndex<R>,
     String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
@@ -130,9 +143,9 @@ where
     })
 }
 
-const ORG_COLUMNS: &str =
+pub(crate) const ORG_COLUMNS: &str =
     "id, name, slug, plan, max_users, max_concurrent_runs, max_runs_per_month, created_at";
-const USER_COLUMNS: &str =
+pub(crate) const USER_COLUMNS: &str =
     "id, org_id, email, name, password_hash, role, status, created_at, last_login_at";
 
 #[derive(Clone, Debug)]

@@ -1,0 +1,528 @@
+//! `trellis.auth.v1.OrganizationService`: the organization, its members and
+//! invitations. The caller's role is read from the database, not the token,
+//! so a demotion takes effect at once here.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use tonic::{Request, Response, Status};
+use tonic_types::FieldViolation;
+use trellis::auth::v1 as pb;
+use trellis::auth::v1::organization_service_server::OrganizationService;
+
+use crate::store::{
+    AcceptOutcome, InvitationRow, InviteOutcome, MemberChange, MemberOutcome, RevokeOutcome,
+};
+use crate::{
+    AuthApi, AuthServiceError, Caller, OrganizationRow, UserRow, audit_admin, email_violation,
+    new_refresh_token, normalize_email, now_ms, organization_message, password, tenant,
+    text_violation, timestamp, token_hash, user_message,
+};
+
+const INVITATION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+const DEFAULT_PAGE: i64 = 50;
+const MAX_PAGE: i64 = 500;
+
+fn page_size(requested: i32) -> Result<i64, AuthServiceError> {
+    match requested {
+        0 => Ok(DEFAULT_PAGE),
+        n if (1..=MAX_PAGE as i32).contains(&n) => Ok(i64::from(n)),
+        _ => Err(AuthServiceError::InvalidArgument(vec![
+            FieldViolation::new("page_size", "must be between 0 (default 50) and 500"),
+        ])),
+    }
+}
+
+/// Page tokens are opaque to clients: `created_at:id` of the last item.
+fn decode_page_token(token: &str) -> Result<Option<(i64, String)>, AuthServiceError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || {
+        AuthServiceError::InvalidArgument(vec![FieldViolation::new(
+            "page_token",
+            "is not a token from this list",
+        )])
+    };
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let (created_at, id) = text.split_once(':').ok_or_else(invalid)?;
+    Ok(Some((
+        created_at.parse().map_err(|_| invalid())?,
+        id.to_owned(),
+    )))
+}
+
+fn encode_page_token(created_at: i64, id: &str, full_page: bool) -> String {
+    if full_page {
+        URL_SAFE_NO_PAD.encode(format!("{created_at}:{id}"))
+    } else {
+        String::new()
+    }
+}
+
+fn role_name(field: &str, role: i32) -> Result<&'static str, AuthServiceError> {
+    match pb::Role::try_from(role) {
+        Ok(pb::Role::Admin) => Ok("admin"),
+        Ok(pb::Role::Developer) => Ok("developer"),
+        Ok(pb::Role::Viewer) => Ok("viewer"),
+        _ => Err(AuthServiceError::InvalidArgument(vec![
+            FieldViolation::new(field, "must be ROLE_ADMIN, ROLE_DEVELOPER or ROLE_VIEWER"),
+        ])),
+    }
+}
+
+/// Another organization's id and a missing one must look the same, so only
+/// the format is checked here; the scoped query decides NOT_FOUND.
+fn id_of(field: &str, value: &str) -> Result<String, AuthServiceError> {
+    uuid::Uuid::parse_str(value)
+        .map(|id| id.to_string())
+        .map_err(|_| {
+            AuthServiceError::InvalidArgument(vec![FieldViolation::new(field, "must be a UUID")])
+        })
+}
+
+fn invitation_message(row: &InvitationRow, now: i64, token: Option<String>) -> pb::Invitation {
+    let status = match row.status.as_str() {
+        "pending" if row.expires_at <= now => pb::InvitationStatus::Expired,
+        "pending" => pb::InvitationStatus::Pending,
+        "accepted" => pb::InvitationStatus::Accepted,
+        _ => pb::InvitationStatus::Revoked,
+    };
+    pb::Invitation {
+        invitation_id: row.id.clone(),
+        organization_id: row.org_id.clone(),
+        email: row.email.clone(),
+        role: match row.role.as_str() {
+            "admin" => pb::Role::Admin,
+            "developer" => pb::Role::Developer,
+            _ => pb::Role::Viewer,
+        } as i32,
+        status: status as i32,
+        token: token.unwrap_or_default(),
+        invited_by: row.invited_by.clone(),
+        created_at: Some(timestamp(row.created_at)),
+        expires_at: Some(timestamp(row.expires_at)),
+    }
+}
+
+impl AuthApi {
+    /// The caller, live and an admin of its organization.
+    async fn admin<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<(UserRow, OrganizationRow), AuthServiceError> {
+        let tenant = tenant(request)
+            .map_err(|_| AuthServiceError::Unauthenticated("missing bearer token"))?;
+        let (caller, org) = self.live_caller(&tenant).await?;
+        if caller.role != "admin" {
+            return Err(AuthServiceError::PermissionDenied("requires role admin"));
+        }
+        Ok((caller, org))
+    }
+
+    async fn member<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<(UserRow, OrganizationRow), AuthServiceError> {
+        let tenant = tenant(request)
+            .map_err(|_| AuthServiceError::Unauthenticated("missing bearer token"))?;
+        self.live_caller(&tenant).await
+    }
+
+    async fn change_member(
+        &self,
+        request: &Request<impl Send>,
+        event: &str,
+        user_id: &str,
+        change: MemberChange,
+    ) -> Result<Option<pb::User>, AuthServiceError> {
+        let (admin, org) = self.admin(request).await?;
+        let user_id = id_of("user_id", user_id)?;
+        let outcome = self
+            .store
+            .change_member(&org.id, &user_id, &change, now_ms())
+            .await?;
+        let result = match &outcome {
+            MemberOutcome::Done(_) => "ok",
+            MemberOutcome::NotFound => "not_found",
+            MemberOutcome::LastAdmin => "last_admin",
+            MemberOutcome::NotSuspended => "not_suspended",
+        };
+        audit_admin(
+            event,
+            &Caller::of(request),
+            &org.id,
+            &admin.id,
+            &user_id,
+            result,
+        );
+        match outcome {
+            MemberOutcome::Done(user) => Ok(user.as_ref().map(user_message)),
+            MemberOutcome::NotFound => Err(AuthServiceError::NotFound(format!(
+                "user not found: {user_id}"
+            ))),
+            MemberOutcome::LastAdmin => Err(AuthServiceError::FailedPrecondition(
+                "an organization must keep at least one active admin",
+            )),
+            MemberOutcome::NotSuspended => Err(AuthServiceError::FailedPrecondition(
+                "user is not suspended",
+            )),
+        }
+    }
+}
+
+fn required_user(user: Option<pb::User>) -> Result<pb::User, AuthServiceError> {
+    user.ok_or_else(|| AuthServiceError::Internal("member vanished during the change".into()))
+}
+
+#[tonic::async_trait]
+impl OrganizationService for AuthApi {
+    async fn get_organization(
+        &self,
+        request: Request<pb::GetOrganizationRequest>,
+    ) -> Result<Response<pb::GetOrganizationResponse>, Status> {
+        let (_, org) = self.member(&request).await?;
+        Ok(Response::new(pb::GetOrganizationResponse {
+            organization: Some(organization_message(&org)),
+        }))
+    }
+
+    async fn update_organization(
+        &self,
+        request: Request<pb::UpdateOrganizationRequest>,
+    ) -> Result<Response<pb::UpdateOrganizationResponse>, Status> {
+        let (admin, org) = self.admin(&request).await?;
+        let name = request.get_ref().name.trim().to_owned();
+        if let Some(violation) = text_violation("name", &name) {
+            return Err(AuthServiceError::InvalidArgument(vec![violation]).into());
+        }
+        let updated = self
+            .store
+            .rename_organization(&org.id, &name)
+            .await
+            .map_err(AuthServiceError::from)?
+            .ok_or_else(|| AuthServiceError::Unauthenticated("session ended"))?;
+        audit_admin(
+            "update_organization",
+            &Caller::of(&request),
+            &org.id,
+            &admin.id,
+            &org.id,
+            "ok",
+        );
+        Ok(Response::new(pb::UpdateOrganizationResponse {
+            organization: Some(organization_message(&updated)),
+        }))
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        let (_, org) = self.member(&request).await?;
+        let limit = page_size(request.get_ref().page_size)?;
+        let after = decode_page_token(&request.get_ref().page_token)?;
+        let users = self
+            .store
+            .list_users(&org.id, limit, &after)
+            .await
+            .map_err(AuthServiceError::from)?;
+        let next_page_token = users
+            .last()
+            .map(|last| encode_page_token(last.created_at, &last.id, users.len() as i64 == limit))
+            .unwrap_or_default();
+        Ok(Response::new(pb::ListUsersResponse {
+            users: users.iter().map(user_message).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update_user_role(
+        &self,
+        request: Request<pb::UpdateUserRoleRequest>,
+    ) -> Result<Response<pb::UpdateUserRoleResponse>, Status> {
+        let role = role_name("role", request.get_ref().role)?;
+        let user_id = request.get_ref().user_id.clone();
+        let user = self
+            .change_member(
+                &request,
+                "update_user_role",
+                &user_id,
+                MemberChange::Role(role.into()),
+            )
+            .await?;
+        Ok(Response::new(pb::UpdateUserRoleResponse {
+            user: Some(required_user(user)?),
+        }))
+    }
+
+    async fn suspend_user(
+        &self,
+        request: Request<pb::SuspendUserRequest>,
+    ) -> Result<Response<pb::SuspendUserResponse>, Status> {
+        let user_id = request.get_ref().user_id.clone();
+        let user = self
+            .change_member(&request, "suspend_user", &user_id, MemberChange::Suspend)
+            .await?;
+        Ok(Response::new(pb::SuspendUserResponse {
+            user: Some(required_user(user)?),
+        }))
+    }
+
+    async fn reactivate_user(
+        &self,
+        request: Request<pb::ReactivateUserRequest>,
+    ) -> Result<Response<pb::ReactivateUserResponse>, Status> {
+        let user_id = request.get_ref().user_id.clone();
+        let user = self
+            .change_member(
+                &request,
+                "reactivate_user",
+                &user_id,
+                MemberChange::Reactivate,
+            )
+            .await?;
+        Ok(Response::new(pb::ReactivateUserResponse {
+            user: Some(required_user(user)?),
+        }))
+    }
+
+    async fn remove_user(
+        &self,
+        request: Request<pb::RemoveUserRequest>,
+    ) -> Result<Response<pb::RemoveUserResponse>, Status> {
+        let user_id = request.get_ref().user_id.clone();
+        self.change_member(&request, "remove_user", &user_id, MemberChange::Remove)
+            .await?;
+        Ok(Response::new(pb::RemoveUserResponse {}))
+    }
+
+    async fn invite_user(
+        &self,
+        request: Request<pb::InviteUserRequest>,
+    ) -> Result<Response<pb::InviteUserResponse>, Status> {
+        let (admin, org) = self.admin(&request).await?;
+        let email = normalize_email(&request.get_ref().email);
+        let mut violations: Vec<FieldViolation> =
+            email_violation("email", &email).into_iter().collect();
+        let role = match role_name("role", request.get_ref().role) {
+            Ok(role) => Some(role),
+            Err(AuthServiceError::InvalidArgument(more)) => {
+                violations.extend(more);
+                None
+            }
+            Err(other) => return Err(other.into()),
+        };
+        let Some(role) = role.filter(|_| violations.is_empty()) else {
+            return Err(AuthServiceError::InvalidArgument(violations).into());
+        };
+        let now = now_ms();
+        let token = new_refresh_token();
+        let invitation = InvitationRow {
+            id: uuid::Uuid::new_v4().to_string(),
+            org_id: org.id.clone(),
+            email,
+            role: role.into(),
+            status: "pending".into(),
+            invited_by: admin.id.clone(),
+            created_at: now,
+            expires_at: now + INVITATION_TTL.as_millis() as i64,
+        };
+        let outcome = self
+            .store
+            .invite(&invitation, &token_hash(&token), now)
+            .await
+            .map_err(AuthServiceError::from)?;
+        let caller = Caller::of(&request);
+        let created = match outcome {
+            InviteOutcome::Created(created) => created,
+            InviteOutcome::UserExists => {
+                audit_admin(
+                    "invite_user",
+                    &caller,
+                    &org.id,
+                    &admin.id,
+                    "",
+                    "user_exists",
+                );
+                return Err(AuthServiceError::AlreadyExists(
+                    "a user with this email already exists",
+                )
+                .into());
+            }
+            InviteOutcome::PendingExists => {
+                audit_admin(
+                    "invite_user",
+                    &caller,
+                    &org.id,
+                    &admin.id,
+                    "",
+                    "pending_exists",
+                );
+                return Err(AuthServiceError::AlreadyExists(
+                    "a pending invitation for this email exists",
+                )
+                .into());
+            }
+            InviteOutcome::SeatsExhausted => {
+                audit_admin("invite_user", &caller, &org.id, &admin.id, "", "max_users");
+                return Err(Status::resource_exhausted(format!(
+                    "the {} plan allows {} users, counting pending invitations",
+                    org.plan, org.max_users
+                )));
+            }
+        };
+        audit_admin(
+            "invite_user",
+            &caller,
+            &org.id,
+            &admin.id,
+            &created.id,
+            "ok",
+        );
+        Ok(Response::new(pb::InviteUserResponse {
+            invitation: Some(invitation_message(&created, now, Some(token))),
+        }))
+    }
+
+    async fn list_invitations(
+        &self,
+        request: Request<pb::ListInvitationsRequest>,
+    ) -> Result<Response<pb::ListInvitationsResponse>, Status> {
+        let (_, org) = self.admin(&request).await?;
+        let limit = page_size(request.get_ref().page_size)?;
+        let after = decode_page_token(&request.get_ref().page_token)?;
+        let rows = self
+            .store
+            .list_invitations(&org.id, limit, &after)
+            .await
+            .map_err(AuthServiceError::from)?;
+        let now = now_ms();
+        let next_page_token = rows
+            .last()
+            .map(|last| encode_page_token(last.created_at, &last.id, rows.len() as i64 == limit))
+            .unwrap_or_default();
+        Ok(Response::new(pb::ListInvitationsResponse {
+            invitations: rows
+                .iter()
+                .map(|row| invitation_message(row, now, None))
+                .collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn revoke_invitation(
+        &self,
+        request: Request<pb::RevokeInvitationRequest>,
+    ) -> Result<Response<pb::RevokeInvitationResponse>, Status> {
+        let (admin, org) = self.admin(&request).await?;
+        let invitation_id = id_of("invitation_id", &request.get_ref().invitation_id)?;
+        let now = now_ms();
+        let outcome = self
+            .store
+            .revoke_invitation(&org.id, &invitation_id, now)
+            .await
+            .map_err(AuthServiceError::from)?;
+        let caller = Caller::of(&request);
+        match outcome {
+            RevokeOutcome::Revoked(row) => {
+                audit_admin(
+                    "revoke_invitation",
+                    &caller,
+                    &org.id,
+                    &admin.id,
+                    &invitation_id,
+                    "ok",
+                );
+                Ok(Response::new(pb::RevokeInvitationResponse {
+                    invitation: Some(invitation_message(&row, now, None)),
+                }))
+            }
+            RevokeOutcome::NotFound => Err(AuthServiceError::NotFound(format!(
+                "invitation not found: {invitation_id}"
+            ))
+            .into()),
+            RevokeOutcome::NotPending => {
+                Err(AuthServiceError::FailedPrecondition("invitation is no longer pending").into())
+            }
+        }
+    }
+
+    async fn accept_invitation(
+        &self,
+        request: Request<pb::AcceptInvitationRequest>,
+    ) -> Result<Response<pb::AcceptInvitationResponse>, Status> {
+        let caller = Caller::of(&request);
+        let input = request.into_inner();
+        let mut violations: Vec<FieldViolation> =
+            text_violation("name", &input.name).into_iter().collect();
+        violations.extend(password::policy_violations("password", &input.password));
+        if !violations.is_empty() {
+            return Err(AuthServiceError::InvalidArgument(violations).into());
+        }
+        if input.token.is_empty() || input.token.len() > 256 {
+            return Err(AuthServiceError::NotFound("invitation not found".into()).into());
+        }
+        let now = now_ms();
+        let template = UserRow {
+            id: uuid::Uuid::new_v4().to_string(),
+            org_id: String::new(),
+            email: String::new(),
+            name: input.name.trim().to_owned(),
+            password_hash: self
+                .passwords
+                .hash(input.password)
+                .await
+                .map_err(AuthServiceError::from)?,
+            role: String::new(),
+            status: String::new(),
+            created_at: now,
+            last_login_at: None,
+        };
+        let outcome = self
+            .store
+            .accept_invitation(&token_hash(&input.token), &template, now)
+            .await
+            .map_err(AuthServiceError::from)?;
+        let (user, org) = match outcome {
+            AcceptOutcome::Joined(joined) => *joined,
+            AcceptOutcome::Invalid => {
+                return Err(AuthServiceError::NotFound("invitation not found".into()).into());
+            }
+            AcceptOutcome::EmailTaken => {
+                return Err(AuthServiceError::AlreadyExists(
+                    "a user with this email already exists",
+                )
+                .into());
+            }
+            AcceptOutcome::SeatsExhausted => {
+                return Err(Status::resource_exhausted(
+                    "the organization has no free seats on its plan",
+                ));
+            }
+        };
+        let tokens = self.start_session(&user, &caller).await?;
+        audit_admin(
+            "accept_invitation",
+            &caller,
+            &org.id,
+            &user.id,
+            &user.id,
+            "ok",
+        );
+        let user = UserRow {
+            last_login_at: Some(now),
+            ..user
+        };
+        Ok(Response::new(pb::AcceptInvitationResponse {
+            access_token: tokens.access_token,
+            refresh_token: tokens.refresh_token,
+            expires_in: tokens.expires_in,
+            session_id: tokens.session_id,
+            user: Some(user_message(&user)),
+            organization: Some(organization_message(&org)),
+        }))
+    }
+}

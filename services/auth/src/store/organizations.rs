@@ -1,0 +1,389 @@
+//! Members and invitations. Every write first takes the organization's
+//! lock (a no-op update of its row: a row lock on PostgreSQL, the database
+//! write lock on SQLite), so invariants such as "one active admin" and the
+//! seat limit hold under concurrent requests.
+
+use sqlx::Row;
+use trellis_store::{Database, StoreError};
+
+use super::{
+    AuthStore, OrganizationRow, USER_COLUMNS, UserRow, is_unique_violation, organization, user,
+};
+
+const LOCK_ORG: &str = "UPDATE auth_organizations SET name = name WHERE id = $1";
+
+#[derive(Clone, Debug)]
+pub struct InvitationRow {
+    pub id: String,
+    pub org_id: String,
+    pub email: String,
+    pub role: String,
+    pub status: String,
+    pub invited_by: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+const INVITATION_COLUMNS: &str =
+    "id, org_id, email, role, status, invited_by, created_at, expires_at";
+
+fn invitation<R: Row>(row: &R) -> Result<InvitationRow, sqlx::Error>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(InvitationRow {
+        id: row.try_get("id")?,
+        org_id: row.try_get("org_id")?,
+        email: row.try_get("email")?,
+        role: row.try_get("role")?,
+        status: row.try_get("status")?,
+        invited_by: row.try_get("invited_by")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+    })
+}
+
+#[derive(Clone, Debug)]
+pub enum MemberChange {
+    Role(String),
+    Suspend,
+    Reactivate,
+    Remove,
+}
+
+#[derive(Debug)]
+pub enum MemberOutcome {
+    /// The member after the change (`None` once removed).
+    Done(Option<UserRow>),
+    NotFound,
+    /// It would leave the organization without an active admin.
+    LastAdmin,
+    NotSuspended,
+}
+
+#[derive(Debug)]
+pub enum InviteOutcome {
+    Created(InvitationRow),
+    UserExists,
+    PendingExists,
+    SeatsExhausted,
+}
+
+#[derive(Debug)]
+pub enum RevokeOutcome {
+    Revoked(InvitationRow),
+    NotFound,
+    NotPending,
+}
+
+#[derive(Debug)]
+pub enum AcceptOutcome {
+    Joined(Box<(UserRow, OrganizationRow)>),
+    /// Unknown, used, revoked or expired.
+    Invalid,
+    EmailTaken,
+    SeatsExhausted,
+}
+
+/// Keyset paging, newest first: strictly after `(created_at, id)`.
+pub type Cursor = Option<(i64, String)>;
+
+fn cursor_bounds(after: &Cursor) -> (i64, String) {
+    after.clone().unwrap_or((i64::MAX, String::new()))
+}
+
+impl AuthStore {
+    pub async fn list_users(
+        &self,
+        org_id: &str,
+        limit: i64,
+        after: &Cursor,
+    ) -> Result<Vec<UserRow>, StoreError> {
+        let (created_at, id) = cursor_bounds(after);
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM auth_users WHERE org_id = $1 \
+             AND (created_at < $2 OR (created_at = $2 AND id < $3) OR $4 = 1) \
+             ORDER BY created_at DESC, id DESC LIMIT $5"
+        );
+        let first_page = i64::from(after.is_none());
+        with_pool!(&self.db, pool => {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(org_id).bind(created_at).bind(id).bind(first_page).bind(limit)
+                .fetch_all(pool)
+                .await?;
+            Ok(rows.iter().map(user).collect::<Result<_, _>>()?)
+        })
+    }
+
+    pub async fn rename_organization(
+        &self,
+        org_id: &str,
+        name: &str,
+    ) -> Result<Option<OrganizationRow>, StoreError> {
+        with_pool!(&self.db, pool => {
+            let row = sqlx::query(
+                "UPDATE auth_organizations SET name = $1 WHERE id = $2 \
+                 RETURNING id, name, slug, plan, max_users, max_concurrent_runs, max_runs_per_month, created_at",
+            )
+            .bind(name).bind(org_id)
+            .fetch_optional(pool)
+            .await?;
+            Ok(row.as_ref().map(organization).transpose()?)
+        })
+    }
+
+    pub async fn change_member(
+        &self,
+        org_id: &str,
+        user_id: &str,
+        change: &MemberChange,
+        now: i64,
+    ) -> Result<MemberOutcome, StoreError> {
+        let select = format!("SELECT {USER_COLUMNS} FROM auth_users WHERE org_id = $1 AND id = $2");
+        with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(LOCK_ORG).bind(org_id).execute(&mut *tx).await?;
+            let current = sqlx::query(sqlx::AssertSqlSafe(select.clone()))
+                .bind(org_id).bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(current) = current.as_ref().map(user).transpose()? else {
+                return Ok(MemberOutcome::NotFound);
+            };
+            let active_admin = current.role == "admin" && current.status == "active";
+            let stops_being_active_admin = match change {
+                MemberChange::Role(role) => role != "admin",
+                MemberChange::Suspend | MemberChange::Remove => true,
+                MemberChange::Reactivate => false,
+            };
+            if active_admin && stops_being_active_admin {
+                let others: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM auth_users WHERE org_id = $1 AND role = 'admin' AND status = 'active' AND id <> $2",
+                )
+                .bind(org_id).bind(user_id)
+                .fetch_one(&mut *tx)
+                .await?;
+                if others == 0 {
+                    return Ok(MemberOutcome::LastAdmin);
+                }
+            }
+            let revoke_sessions = "UPDATE auth_login_sessions SET revoked_at = $1, revoke_reason = $2 \
+                                   WHERE org_id = $3 AND user_id = $4 AND revoked_at IS NULL";
+            match change {
+                MemberChange::Role(role) => {
+                    sqlx::query("UPDATE auth_users SET role = $1 WHERE org_id = $2 AND id = $3")
+                        .bind(role).bind(org_id).bind(user_id)
+                        .execute(&mut *tx).await?;
+                }
+                MemberChange::Suspend => {
+                    sqlx::query("UPDATE auth_users SET status = 'suspended' WHERE org_id = $1 AND id = $2")
+                        .bind(org_id).bind(user_id)
+                        .execute(&mut *tx).await?;
+                    sqlx::query(revoke_sessions).bind(now).bind("user suspended").bind(org_id).bind(user_id)
+                        .execute(&mut *tx).await?;
+                }
+                MemberChange::Reactivate => {
+                    if current.status != "suspended" {
+                        return Ok(MemberOutcome::NotSuspended);
+                    }
+                    sqlx::query("UPDATE auth_users SET status = 'active' WHERE org_id = $1 AND id = $2")
+                        .bind(org_id).bind(user_id)
+                        .execute(&mut *tx).await?;
+                }
+                MemberChange::Remove => {
+                    sqlx::query(
+                        "DELETE FROM auth_refresh_tokens WHERE org_id = $1 AND session_id IN \
+                         (SELECT id FROM auth_login_sessions WHERE org_id = $1 AND user_id = $2)",
+                    )
+                    .bind(org_id).bind(user_id)
+                    .execute(&mut *tx).await?;
+                    sqlx::query("DELETE FROM auth_login_sessions WHERE org_id = $1 AND user_id = $2")
+                        .bind(org_id).bind(user_id)
+                        .execute(&mut *tx).await?;
+                    sqlx::query("DELETE FROM auth_users WHERE org_id = $1 AND id = $2")
+                        .bind(org_id).bind(user_id)
+                        .execute(&mut *tx).await?;
+                    tx.commit().await?;
+                    return Ok(MemberOutcome::Done(None));
+                }
+            }
+            let updated = sqlx::query(sqlx::AssertSqlSafe(select))
+                .bind(org_id).bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let updated = updated.as_ref().map(user).transpose()?;
+            tx.commit().await?;
+            Ok(MemberOutcome::Done(updated))
+        })
+    }
+
+    /// Seats are users plus pending, unexpired invitations.
+    pub async fn invite(
+        &self,
+        invitation: &InvitationRow,
+        token_hash: &str,
+        now: i64,
+    ) -> Result<InviteOutcome, StoreError> {
+        with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(LOCK_ORG).bind(&invitation.org_id).execute(&mut *tx).await?;
+            let existing: Option<String> = sqlx::query_scalar("SELECT id FROM auth_users WHERE email = $1")
+                .bind(&invitation.email)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if existing.is_some() {
+                return Ok(InviteOutcome::UserExists);
+            }
+            let pending: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM auth_invitations WHERE org_id = $1 AND email = $2 AND status = 'pending' AND expires_at > $3",
+            )
+            .bind(&invitation.org_id).bind(&invitation.email).bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            if pending > 0 {
+                return Ok(InviteOutcome::PendingExists);
+            }
+            let seats: (i64, i64, i64) = sqlx::query_as(
+                "SELECT o.max_users, \
+                   (SELECT COUNT(*) FROM auth_users u WHERE u.org_id = o.id), \
+                   (SELECT COUNT(*) FROM auth_invitations i WHERE i.org_id = o.id AND i.status = 'pending' AND i.expires_at > $1) \
+                 FROM auth_organizations o WHERE o.id = $2",
+            )
+            // Numbered in order of first appearance, as SQLite counts them.
+            .bind(now).bind(&invitation.org_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if seats.1 + seats.2 >= seats.0 {
+                return Ok(InviteOutcome::SeatsExhausted);
+            }
+            sqlx::query(
+                "INSERT INTO auth_invitations (id, org_id, email, role, status, token_hash, invited_by, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8)",
+            )
+            .bind(&invitation.id).bind(&invitation.org_id).bind(&invitation.email).bind(&invitation.role)
+            .bind(token_hash).bind(&invitation.invited_by).bind(invitation.created_at).bind(invitation.expires_at)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(InviteOutcome::Created(invitation.clone()))
+        })
+    }
+
+    pub async fn list_invitations(
+        &self,
+        org_id: &str,
+        limit: i64,
+        after: &Cursor,
+    ) -> Result<Vec<InvitationRow>, StoreError> {
+        let (created_at, id) = cursor_bounds(after);
+        let sql = format!(
+            "SELECT {INVITATION_COLUMNS} FROM auth_invitations WHERE org_id = $1 \
+             AND (created_at < $2 OR (created_at = $2 AND id < $3) OR $4 = 1) \
+             ORDER BY created_at DESC, id DESC LIMIT $5"
+        );
+        let first_page = i64::from(after.is_none());
+        with_pool!(&self.db, pool => {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(org_id).bind(created_at).bind(id).bind(first_page).bind(limit)
+                .fetch_all(pool)
+                .await?;
+            Ok(rows.iter().map(invitation).collect::<Result<_, _>>()?)
+        })
+    }
+
+    pub async fn revoke_invitation(
+        &self,
+        org_id: &str,
+        invitation_id: &str,
+        now: i64,
+    ) -> Result<RevokeOutcome, StoreError> {
+        let select = format!(
+            "SELECT {INVITATION_COLUMNS} FROM auth_invitations WHERE org_id = $1 AND id = $2"
+        );
+        with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let done = sqlx::query(
+                "UPDATE auth_invitations SET status = 'revoked' \
+                 WHERE org_id = $1 AND id = $2 AND status = 'pending' AND expires_at > $3",
+            )
+            .bind(org_id).bind(invitation_id).bind(now)
+            .execute(&mut *tx)
+            .await?;
+            let row = sqlx::query(sqlx::AssertSqlSafe(select))
+                .bind(org_id).bind(invitation_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let row = row.as_ref().map(invitation).transpose()?;
+            tx.commit().await?;
+            Ok(match (row, done.rows_affected()) {
+                (None, _) => RevokeOutcome::NotFound,
+                (Some(row), 1) => RevokeOutcome::Revoked(row),
+                (Some(_), _) => RevokeOutcome::NotPending,
+            })
+        })
+    }
+
+    /// Uses the invitation exactly once and creates its user.
+    pub async fn accept_invitation(
+        &self,
+        token_hash: &str,
+        new_user: &UserRow,
+        now: i64,
+    ) -> Result<AcceptOutcome, StoreError> {
+        let org_select = "SELECT id, name, slug, plan, max_users, max_concurrent_runs, max_runs_per_month, created_at \
+                          FROM auth_organizations WHERE id = $1";
+        with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let found = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {INVITATION_COLUMNS} FROM auth_invitations WHERE token_hash = $1 AND status = 'pending' AND expires_at > $2"
+            )))
+            .bind(token_hash).bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(invite) = found.as_ref().map(invitation).transpose()? else {
+                return Ok(AcceptOutcome::Invalid);
+            };
+            sqlx::query(LOCK_ORG).bind(&invite.org_id).execute(&mut *tx).await?;
+            let claimed = sqlx::query("UPDATE auth_invitations SET status = 'accepted' WHERE id = $1 AND status = 'pending'")
+                .bind(&invite.id)
+                .execute(&mut *tx)
+                .await?;
+            if claimed.rows_affected() != 1 {
+                return Ok(AcceptOutcome::Invalid);
+            }
+            let org_row = sqlx::query(org_select).bind(&invite.org_id).fetch_one(&mut *tx).await?;
+            let org = organization(&org_row)?;
+            let members: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM auth_users WHERE org_id = $1")
+                .bind(&invite.org_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            if members >= org.max_users {
+                return Ok(AcceptOutcome::SeatsExhausted);
+            }
+            let joined = UserRow {
+                org_id: invite.org_id.clone(),
+                email: invite.email.clone(),
+                role: invite.role.clone(),
+                status: "active".into(),
+                created_at: now,
+                ..new_user.clone()
+            };
+            let inserted = sqlx::query(
+                "INSERT INTO auth_users (id, org_id, email, name, password_hash, role, status, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(&joined.id).bind(&joined.org_id).bind(&joined.email).bind(&joined.name)
+            .bind(&joined.password_hash).bind(&joined.role).bind(&joined.status).bind(joined.created_at)
+            .execute(&mut *tx)
+            .await;
+            match inserted {
+                Err(error) if is_unique_violation(&error) => return Ok(AcceptOutcome::EmailTaken),
+                other => { other?; }
+            }
+            tx.commit().await?;
+            Ok(AcceptOutcome::Joined(Box::new((joined, org))))
+        })
+    }
+}
