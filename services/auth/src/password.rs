@@ -1,11 +1,13 @@
-//! Password hashing: argon2id on the blocking pool behind a semaphore, so a
-//! login storm queues instead of stalling the async workers.
+//! Password hashing: argon2id on dedicated threads that run at the lowest
+//! scheduling class (`SCHED_IDLE` on Linux). They use every idle cycle, yet
+//! any RPC thread preempts them at once, so a login storm neither stalls the
+//! async workers nor stretches other RPCs' tail latency.
 
-use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
 
 use argon2::password_hash::phc::PasswordHash;
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
-use tokio::sync::Semaphore;
 use tonic_types::FieldViolation;
 
 /// OWASP's argon2id minimum: 19 MiB, 2 passes, 1 lane.
@@ -47,43 +49,90 @@ pub fn policy_violations(field: &str, password: &str) -> Vec<FieldViolation> {
 #[error("password hashing failed: {0}")]
 pub struct HashError(String);
 
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Hashes waiting for a thread, at most; beyond that logins are refused
+/// rather than queued without bound.
+const QUEUE: usize = 1024;
+
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        use thread_priority::{
+            NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+            set_thread_priority_and_policy, thread_native_id,
+        };
+        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+        if let Err(error) =
+            set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle)
+        {
+            tracing::warn!(
+                ?error,
+                "cannot lower the password-hashing threads' priority"
+            );
+        }
+    }
+}
+
+fn hashing_thread(jobs: Arc<Mutex<Receiver<Job>>>) {
+    lower_priority();
+    loop {
+        let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        match job {
+            Ok(job) => job(),
+            Err(_) => break,
+        }
+    }
+}
+
 pub struct Passwords {
-    permits: Arc<Semaphore>,
+    jobs: SyncSender<Job>,
     /// Verified against when the email is unknown, so both answers cost the same.
     dummy_hash: Arc<str>,
 }
 
 impl Passwords {
-    /// `parallelism` bounds concurrent hashes (one per core is the useful most).
+    /// `parallelism` hashing threads (one per core is the useful most).
     pub fn new(parallelism: usize) -> Result<Self, HashError> {
         let dummy_hash = argon2()
             .hash_password(b"dummy password for unknown accounts")
             .map_err(|e| HashError(e.to_string()))?
             .to_string();
+        let (jobs, queue) = sync_channel::<Job>(QUEUE);
+        let queue = Arc::new(Mutex::new(queue));
+        for index in 0..parallelism.max(1) {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("argon2-{index}"))
+                .spawn(move || hashing_thread(queue))
+                .map_err(|e| HashError(e.to_string()))?;
+        }
         Ok(Passwords {
-            permits: Arc::new(Semaphore::new(parallelism.max(1))),
+            jobs,
             dummy_hash: dummy_hash.into(),
         })
     }
 
-    async fn on_blocking_pool<T: Send + 'static>(
+    async fn on_hashing_thread<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, HashError> {
-        let _permit = self
-            .permits
-            .clone()
-            .acquire_owned()
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = done.send(work());
+        });
+        self.jobs.try_send(job).map_err(|error| match error {
+            TrySendError::Full(_) => HashError("too many logins in progress".into()),
+            TrySendError::Disconnected(_) => HashError("hashing threads stopped".into()),
+        })?;
+        result
             .await
-            .map_err(|e| HashError(e.to_string()))?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| HashError(e.to_string()))
+            .map_err(|_| HashError("hashing thread failed".into()))
     }
 
     /// A PHC string (`$argon2id$v=19$m=19456,t=2,p=1$...`) with a fresh salt.
     pub async fn hash(&self, password: String) -> Result<String, HashError> {
-        self.on_blocking_pool(move || {
+        self.on_hashing_thread(move || {
             argon2()
                 .hash_password(password.as_bytes())
                 .map(|h| h.to_string())
@@ -102,7 +151,7 @@ impl Passwords {
         let known = stored.is_some();
         let stored = stored.unwrap_or_else(|| self.dummy_hash.to_string());
         let matches = self
-            .on_blocking_pool(move || {
+            .on_hashing_thread(move || {
                 PasswordHash::new(&stored)
                     .map(|hash| argon2().verify_password(password.as_bytes(), &hash).is_ok())
                     .unwrap_or(false)
