@@ -447,3 +447,70 @@ async fn brute_force_is_throttled_with_redis() {
     let prefix = format!("trellis-test:{}:", uuid::Uuid::new_v4().simple());
     brute_force_is_throttled(&["--redis-url", &url, "--redis-key-prefix", &prefix]).await;
 }
+
+#[tokio::test]
+async fn a_hash_made_with_older_parameters_is_upgraded_at_login() {
+    use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version};
+
+    let data_dir = temp_dir("auth-rehash");
+    let running = trellis_cli::start(&[ServiceName::Auth], &up_args(&data_dir, &[]))
+        .await
+        .unwrap();
+    let mut auth =
+        AuthServiceClient::new(channel(running.address(ServiceName::Auth).unwrap()).await);
+    let email = format!("old.{}@example.com", uuid::Uuid::new_v4().simple());
+    auth.sign_up(SignUpRequest {
+        email: email.clone(),
+        password: PASSWORD.into(),
+        name: "Old".into(),
+        organization_name: "Old".into(),
+    })
+    .await
+    .unwrap();
+
+    // As if stored years ago with weaker parameters.
+    let weak = Argon2::new(
+        Algorithm::Argon2id,
+        Version::V0x13,
+        Params::new(8 * 1024, 1, 1, None).unwrap(),
+    )
+    .hash_password(PASSWORD.as_bytes())
+    .unwrap()
+    .to_string();
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", data_dir.join("auth.db").display()))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE auth_users SET password_hash = $1 WHERE email = $2")
+        .bind(&weak)
+        .bind(&email)
+        .execute(&db)
+        .await
+        .unwrap();
+
+    auth.login(LoginRequest {
+        email: email.clone(),
+        password: PASSWORD.into(),
+    })
+    .await
+    .unwrap();
+    let stored: String =
+        sqlx::query_scalar("SELECT password_hash FROM auth_users WHERE email = $1")
+            .bind(&email)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert!(
+        stored.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{stored}"
+    );
+    // And the upgraded hash still accepts the password.
+    auth.login(LoginRequest {
+        email,
+        password: PASSWORD.into(),
+    })
+    .await
+    .unwrap();
+    db.close().await;
+    running.shutdown().await.unwrap();
+    std::fs::remove_dir_all(data_dir).unwrap();
+}

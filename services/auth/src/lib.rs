@@ -459,7 +459,7 @@ impl AuthApi {
         let matches = self
             .passwords
             .verify(
-                input.password,
+                input.password.clone(),
                 user.as_ref().map(|u| u.password_hash.clone()),
             )
             .await?;
@@ -474,6 +474,22 @@ impl AuthApi {
             }
         };
         self.throttle.succeeded(&email, &caller.address).await?;
+        if self.passwords.needs_rehash(&user.password_hash) {
+            // The only moment the password is known: raise the hash to
+            // today's parameters. A failure here must not fail the login.
+            match self.passwords.hash(input.password).await {
+                Ok(fresh) => {
+                    if let Err(error) = self
+                        .store
+                        .set_password_hash(&user.org_id, &user.id, &fresh)
+                        .await
+                    {
+                        tracing::warn!(%error, "storing the re-hashed password failed");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "re-hashing the password failed"),
+            }
+        }
         // Checked after the password, so guessers learn nothing about status.
         if user.status != "active" {
             audit("login", &caller, &user.org_id, &user.id, "suspended");

@@ -159,6 +159,20 @@ impl Passwords {
             .await?;
         Ok(known && matches)
     }
+
+    /// Whether `stored` was made with other parameters than today's (an
+    /// older algorithm, less memory or fewer passes) and should be replaced
+    /// by a fresh hash the next time its password is known.
+    pub fn needs_rehash(&self, stored: &str) -> bool {
+        phc_prefix(stored) != phc_prefix(&self.dummy_hash)
+    }
+}
+
+/// `$argon2id$v=19$m=19456,t=2,p=1`: everything before the salt.
+fn phc_prefix(hash: &str) -> &str {
+    hash.match_indices('$')
+        .nth(3)
+        .map_or(hash, |(at, _)| &hash[..at])
 }
 
 #[cfg(test)]
@@ -185,6 +199,30 @@ mod tests {
         assert!(
             policy_violations("password", &long).is_empty(),
             "64 characters are fine"
+        );
+    }
+
+    #[tokio::test]
+    async fn hashes_made_with_older_parameters_are_flagged_for_rehash() {
+        let passwords = Passwords::new(1).unwrap();
+        let current = passwords.hash("Correct-Horse-9".into()).await.unwrap();
+        assert!(!passwords.needs_rehash(&current));
+        let weaker = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(8 * 1024, 1, 1, None).unwrap(),
+        )
+        .hash_password(b"Correct-Horse-9")
+        .unwrap()
+        .to_string();
+        assert!(weaker.starts_with("$argon2id$v=19$m=8192,t=1,p=1$"));
+        assert!(passwords.needs_rehash(&weaker));
+        assert!(
+            passwords
+                .verify("Correct-Horse-9".into(), Some(weaker))
+                .await
+                .unwrap(),
+            "still verifies"
         );
     }
 

@@ -330,6 +330,21 @@ impl AuthStore {
         })
     }
 
+    pub async fn set_password_hash(
+        &self,
+        org_id: &str,
+        user_id: &str,
+        hash: &str,
+    ) -> Result<(), StoreError> {
+        with_pool!(&self.db, pool => {
+            sqlx::query("UPDATE auth_users SET password_hash = $1 WHERE org_id = $2 AND id = $3")
+                .bind(hash).bind(org_id).bind(user_id)
+                .execute(pool)
+                .await?;
+            Ok(())
+        })
+    }
+
     /// Whether the session is live: not revoked and within both expiries.
     pub async fn session_is_live(
         &self,
