@@ -90,6 +90,16 @@ pub enum AcceptOutcome {
 /// Keyset paging, newest first: strictly after `(created_at, id)`.
 pub type Cursor = Option<(i64, String)>;
 
+/// One page of an organization's rows, newest first, after the cursor.
+/// Binds: org id, cursor created_at, cursor id, 1 on the first page, limit.
+fn newest_first_page(columns: &str, table: &str) -> String {
+    format!(
+        "SELECT {columns} FROM {table} WHERE org_id = $1 \
+         AND (created_at < $2 OR (created_at = $2 AND id < $3) OR $4 = 1) \
+         ORDER BY created_at DESC, id DESC LIMIT $5"
+    )
+}
+
 fn cursor_bounds(after: &Cursor) -> (i64, String) {
     after.clone().unwrap_or((i64::MAX, String::new()))
 }
@@ -102,11 +112,7 @@ impl AuthStore {
         after: &Cursor,
     ) -> Result<Vec<UserRow>, StoreError> {
         let (created_at, id) = cursor_bounds(after);
-        let sql = format!(
-            "SELECT {USER_COLUMNS} FROM auth_users WHERE org_id = $1 \
-             AND (created_at < $2 OR (created_at = $2 AND id < $3) OR $4 = 1) \
-             ORDER BY created_at DESC, id DESC LIMIT $5"
-        );
+        let sql = newest_first_page(USER_COLUMNS, "auth_users");
         let first_page = i64::from(after.is_none());
         with_pool!(&self.db, pool => {
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -278,11 +284,7 @@ impl AuthStore {
         after: &Cursor,
     ) -> Result<Vec<InvitationRow>, StoreError> {
         let (created_at, id) = cursor_bounds(after);
-        let sql = format!(
-            "SELECT {INVITATION_COLUMNS} FROM auth_invitations WHERE org_id = $1 \
-             AND (created_at < $2 OR (created_at = $2 AND id < $3) OR $4 = 1) \
-             ORDER BY created_at DESC, id DESC LIMIT $5"
-        );
+        let sql = newest_first_page(INVITATION_COLUMNS, "auth_invitations");
         let first_page = i64::from(after.is_none());
         with_pool!(&self.db, pool => {
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
