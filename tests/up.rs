@@ -421,6 +421,8 @@ async fn tokens_signed_by_auths_keys_are_trusted_everywhere_until_their_key_reti
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let promoted = trellis_auth::rotate(&key_dir).unwrap();
     assert_eq!(promoted.active, staged.staged);
+    // Auth re-reads its key directory at most once a second.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let new_access = login(&mut auth).await;
     assert_eq!(kid_of(&new_access), promoted.active);
     let new_token = format!("Bearer {new_access}");

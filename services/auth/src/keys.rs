@@ -53,7 +53,15 @@ struct KeyRing {
 pub struct KeyStore {
     dir: PathBuf,
     ring: RwLock<Arc<KeyRing>>,
+    /// When `keys.json` was last read; it is read at most once per
+    /// `recheck_every`, not on every login.
+    checked: std::sync::Mutex<std::time::Instant>,
+    recheck_every: std::time::Duration,
 }
+
+/// How stale the in-memory ring may be: far below the JWKS refresh interval
+/// a rotation has to wait for anyway.
+const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn io_error(dir: &Path) -> impl Fn(std::io::Error) -> KeyStoreError + '_ {
     move |source| KeyStoreError::Io {
@@ -179,14 +187,29 @@ impl KeyStore {
         Ok(KeyStore {
             dir,
             ring: RwLock::new(Arc::new(ring)),
+            checked: std::sync::Mutex::new(std::time::Instant::now()),
+            recheck_every: RECHECK_EVERY,
         })
     }
 
-    /// The ring as `keys.json` names it now. Reading a small file per call is
-    /// fine: callers are logins and JWKS fetches, not every RPC; comparing
-    /// contents (not mtimes, which can be coarse) never misses a rotation.
+    /// Re-reads `keys.json` at most this often (tests use zero).
+    pub fn with_recheck_interval(mut self, every: std::time::Duration) -> Self {
+        self.recheck_every = every;
+        self
+    }
+
+    /// The ring as `keys.json` names it, at most `recheck_every` old.
+    /// Contents are compared, not mtimes (which can be coarse), so a rotation
+    /// is never missed.
     fn current(&self) -> Arc<KeyRing> {
         let ring = self.ring.read().unwrap_or_else(|e| e.into_inner()).clone();
+        {
+            let mut checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
+            if checked.elapsed() < self.recheck_every {
+                return ring;
+            }
+            *checked = std::time::Instant::now();
+        }
         let manifest = match read_manifest(&self.dir) {
             Ok(Some(manifest)) if manifest == ring.manifest => return ring,
             Ok(Some(manifest)) => manifest,

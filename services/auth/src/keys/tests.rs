@@ -63,7 +63,9 @@ fn a_mounted_directory_without_keys_is_a_clear_error() {
 #[test]
 fn rotation_publishes_before_signing_and_retires_the_oldest() {
     let dir = temp_dir();
-    let store = KeyStore::open(&dir, true).unwrap();
+    let store = KeyStore::open(&dir, true)
+        .unwrap()
+        .with_recheck_interval(std::time::Duration::ZERO);
     let first = store.signing_key().kid().to_owned();
 
     // Stage: published, not yet signing.
