@@ -69,10 +69,6 @@ impl ServiceSet {
         self
     }
 
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-
     /// Fully-qualified names of the services, as health and reflection know them.
     pub fn service_names(&self) -> &[&'static str] {
         &self.service_names

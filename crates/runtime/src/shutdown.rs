@@ -18,10 +18,6 @@ impl Shutdown {
         // An error means the trigger is gone, which also means: stop.
         let _ = self.0.wait_for(|stopping| *stopping).await;
     }
-
-    pub fn is_triggered(&self) -> bool {
-        *self.0.borrow()
-    }
 }
 
 impl ShutdownTrigger {

@@ -156,15 +156,6 @@ impl JwksCache {
             .contains_key(kid)
     }
 
-    /// Number of usable keys.
-    pub fn len(&self) -> usize {
-        self.keys.read().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Fetches the key set now, ignoring the rate limit. Keys missing from
     /// the answer are retired at once.
     pub async fn refresh(&self) -> Result<usize, JwksError> {

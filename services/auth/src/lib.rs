@@ -32,8 +32,6 @@ pub use store::MIGRATIONS;
 use store::{AuthStore, NewSession, OrganizationRow, Refreshed, UserRow, WriteError};
 pub use throttle::{LoginThrottle, ThrottlePolicy};
 
-pub const DEFAULT_PORT: u16 = 50051;
-
 /// RPCs callable without a token (`API.md`).
 pub const PUBLIC_METHODS: [&str; 5] = [
     "/trellis.auth.v1.AuthService/SignUp",

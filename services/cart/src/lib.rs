@@ -9,8 +9,6 @@ use trellis_runtime::{ServerLimits, ServiceSet};
 use trellis::cart::v1::cart_service_server::{CartService, CartServiceServer};
 use trellis::cart::v1::catalog_service_server::{CatalogService, CatalogServiceServer};
 
-pub const DEFAULT_PORT: u16 = 50053;
-
 #[derive(Clone, Debug, Default)]
 pub struct CatalogApi;
 

@@ -10,8 +10,6 @@ use trellis_runtime::{ServerLimits, ServiceSet};
 use trellis::execution::v1::execution_service_server::{ExecutionService, ExecutionServiceServer};
 use trellis::execution::v1::worker_service_server::{WorkerService, WorkerServiceServer};
 
-pub const DEFAULT_PORT: u16 = 50055;
-
 #[derive(Clone, Debug, Default)]
 pub struct ExecutionApi;
 

@@ -8,8 +8,6 @@ use trellis_runtime::{ServerLimits, ServiceSet};
 
 use trellis::order::v1::order_service_server::{OrderService, OrderServiceServer};
 
-pub const DEFAULT_PORT: u16 = 50054;
-
 #[derive(Clone, Debug, Default)]
 pub struct OrderApi;
 

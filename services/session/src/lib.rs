@@ -8,8 +8,6 @@ use trellis_runtime::{ServerLimits, ServiceSet};
 
 use trellis::session::v1::session_service_server::{SessionService, SessionServiceServer};
 
-pub const DEFAULT_PORT: u16 = 50052;
-
 #[derive(Clone, Debug, Default)]
 pub struct SessionApi;
 
