@@ -1,7 +1,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::Signer;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use trellis::auth::v1::Jwk;
 
 use crate::claims::{ACCESS_TOKEN_TYP, AccessClaims};
@@ -11,7 +11,12 @@ use crate::claims::{ACCESS_TOKEN_TYP, AccessClaims};
 pub struct SigningKey {
     kid: String,
     pkcs8: Vec<u8>,
-    encoding: EncodingKey,
+    /// Parsed once: going through `jsonwebtoken::encode` re-parses the
+    /// PKCS#8 document and re-derives the public key on every signature.
+    key: ed25519_dalek::SigningKey,
+    /// `base64url({"alg":"EdDSA","typ":"at+jwt","kid":...})`, the same for
+    /// every token this key signs.
+    header: String,
     public_x: String,
 }
 
@@ -35,11 +40,13 @@ impl SigningKey {
     }
 
     fn from_parts(kid: String, key: &ed25519_dalek::SigningKey, pkcs8: Vec<u8>) -> Self {
+        let header = serde_json::json!({"alg": "EdDSA", "typ": ACCESS_TOKEN_TYP, "kid": kid});
         SigningKey {
-            kid,
-            encoding: EncodingKey::from_ed_der(&pkcs8),
-            pkcs8,
+            header: URL_SAFE_NO_PAD.encode(header.to_string()),
+            key: key.clone(),
             public_x: URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes()),
+            kid,
+            pkcs8,
         }
     }
 
@@ -65,12 +72,16 @@ impl SigningKey {
         }
     }
 
-    /// Signs an access token (`typ` at+jwt, this key's `kid`).
-    pub fn sign(&self, claims: &AccessClaims) -> Result<String, jsonwebtoken::errors::Error> {
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.typ = Some(ACCESS_TOKEN_TYP.into());
-        header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.encoding)
+    /// Signs an access token (`typ` at+jwt, this key's `kid`): a compact
+    /// JWS, `header.claims.signature`, each part base64url without padding.
+    pub fn sign(&self, claims: &AccessClaims) -> Result<String, serde_json::Error> {
+        let claims = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims)?);
+        let signing_input = format!("{}.{claims}", self.header);
+        let signature = self.key.sign(signing_input.as_bytes());
+        Ok(format!(
+            "{signing_input}.{}",
+            URL_SAFE_NO_PAD.encode(signature.to_bytes())
+        ))
     }
 }
 
