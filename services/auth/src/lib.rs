@@ -269,12 +269,40 @@ fn audit(event: &str, caller: &Caller, org: &str, user: &str, result: &str) {
     );
 }
 
-struct Tokens {
+/// What SignUp, Login, Refresh and AcceptInvitation answer: their response
+/// messages share field names and numbers.
+struct Issued {
     access_token: String,
     refresh_token: String,
     expires_in: i64,
     session_id: String,
+    user: pb::User,
+    organization: pb::Organization,
 }
+
+macro_rules! from_issued {
+    ($($response:ty),*) => {$(
+        impl From<Issued> for $response {
+            fn from(issued: Issued) -> Self {
+                Self {
+                    access_token: issued.access_token,
+                    refresh_token: issued.refresh_token,
+                    expires_in: issued.expires_in,
+                    session_id: issued.session_id,
+                    user: Some(issued.user),
+                    organization: Some(issued.organization),
+                }
+            }
+        }
+    )*};
+}
+
+from_issued!(
+    pb::SignUpResponse,
+    pb::LoginResponse,
+    pb::RefreshResponse,
+    pb::AcceptInvitationResponse
+);
 
 pub struct AuthApi {
     keys: Arc<KeyStore>,
@@ -317,11 +345,14 @@ impl AuthApi {
         Ok((token, ttl))
     }
 
+    /// Starts a login session (recording the login on the user) and issues
+    /// its tokens.
     async fn start_session(
         &self,
         user: &UserRow,
+        org: &OrganizationRow,
         caller: &Caller,
-    ) -> Result<Tokens, AuthServiceError> {
+    ) -> Result<Issued, AuthServiceError> {
         let now = now_ms();
         let refresh_token = new_refresh_token();
         let absolute_expires_at = now + ms(self.settings.session_absolute_ttl);
@@ -339,11 +370,17 @@ impl AuthApi {
         };
         self.store.start_session(&session).await?;
         let (access_token, expires_in) = self.access_token(user, &session.id)?;
-        Ok(Tokens {
+        let user = UserRow {
+            last_login_at: Some(now),
+            ..user.clone()
+        };
+        Ok(Issued {
             access_token,
             refresh_token,
             expires_in,
             session_id: session.id,
+            user: user_message(&user),
+            organization: organization_message(org),
         })
     }
 
@@ -421,20 +458,9 @@ impl AuthApi {
             }
             Err(WriteError::Store(error)) => return Err(error.into()),
         };
-        let tokens = self.start_session(&admin, &caller).await?;
+        let issued = self.start_session(&admin, &org, &caller).await?;
         audit("sign_up", &caller, &org.id, &admin.id, "ok");
-        let admin = UserRow {
-            last_login_at: Some(now),
-            ..admin
-        };
-        Ok(pb::SignUpResponse {
-            access_token: tokens.access_token,
-            refresh_token: tokens.refresh_token,
-            expires_in: tokens.expires_in,
-            session_id: tokens.session_id,
-            user: Some(user_message(&admin)),
-            organization: Some(organization_message(&org)),
-        })
+        Ok(issued.into())
     }
 
     async fn login(
@@ -500,20 +526,9 @@ impl AuthApi {
             .ok_or_else(|| {
                 AuthServiceError::Internal(format!("user {} has no organization", user.id))
             })?;
-        let tokens = self.start_session(&user, &caller).await?;
+        let issued = self.start_session(&user, &org, &caller).await?;
         audit("login", &caller, &user.org_id, &user.id, "ok");
-        let user = UserRow {
-            last_login_at: Some(now_ms()),
-            ..user
-        };
-        Ok(pb::LoginResponse {
-            access_token: tokens.access_token,
-            refresh_token: tokens.refresh_token,
-            expires_in: tokens.expires_in,
-            session_id: tokens.session_id,
-            user: Some(user_message(&user)),
-            organization: Some(organization_message(&org)),
-        })
+        Ok(issued.into())
     }
 
     async fn refresh(
@@ -567,14 +582,15 @@ impl AuthApi {
         }
         let (access_token, expires_in) = self.access_token(&user, &session_id)?;
         audit("refresh", &caller, &org_id, &user_id, "ok");
-        Ok(pb::RefreshResponse {
+        Ok(Issued {
             access_token,
             refresh_token: new_token,
             expires_in,
             session_id,
-            user: Some(user_message(&user)),
-            organization: Some(organization_message(&org)),
-        })
+            user: user_message(&user),
+            organization: organization_message(&org),
+        }
+        .into())
     }
 }
 

@@ -503,7 +503,7 @@ impl OrganizationService for AuthApi {
                 ));
             }
         };
-        let tokens = self.start_session(&user, &caller).await?;
+        let issued = self.start_session(&user, &org, &caller).await?;
         audit_admin(
             "accept_invitation",
             &caller,
@@ -512,17 +512,6 @@ impl OrganizationService for AuthApi {
             &user.id,
             "ok",
         );
-        let user = UserRow {
-            last_login_at: Some(now),
-            ..user
-        };
-        Ok(Response::new(pb::AcceptInvitationResponse {
-            access_token: tokens.access_token,
-            refresh_token: tokens.refresh_token,
-            expires_in: tokens.expires_in,
-            session_id: tokens.session_id,
-            user: Some(user_message(&user)),
-            organization: Some(organization_message(&org)),
-        }))
+        Ok(Response::new(issued.into()))
     }
 }
