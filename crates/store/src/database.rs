@@ -80,6 +80,10 @@ impl Database {
             let pool = SqlitePoolOptions::new()
                 .max_connections(options.max_connections)
                 .acquire_timeout(options.acquire_timeout)
+                // A file opened in-process cannot go stale, and the ping would
+                // cost every query a round trip to the connection's thread
+                // (sqlx still pings once on release).
+                .test_before_acquire(false)
                 .connect_with(connect)
                 .await
                 .map_err(connect_error)?;

@@ -7,6 +7,7 @@ mod error;
 pub mod keys;
 mod organizations;
 pub mod password;
+pub mod sessions;
 mod store;
 pub mod throttle;
 
@@ -28,8 +29,11 @@ use trellis_tenancy::{AccessClaims, CallContext, Role, TenantContext};
 pub use error::AuthServiceError;
 pub use keys::{KeyStore, KeyStoreError, Rotation, rotate};
 pub use password::Passwords;
+pub use sessions::{LocalLoginSessions, LoginSessions, NewLoginSession, SessionLifetimes};
 pub use store::MIGRATIONS;
-use store::{AuthStore, NewSession, OrganizationRow, Refreshed, UserRow, WriteError};
+use store::{
+    AuthStore, NewRefreshToken, OrganizationRow, Refreshed, TokenOwner, UserRow, WriteError,
+};
 pub use throttle::{LoginThrottle, ThrottlePolicy};
 
 /// RPCs callable without a token (`API.md`).
@@ -41,16 +45,15 @@ pub const PUBLIC_METHODS: [&str; 5] = [
     "/trellis.auth.v1.OrganizationService/AcceptInvitation",
 ];
 
-/// Token and session lifetimes.
+/// Token lifetimes.
 #[derive(Clone, Debug)]
 pub struct AuthSettings {
     pub issuer: String,
     pub audience: String,
     pub access_token_ttl: Duration,
-    /// A login session ends this long after its last refresh.
-    pub session_idle_ttl: Duration,
-    /// ...and this long after login, however active.
-    pub session_absolute_ttl: Duration,
+    /// A refresh token is refused this long after it was issued; its session
+    /// usually ends sooner.
+    pub refresh_token_ttl: Duration,
 }
 
 impl Default for AuthSettings {
@@ -59,8 +62,7 @@ impl Default for AuthSettings {
             issuer: "trellis".into(),
             audience: "trellis".into(),
             access_token_ttl: Duration::from_secs(15 * 60),
-            session_idle_ttl: Duration::from_secs(24 * 3600),
-            session_absolute_ttl: Duration::from_secs(30 * 24 * 3600),
+            refresh_token_ttl: SessionLifetimes::default().absolute,
         }
     }
 }
@@ -69,6 +71,8 @@ impl Default for AuthSettings {
 pub struct AuthDeps {
     pub keys: Arc<KeyStore>,
     pub database: Database,
+    /// Where login sessions live (see [`sessions`]).
+    pub sessions: Arc<dyn LoginSessions>,
     pub passwords: Arc<Passwords>,
     pub settings: AuthSettings,
     pub throttle: LoginThrottle,
@@ -307,6 +311,7 @@ from_issued!(
 pub struct AuthApi {
     keys: Arc<KeyStore>,
     store: AuthStore,
+    sessions: Arc<dyn LoginSessions>,
     passwords: Arc<Passwords>,
     settings: AuthSettings,
     throttle: LoginThrottle,
@@ -353,22 +358,44 @@ impl AuthApi {
         org: &OrganizationRow,
         caller: &Caller,
     ) -> Result<Issued, AuthServiceError> {
-        let now = now_ms();
-        let refresh_token = new_refresh_token();
-        let absolute_expires_at = now + ms(self.settings.session_absolute_ttl);
-        let session = NewSession {
+        let session = NewLoginSession {
             id: uuid::Uuid::new_v4().to_string(),
             org_id: user.org_id.clone(),
             user_id: user.id.clone(),
-            now,
-            idle_expires_at: now + ms(self.settings.session_idle_ttl),
-            absolute_expires_at,
             user_agent: caller.user_agent.clone(),
             client_address: caller.address.clone(),
-            refresh_hash: token_hash(&refresh_token),
-            refresh_expires_at: absolute_expires_at,
         };
-        self.store.start_session(&session).await?;
+        self.sessions.open(&session).await?;
+        let now = now_ms();
+        let refresh_token = new_refresh_token();
+        let recorded = self
+            .store
+            .record_login(&NewRefreshToken {
+                hash: token_hash(&refresh_token),
+                session_id: session.id.clone(),
+                org_id: session.org_id.clone(),
+                user_id: session.user_id.clone(),
+                now,
+                expires_at: now + ms(self.settings.refresh_token_ttl),
+            })
+            .await;
+        if let Err(error) = recorded {
+            // No token will ever name this session: end it rather than
+            // leave it live until it expires.
+            if let Err(error) = self
+                .sessions
+                .end(
+                    &session.org_id,
+                    &session.user_id,
+                    &session.id,
+                    "login failed",
+                )
+                .await
+            {
+                tracing::warn!(%error, "ending the session of a failed login");
+            }
+            return Err(error.into());
+        }
         let (access_token, expires_in) = self.access_token(user, &session.id)?;
         let user = UserRow {
             last_login_at: Some(now),
@@ -391,8 +418,8 @@ impl AuthApi {
     ) -> Result<(UserRow, OrganizationRow), AuthServiceError> {
         let org_id = tenant.org_id.to_string();
         let live = self
-            .store
-            .session_is_live(&org_id, &tenant.session_id.to_string(), now_ms())
+            .sessions
+            .is_live(&org_id, &tenant.session_id.to_string())
             .await?;
         if !live {
             return Err(AuthServiceError::Unauthenticated("session ended"));
@@ -548,18 +575,33 @@ impl AuthApi {
                 &token_hash(&presented),
                 &token_hash(&new_token),
                 now,
-                now + ms(self.settings.session_idle_ttl),
-                now + ms(self.settings.session_absolute_ttl),
+                now + ms(self.settings.refresh_token_ttl),
             )
             .await?;
-        let (session_id, org_id, user_id) = match outcome {
-            Refreshed::Rotated {
-                session_id,
-                org_id,
-                user_id,
-            } => (session_id, org_id, user_id),
-            Refreshed::Reused => {
-                audit("refresh", &caller, "", "", "reused_session_revoked");
+        let TokenOwner {
+            session_id,
+            org_id,
+            user_id,
+        } = match outcome {
+            Refreshed::Rotated(owner) => owner,
+            Refreshed::Reused(owner) => {
+                // Someone holds a copy of a used token: end the session for
+                // both holders.
+                self.sessions
+                    .end(
+                        &owner.org_id,
+                        &owner.user_id,
+                        &owner.session_id,
+                        "refresh token reused",
+                    )
+                    .await?;
+                audit(
+                    "refresh",
+                    &caller,
+                    &owner.org_id,
+                    &owner.user_id,
+                    "reused_session_revoked",
+                );
                 return Err(AuthServiceError::Unauthenticated(
                     "refresh token already used; session revoked",
                 ));
@@ -569,14 +611,18 @@ impl AuthApi {
                 return Err(AuthServiceError::Unauthenticated("invalid refresh token"));
             }
         };
+        if !self.sessions.touch(&org_id, &session_id).await? {
+            audit("refresh", &caller, &org_id, &user_id, "session_ended");
+            return Err(AuthServiceError::Unauthenticated("invalid refresh token"));
+        }
         let user = self.store.user(&org_id, &user_id).await?;
         let org = self.store.organization(&org_id).await?;
         let (Some(user), Some(org)) = (user, org) else {
             return Err(AuthServiceError::Unauthenticated("invalid refresh token"));
         };
         if user.status != "active" {
-            self.store
-                .revoke_user_sessions(&org_id, &user_id, now, "user suspended")
+            self.sessions
+                .end_all(&org_id, &user_id, "user suspended")
                 .await?;
             return Err(AuthServiceError::Unauthenticated("invalid refresh token"));
         }
@@ -628,16 +674,9 @@ impl AuthService for AuthApi {
         let tenant = tenant(&request)?;
         let caller = Caller::of(&request);
         let (org, user) = (tenant.org_id.to_string(), tenant.user_id.to_string());
-        self.store
-            .revoke_session(
-                &org,
-                &user,
-                &tenant.session_id.to_string(),
-                now_ms(),
-                "logout",
-            )
-            .await
-            .map_err(AuthServiceError::from)?;
+        self.sessions
+            .end(&org, &user, &tenant.session_id.to_string(), "logout")
+            .await?;
         audit("logout", &caller, &org, &user, "ok");
         Ok(Response::new(pb::LogoutResponse {}))
     }
@@ -649,11 +688,7 @@ impl AuthService for AuthApi {
         let tenant = tenant(&request)?;
         let caller = Caller::of(&request);
         let (org, user) = (tenant.org_id.to_string(), tenant.user_id.to_string());
-        let revoked = self
-            .store
-            .revoke_user_sessions(&org, &user, now_ms(), "logout all")
-            .await
-            .map_err(AuthServiceError::from)?;
+        let revoked = self.sessions.end_all(&org, &user, "logout all").await?;
         audit("logout_all", &caller, &org, &user, "ok");
         Ok(Response::new(pb::LogoutAllResponse {
             revoked_sessions: revoked as i32,
@@ -679,14 +714,9 @@ impl AuthService for AuthApi {
     ) -> Result<Response<pb::CheckSessionResponse>, Status> {
         let tenant = tenant(&request)?;
         let live = self
-            .store
-            .session_is_live(
-                &tenant.org_id.to_string(),
-                &tenant.session_id.to_string(),
-                now_ms(),
-            )
-            .await
-            .map_err(AuthServiceError::from)?;
+            .sessions
+            .is_live(&tenant.org_id.to_string(), &tenant.session_id.to_string())
+            .await?;
         Ok(Response::new(pb::CheckSessionResponse { live }))
     }
 
@@ -705,6 +735,7 @@ pub fn service_set(limits: &ServerLimits, deps: AuthDeps) -> ServiceSet {
     let api = Arc::new(AuthApi {
         keys: deps.keys,
         store: AuthStore::new(deps.database),
+        sessions: deps.sessions,
         passwords: deps.passwords,
         settings: deps.settings,
         throttle: deps.throttle,

@@ -140,10 +140,18 @@ impl AuthApi {
     ) -> Result<Option<pb::User>, AuthServiceError> {
         let (admin, org) = self.admin(request).await?;
         let user_id = id_of("user_id", user_id)?;
-        let outcome = self
-            .store
-            .change_member(&org.id, &user_id, &change, now_ms())
-            .await?;
+        let outcome = self.store.change_member(&org.id, &user_id, &change).await?;
+        let ends_sessions = match change {
+            MemberChange::Suspend => Some("user suspended"),
+            MemberChange::Remove => Some("user removed"),
+            MemberChange::Role(_) | MemberChange::Reactivate => None,
+        };
+        if let (MemberOutcome::Done(_), Some(reason)) = (&outcome, ends_sessions) {
+            // After the change commits: if this fails, the admin sees the
+            // error and the user's refresh tokens already cannot be used
+            // (suspended: refused at exchange; removed: deleted).
+            self.sessions.end_all(&org.id, &user_id, reason).await?;
+        }
         let result = match &outcome {
             MemberOutcome::Done(_) => "ok",
             MemberOutcome::NotFound => "not_found",

@@ -4,23 +4,38 @@
 use sqlx::Row;
 use trellis_store::{Database, EmbeddedMigration, ServiceMigrations, StoreError};
 
-const ACCOUNTS: &[EmbeddedMigration] = &[
-    EmbeddedMigration {
-        version: 1,
-        description: "accounts",
-        sql: include_str!("../migrations/0001_accounts.sql"),
-    },
-    EmbeddedMigration {
-        version: 2,
-        description: "invitations",
-        sql: include_str!("../migrations/0002_invitations.sql"),
-    },
-];
+const ACCOUNTS: EmbeddedMigration = EmbeddedMigration {
+    version: 1,
+    description: "accounts",
+    sql: include_str!("../migrations/0001_accounts.sql"),
+};
+const INVITATIONS: EmbeddedMigration = EmbeddedMigration {
+    version: 2,
+    description: "invitations",
+    sql: include_str!("../migrations/0002_invitations.sql"),
+};
+const SESSIONS_BOUNDARY: &str = "sessions boundary";
 
 pub const MIGRATIONS: ServiceMigrations = ServiceMigrations {
     service: "auth",
-    sqlite: ACCOUNTS,
-    postgres: ACCOUNTS,
+    sqlite: &[
+        ACCOUNTS,
+        INVITATIONS,
+        EmbeddedMigration {
+            version: 3,
+            description: SESSIONS_BOUNDARY,
+            sql: include_str!("../migrations/0003_sessions_boundary.sqlite.sql"),
+        },
+    ],
+    postgres: &[
+        ACCOUNTS,
+        INVITATIONS,
+        EmbeddedMigration {
+            version: 3,
+            description: SESSIONS_BOUNDARY,
+            sql: include_str!("../migrations/0003_sessions_boundary.postgres.sql"),
+        },
+    ],
 };
 
 /// Runs `$body` with `$pool` bound to whichever pool `$db` holds; the body
@@ -35,10 +50,12 @@ macro_rules! with_pool {
 }
 
 mod organizations;
+mod sessions;
 
 pub use organizations::{
     AcceptOutcome, InvitationRow, InviteOutcome, MemberChange, MemberOutcome, RevokeOutcome,
 };
+pub use sessions::LocalLoginSessions;
 
 #[derive(Clone, Debug)]
 pub struct OrganizationRow {
@@ -65,31 +82,32 @@ pub struct UserRow {
     pub last_login_at: Option<i64>,
 }
 
+/// The first refresh token of a login session.
 #[derive(Clone, Debug)]
-pub struct NewSession {
-    pub id: String,
+pub struct NewRefreshToken {
+    pub hash: String,
+    pub session_id: String,
     pub org_id: String,
     pub user_id: String,
     pub now: i64,
-    pub idle_expires_at: i64,
-    pub absolute_expires_at: i64,
-    pub user_agent: String,
-    pub client_address: String,
-    pub refresh_hash: String,
-    pub refresh_expires_at: i64,
+    pub expires_at: i64,
+}
+
+/// Which session a refresh token belongs to.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TokenOwner {
+    pub session_id: String,
+    pub org_id: String,
+    pub user_id: String,
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refreshed {
-    /// Exchanged: the session and its user, ready for new tokens.
-    Rotated {
-        session_id: String,
-        org_id: String,
-        user_id: String,
-    },
-    /// An already-exchanged token: the whole session was revoked.
-    Reused,
-    /// Unknown, expired, or its session is over.
+    /// Exchanged for the new token; its session must still be live.
+    Rotated(TokenOwner),
+    /// An already-exchanged token: its whole session must end.
+    Reused(TokenOwner),
+    /// Unknown or expired.
     Invalid,
 }
 
@@ -229,29 +247,20 @@ impl AuthStore {
         })
     }
 
-    /// Starts a login session with its first refresh token and records the
-    /// login on the user.
-    pub async fn start_session(&self, session: &NewSession) -> Result<(), StoreError> {
+    /// Stores a login's first refresh token and records the login on the user.
+    pub async fn record_login(&self, token: &NewRefreshToken) -> Result<(), StoreError> {
         with_pool!(&self.db, pool => {
             let mut tx = pool.begin().await?;
             sqlx::query(
-                "INSERT INTO auth_login_sessions (id, org_id, user_id, created_at, last_used_at, idle_expires_at, absolute_expires_at, user_agent, client_address) \
-                 VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8)",
+                "INSERT INTO auth_refresh_tokens (token_hash, session_id, org_id, user_id, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
             )
-            .bind(&session.id).bind(&session.org_id).bind(&session.user_id).bind(session.now)
-            .bind(session.idle_expires_at).bind(session.absolute_expires_at)
-            .bind(&session.user_agent).bind(&session.client_address)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO auth_refresh_tokens (token_hash, session_id, org_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(&session.refresh_hash).bind(&session.id).bind(&session.org_id)
-            .bind(session.now).bind(session.refresh_expires_at)
+            .bind(&token.hash).bind(&token.session_id).bind(&token.org_id).bind(&token.user_id)
+            .bind(token.now).bind(token.expires_at)
             .execute(&mut *tx)
             .await?;
             sqlx::query("UPDATE auth_users SET last_login_at = $1 WHERE org_id = $2 AND id = $3")
-                .bind(session.now).bind(&session.org_id).bind(&session.user_id)
+                .bind(token.now).bind(&token.org_id).bind(&token.user_id)
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
@@ -259,74 +268,49 @@ impl AuthStore {
         })
     }
 
-    /// Exchanges a refresh token for a new one, exactly once. Presenting an
-    /// exchanged token again revokes its session (reuse detection).
+    /// Exchanges a refresh token for a new one, exactly once. An exchanged
+    /// token presented again is reported as reuse.
     pub async fn rotate_refresh(
         &self,
         presented_hash: &str,
         new_hash: &str,
         now: i64,
-        idle_expires_at: i64,
-        refresh_expires_at: i64,
+        new_expires_at: i64,
     ) -> Result<Refreshed, StoreError> {
         with_pool!(&self.db, pool => {
             let mut tx = pool.begin().await?;
             // Only one of two concurrent exchanges can match `rotated_at IS NULL`.
-            let claimed = sqlx::query(
+            let claimed: Option<(String, String, String)> = sqlx::query_as(
                 "UPDATE auth_refresh_tokens SET rotated_at = $1 \
                  WHERE token_hash = $2 AND rotated_at IS NULL AND expires_at > $1 \
-                 RETURNING session_id, org_id",
+                 RETURNING session_id, org_id, user_id",
             )
             .bind(now).bind(presented_hash)
             .fetch_optional(&mut *tx)
             .await?;
-            let Some(claimed) = claimed else {
-                let rotated: Option<(String, Option<i64>)> = sqlx::query_as(
-                    "SELECT session_id, rotated_at FROM auth_refresh_tokens WHERE token_hash = $1",
+            let Some((session_id, org_id, user_id)) = claimed else {
+                let rotated: Option<(String, String, String, Option<i64>)> = sqlx::query_as(
+                    "SELECT session_id, org_id, user_id, rotated_at FROM auth_refresh_tokens WHERE token_hash = $1",
                 )
                 .bind(presented_hash)
                 .fetch_optional(&mut *tx)
                 .await?;
-                let outcome = match rotated {
-                    Some((session_id, Some(_))) => {
-                        sqlx::query(
-                            "UPDATE auth_login_sessions SET revoked_at = $1, revoke_reason = 'refresh token reused' \
-                             WHERE id = $2 AND revoked_at IS NULL",
-                        )
-                        .bind(now).bind(&session_id)
-                        .execute(&mut *tx)
-                        .await?;
-                        Refreshed::Reused
+                return Ok(match rotated {
+                    Some((session_id, org_id, user_id, Some(_))) => {
+                        Refreshed::Reused(TokenOwner { session_id, org_id, user_id })
                     }
                     _ => Refreshed::Invalid,
-                };
-                tx.commit().await?;
-                return Ok(outcome);
+                });
             };
-            let session_id: String = claimed.try_get("session_id")?;
-            let org_id: String = claimed.try_get("org_id")?;
-            // The session must still be live; sliding expiry moves on use.
-            let live = sqlx::query(
-                "UPDATE auth_login_sessions SET last_used_at = $1, idle_expires_at = $2 \
-                 WHERE id = $3 AND org_id = $4 AND revoked_at IS NULL AND idle_expires_at > $1 AND absolute_expires_at > $1 \
-                 RETURNING user_id",
-            )
-            .bind(now).bind(idle_expires_at).bind(&session_id).bind(&org_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(live) = live else {
-                tx.commit().await?;
-                return Ok(Refreshed::Invalid);
-            };
-            let user_id: String = live.try_get("user_id")?;
             sqlx::query(
-                "INSERT INTO auth_refresh_tokens (token_hash, session_id, org_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO auth_refresh_tokens (token_hash, session_id, org_id, user_id, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
             )
-            .bind(new_hash).bind(&session_id).bind(&org_id).bind(now).bind(refresh_expires_at)
+            .bind(new_hash).bind(&session_id).bind(&org_id).bind(&user_id).bind(now).bind(new_expires_at)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            Ok(Refreshed::Rotated { session_id, org_id, user_id })
+            Ok(Refreshed::Rotated(TokenOwner { session_id, org_id, user_id }))
         })
     }
 
@@ -342,66 +326,6 @@ impl AuthStore {
                 .execute(pool)
                 .await?;
             Ok(())
-        })
-    }
-
-    /// Whether the session is live: not revoked and within both expiries.
-    pub async fn session_is_live(
-        &self,
-        org_id: &str,
-        session_id: &str,
-        now: i64,
-    ) -> Result<bool, StoreError> {
-        with_pool!(&self.db, pool => {
-            let found: Option<String> = sqlx::query_scalar(
-                "SELECT id FROM auth_login_sessions \
-                 WHERE org_id = $1 AND id = $2 AND revoked_at IS NULL AND idle_expires_at > $3 AND absolute_expires_at > $3",
-            )
-            .bind(org_id).bind(session_id).bind(now)
-            .fetch_optional(pool)
-            .await?;
-            Ok(found.is_some())
-        })
-    }
-
-    /// Revokes one session of a user; returns whether it was live.
-    pub async fn revoke_session(
-        &self,
-        org_id: &str,
-        user_id: &str,
-        session_id: &str,
-        now: i64,
-        reason: &str,
-    ) -> Result<bool, StoreError> {
-        with_pool!(&self.db, pool => {
-            let done = sqlx::query(
-                "UPDATE auth_login_sessions SET revoked_at = $1, revoke_reason = $2 \
-                 WHERE org_id = $3 AND user_id = $4 AND id = $5 AND revoked_at IS NULL",
-            )
-            .bind(now).bind(reason).bind(org_id).bind(user_id).bind(session_id)
-            .execute(pool)
-            .await?;
-            Ok(done.rows_affected() == 1)
-        })
-    }
-
-    /// Revokes every live session of a user; returns how many.
-    pub async fn revoke_user_sessions(
-        &self,
-        org_id: &str,
-        user_id: &str,
-        now: i64,
-        reason: &str,
-    ) -> Result<u64, StoreError> {
-        with_pool!(&self.db, pool => {
-            let done = sqlx::query(
-                "UPDATE auth_login_sessions SET revoked_at = $1, revoke_reason = $2 \
-                 WHERE org_id = $3 AND user_id = $4 AND revoked_at IS NULL",
-            )
-            .bind(now).bind(reason).bind(org_id).bind(user_id)
-            .execute(pool)
-            .await?;
-            Ok(done.rows_affected())
         })
     }
 }

@@ -145,7 +145,6 @@ impl AuthStore {
         org_id: &str,
         user_id: &str,
         change: &MemberChange,
-        now: i64,
     ) -> Result<MemberOutcome, StoreError> {
         let select = format!("SELECT {USER_COLUMNS} FROM auth_users WHERE org_id = $1 AND id = $2");
         with_pool!(&self.db, pool => {
@@ -175,8 +174,6 @@ impl AuthStore {
                     return Ok(MemberOutcome::LastAdmin);
                 }
             }
-            let revoke_sessions = "UPDATE auth_login_sessions SET revoked_at = $1, revoke_reason = $2 \
-                                   WHERE org_id = $3 AND user_id = $4 AND revoked_at IS NULL";
             match change {
                 MemberChange::Role(role) => {
                     sqlx::query("UPDATE auth_users SET role = $1 WHERE org_id = $2 AND id = $3")
@@ -186,8 +183,6 @@ impl AuthStore {
                 MemberChange::Suspend => {
                     sqlx::query("UPDATE auth_users SET status = 'suspended' WHERE org_id = $1 AND id = $2")
                         .bind(org_id).bind(user_id)
-                        .execute(&mut *tx).await?;
-                    sqlx::query(revoke_sessions).bind(now).bind("user suspended").bind(org_id).bind(user_id)
                         .execute(&mut *tx).await?;
                 }
                 MemberChange::Reactivate => {
@@ -199,13 +194,7 @@ impl AuthStore {
                         .execute(&mut *tx).await?;
                 }
                 MemberChange::Remove => {
-                    sqlx::query(
-                        "DELETE FROM auth_refresh_tokens WHERE org_id = $1 AND session_id IN \
-                         (SELECT id FROM auth_login_sessions WHERE org_id = $1 AND user_id = $2)",
-                    )
-                    .bind(org_id).bind(user_id)
-                    .execute(&mut *tx).await?;
-                    sqlx::query("DELETE FROM auth_login_sessions WHERE org_id = $1 AND user_id = $2")
+                    sqlx::query("DELETE FROM auth_refresh_tokens WHERE org_id = $1 AND user_id = $2")
                         .bind(org_id).bind(user_id)
                         .execute(&mut *tx).await?;
                     sqlx::query("DELETE FROM auth_users WHERE org_id = $1 AND id = $2")

@@ -1,0 +1,225 @@
+//! Auth reaches login sessions only through `LoginSessions`, so the Session
+//! service can take them over without touching Auth's logic: a real Auth
+//! server runs here with sessions kept in a test double, and its own session
+//! table stays empty.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use tonic::Code;
+use trellis::auth::v1::auth_service_client::AuthServiceClient;
+use trellis::auth::v1::{
+    CheckSessionRequest, LogoutRequest, RefreshRequest, SignUpRequest, WhoAmIRequest,
+};
+use trellis_auth::{
+    AuthDeps, AuthServiceError, AuthSettings, KeyStore, LoginSessions, LoginThrottle,
+    NewLoginSession, Passwords, ThrottlePolicy,
+};
+use trellis_runtime::ServerLimits;
+use trellis_store::{Database, DatabaseOptions, MemoryCounters};
+
+#[derive(Default)]
+struct Recorded {
+    /// session id -> (organization, user, live)
+    sessions: HashMap<String, (String, String, bool)>,
+    calls: Vec<String>,
+}
+
+/// Sessions in memory, with every call written down.
+#[derive(Clone, Default)]
+struct RecordingSessions(Arc<Mutex<Recorded>>);
+
+impl RecordingSessions {
+    fn calls(&self) -> Vec<String> {
+        self.0.lock().unwrap().calls.clone()
+    }
+
+    fn live(&self, session_id: &str) -> bool {
+        self.0.lock().unwrap().sessions[session_id].2
+    }
+}
+
+#[tonic::async_trait]
+impl LoginSessions for RecordingSessions {
+    async fn open(&self, session: &NewLoginSession) -> Result<(), AuthServiceError> {
+        let mut recorded = self.0.lock().unwrap();
+        recorded.calls.push("open".into());
+        recorded.sessions.insert(
+            session.id.clone(),
+            (session.org_id.clone(), session.user_id.clone(), true),
+        );
+        Ok(())
+    }
+
+    async fn is_live(&self, org_id: &str, session_id: &str) -> Result<bool, AuthServiceError> {
+        let mut recorded = self.0.lock().unwrap();
+        recorded.calls.push("is_live".into());
+        Ok(recorded
+            .sessions
+            .get(session_id)
+            .is_some_and(|(org, _, live)| org == org_id && *live))
+    }
+
+    async fn touch(&self, org_id: &str, session_id: &str) -> Result<bool, AuthServiceError> {
+        let mut recorded = self.0.lock().unwrap();
+        recorded.calls.push("touch".into());
+        Ok(recorded
+            .sessions
+            .get(session_id)
+            .is_some_and(|(org, _, live)| org == org_id && *live))
+    }
+
+    async fn end(
+        &self,
+        org_id: &str,
+        user_id: &str,
+        session_id: &str,
+        reason: &str,
+    ) -> Result<bool, AuthServiceError> {
+        let mut recorded = self.0.lock().unwrap();
+        recorded.calls.push(format!("end: {reason}"));
+        Ok(match recorded.sessions.get_mut(session_id) {
+            Some((org, user, live)) if org == org_id && user == user_id => {
+                std::mem::replace(live, false)
+            }
+            _ => false,
+        })
+    }
+
+    async fn end_all(
+        &self,
+        org_id: &str,
+        user_id: &str,
+        reason: &str,
+    ) -> Result<u64, AuthServiceError> {
+        let mut recorded = self.0.lock().unwrap();
+        recorded.calls.push(format!("end_all: {reason}"));
+        let mut ended = 0;
+        for (org, user, live) in recorded.sessions.values_mut() {
+            if org == org_id && user == user_id && *live {
+                *live = false;
+                ended += 1;
+            }
+        }
+        Ok(ended)
+    }
+}
+
+fn authed<T>(message: T, access_token: &str) -> tonic::Request<T> {
+    with_metadata(
+        message,
+        &[("authorization", &format!("Bearer {access_token}"))],
+    )
+}
+
+#[tokio::test]
+async fn auth_keeps_login_sessions_only_through_the_trait() {
+    let data_dir = temp_dir("login-sessions");
+    let keys = Arc::new(KeyStore::open(data_dir.join("keys"), true).unwrap());
+    let url = trellis_store::default_sqlite_url(&data_dir, "auth");
+    let database = Database::connect(&url, &DatabaseOptions::default())
+        .await
+        .unwrap();
+    trellis_store::migrate(&database, &trellis_auth::MIGRATIONS)
+        .await
+        .unwrap();
+    let sessions = RecordingSessions::default();
+    let limits = ServerLimits::default();
+    let set = trellis_auth::service_set(
+        &limits,
+        AuthDeps {
+            keys: keys.clone(),
+            database: database.clone(),
+            sessions: Arc::new(sessions.clone()),
+            passwords: Arc::new(Passwords::new(1).unwrap()),
+            settings: AuthSettings::default(),
+            throttle: LoginThrottle::new(
+                Arc::new(MemoryCounters::default()),
+                ThrottlePolicy::default(),
+            ),
+        },
+    );
+    let server = spawn_server(set, verifier_for(&keys.signing_key()).await, limits).await;
+    let mut auth = AuthServiceClient::new(channel(server.address).await);
+
+    let signed_up = auth
+        .sign_up(SignUpRequest {
+            email: "ana@example.com".into(),
+            password: "Correct-Horse-9".into(),
+            name: "Ana".into(),
+            organization_name: "Taco Palace".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let session_id = signed_up.session_id.clone();
+    assert!(sessions.live(&session_id));
+
+    let who = auth
+        .who_am_i(authed(WhoAmIRequest {}, &signed_up.access_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(who.session_id, session_id);
+
+    let refreshed = auth
+        .refresh(RefreshRequest {
+            refresh_token: signed_up.refresh_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(refreshed.session_id, session_id);
+
+    auth.logout(authed(LogoutRequest {}, &refreshed.access_token))
+        .await
+        .unwrap();
+    assert!(!sessions.live(&session_id));
+    let checked = auth
+        .check_session(authed(CheckSessionRequest {}, &refreshed.access_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!checked.live, "the trait's answer is Auth's answer");
+    let refused = auth
+        .refresh(RefreshRequest {
+            refresh_token: refreshed.refresh_token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+
+    // A rotated token presented again ends its session through the trait.
+    let reused = auth
+        .refresh(RefreshRequest {
+            refresh_token: signed_up.refresh_token,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reused.code(), Code::Unauthenticated);
+
+    assert_eq!(
+        sessions.calls(),
+        [
+            "open",
+            "is_live",
+            "touch",
+            "end: logout",
+            "is_live",
+            "touch",
+            "end: refresh token reused"
+        ]
+    );
+    let Database::Sqlite(pool) = &database else {
+        unreachable!()
+    };
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM auth_login_sessions")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0, "no session was written past the trait");
+    server.trigger.trigger();
+}
