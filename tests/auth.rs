@@ -16,13 +16,6 @@ use trellis_cli::ServiceName;
 
 const PASSWORD: &str = "Correct-Horse-9";
 
-fn authed<T>(message: T, access_token: &str) -> tonic::Request<T> {
-    with_metadata(
-        message,
-        &[("authorization", &format!("Bearer {access_token}"))],
-    )
-}
-
 async fn sign_up_and_sessions(extra: &[&str]) {
     let data_dir = temp_dir("auth");
     let mut args = vec!["--session-check-ttl", "1s"];

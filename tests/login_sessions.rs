@@ -40,6 +40,16 @@ impl RecordingSessions {
     fn live(&self, session_id: &str) -> bool {
         self.0.lock().unwrap().sessions[session_id].2
     }
+
+    /// Records `call` and answers whether the session is live in `org_id`.
+    fn ask(&self, call: &str, org_id: &str, session_id: &str) -> bool {
+        let mut recorded = self.0.lock().unwrap();
+        recorded.calls.push(call.into());
+        recorded
+            .sessions
+            .get(session_id)
+            .is_some_and(|(org, _, live)| org == org_id && *live)
+    }
 }
 
 #[tonic::async_trait]
@@ -55,21 +65,11 @@ impl LoginSessions for RecordingSessions {
     }
 
     async fn is_live(&self, org_id: &str, session_id: &str) -> Result<bool, AuthServiceError> {
-        let mut recorded = self.0.lock().unwrap();
-        recorded.calls.push("is_live".into());
-        Ok(recorded
-            .sessions
-            .get(session_id)
-            .is_some_and(|(org, _, live)| org == org_id && *live))
+        Ok(self.ask("is_live", org_id, session_id))
     }
 
     async fn touch(&self, org_id: &str, session_id: &str) -> Result<bool, AuthServiceError> {
-        let mut recorded = self.0.lock().unwrap();
-        recorded.calls.push("touch".into());
-        Ok(recorded
-            .sessions
-            .get(session_id)
-            .is_some_and(|(org, _, live)| org == org_id && *live))
+        Ok(self.ask("touch", org_id, session_id))
     }
 
     async fn end(
@@ -106,13 +106,6 @@ impl LoginSessions for RecordingSessions {
         }
         Ok(ended)
     }
-}
-
-fn authed<T>(message: T, access_token: &str) -> tonic::Request<T> {
-    with_metadata(
-        message,
-        &[("authorization", &format!("Bearer {access_token}"))],
-    )
 }
 
 #[tokio::test]

@@ -13,10 +13,6 @@ use trellis_cli::ServiceName;
 
 const PASSWORD: &str = "Correct-Horse-9";
 
-fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
-    with_metadata(message, &[("authorization", &format!("Bearer {token}"))])
-}
-
 struct Member {
     token: String,
     user_id: String,

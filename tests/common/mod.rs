@@ -138,3 +138,11 @@ pub fn with_metadata<T>(message: T, pairs: &[(&str, &str)]) -> tonic::Request<T>
     }
     request
 }
+
+/// `message` carrying `authorization: Bearer <access_token>`.
+pub fn authed<T>(message: T, access_token: &str) -> tonic::Request<T> {
+    with_metadata(
+        message,
+        &[("authorization", &format!("Bearer {access_token}"))],
+    )
+}
