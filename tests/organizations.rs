@@ -411,6 +411,13 @@ async fn roles_and_tenancy(extra: &[&str]) {
         .await
         .unwrap_err();
     assert_eq!(ended.code(), Code::Unauthenticated);
+    // The session itself ended, as every other server's check sees it.
+    let checked = auth
+        .check_session(authed(pb::CheckSessionRequest {}, &a.viewer.token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!checked.live, "suspension ends the user's sessions");
     let suspended = auth
         .login(pb::LoginRequest {
             email: a.viewer.email.clone(),
@@ -455,12 +462,14 @@ async fn roles_and_tenancy(extra: &[&str]) {
         .code(),
         Code::FailedPrecondition
     );
-    auth.login(pb::LoginRequest {
-        email: a.viewer.email.clone(),
-        password: PASSWORD.into(),
-    })
-    .await
-    .unwrap();
+    let back = auth
+        .login(pb::LoginRequest {
+            email: a.viewer.email.clone(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
 
     // A demoted admin loses admin rights at once, even with an old token.
     orgs.update_user_role(authed(
@@ -510,6 +519,19 @@ async fn roles_and_tenancy(extra: &[&str]) {
         .await
         .unwrap_err();
     assert_eq!(gone.code(), Code::Unauthenticated);
+    let checked = auth
+        .check_session(authed(pb::CheckSessionRequest {}, &back.access_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!checked.live, "removal ends the user's sessions");
+    let refused = auth
+        .refresh(pb::RefreshRequest {
+            refresh_token: back.refresh_token,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
     let invited = orgs
         .invite_user(authed(
             pb::InviteUserRequest {
