@@ -441,6 +441,83 @@ async fn brute_force_is_throttled_with_redis() {
     brute_force_is_throttled(&["--redis-url", &url, "--redis-key-prefix", &prefix]).await;
 }
 
+/// Guesses sent all at once get no more tries than guesses sent one by one:
+/// attempts hold their place in the count while their password is checked.
+async fn concurrent_guesses_are_bounded(extra: &[&str]) {
+    let data_dir = temp_dir("auth-concurrent");
+    let running = trellis_cli::start(&[ServiceName::Auth], &up_args(&data_dir, extra))
+        .await
+        .unwrap();
+    let auth = AuthServiceClient::new(channel(running.address(ServiceName::Auth).unwrap()).await);
+    let email = format!("target.{}@example.com", uuid::Uuid::new_v4().simple());
+    auth.clone()
+        .sign_up(SignUpRequest {
+            email: email.clone(),
+            password: PASSWORD.into(),
+            name: "T".into(),
+            organization_name: "T".into(),
+        })
+        .await
+        .unwrap();
+
+    let mut guesses = tokio::task::JoinSet::new();
+    for n in 0..20 {
+        let mut auth = auth.clone();
+        let email = email.clone();
+        guesses.spawn(async move {
+            auth.login(LoginRequest {
+                email,
+                password: format!("Wrong-Horse-{n}"),
+            })
+            .await
+            .unwrap_err()
+        });
+    }
+    let answers = guesses.join_all().await;
+    let checked = answers
+        .iter()
+        .filter(|status| status.code() == Code::Unauthenticated)
+        .count();
+    let refused: Vec<_> = answers
+        .iter()
+        .filter(|status| status.code() == Code::ResourceExhausted)
+        .collect();
+    assert_eq!(
+        (checked, refused.len()),
+        (5, 15),
+        "5 guesses per account and address: {answers:?}"
+    );
+    for status in refused {
+        assert!(status.get_details_retry_info().is_some(), "{status:?}");
+    }
+    // The limit holds afterwards too, for the right password as well.
+    let after = auth
+        .clone()
+        .login(LoginRequest {
+            email,
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(after.code(), Code::ResourceExhausted);
+    running.shutdown().await.unwrap();
+    std::fs::remove_dir_all(data_dir).unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_guesses_are_bounded_in_memory() {
+    concurrent_guesses_are_bounded(&[]).await;
+}
+
+#[tokio::test]
+async fn concurrent_guesses_are_bounded_with_redis() {
+    let Ok(url) = std::env::var("TRELLIS_TEST_REDIS_URL") else {
+        return loud("SKIPPED: concurrent login throttling on Redis (set TRELLIS_TEST_REDIS_URL)");
+    };
+    let prefix = format!("trellis-test:{}:", uuid::Uuid::new_v4().simple());
+    concurrent_guesses_are_bounded(&["--redis-url", &url, "--redis-key-prefix", &prefix]).await;
+}
+
 #[tokio::test]
 async fn a_hash_made_with_older_parameters_is_upgraded_at_login() {
     use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version};

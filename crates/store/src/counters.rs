@@ -1,5 +1,10 @@
 //! Windowed counters (rate limits, failed-login tallies): in memory by
 //! default, in Redis when configured so every replica sees the same counts.
+//!
+//! A limit on failures checked before the outcome is known (a password
+//! being verified) would let a burst of concurrent attempts all pass it.
+//! [`Counters::enter`] closes that gap: an attempt holds a slot beside the
+//! counter until it settles, and the limit applies to both together.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,6 +24,29 @@ pub struct Tally {
     pub resets_in: Duration,
 }
 
+/// A limit that an attempt must pass: the count at `key` plus the attempts
+/// in flight on it must stay below `limit`.
+#[derive(Clone, Copy, Debug)]
+pub struct Gate<'a> {
+    pub key: &'a str,
+    pub limit: u64,
+}
+
+/// The gate that turned an attempt away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Full {
+    /// Index into the gates passed to [`Counters::enter`].
+    pub gate: usize,
+    /// Its settled count.
+    pub settled: Tally,
+    pub in_flight: u64,
+}
+
+/// Where the attempts in flight on `key` are kept.
+fn in_flight_key(key: &str) -> String {
+    format!("{key}:in-flight")
+}
+
 pub trait Counters: Send + Sync + 'static {
     /// Adds one to `key`; a key's window starts at its first increment.
     fn increment<'a>(
@@ -29,6 +57,21 @@ pub trait Counters: Send + Sync + 'static {
     /// The current tally (zero when absent or expired).
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Tally, StoreError>>;
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Puts `attempt` in flight on every gate, or on none if one is full.
+    /// It stays there until [`Counters::leave`], or `hold_for` at most, so
+    /// a holder that dies cannot keep a slot.
+    fn enter<'a>(
+        &'a self,
+        attempt: &'a str,
+        gates: &'a [Gate<'a>],
+        hold_for: Duration,
+    ) -> BoxFuture<'a, Result<Result<(), Full>, StoreError>>;
+    /// Takes `attempt` out of flight on the gates at `keys`.
+    fn leave<'a>(
+        &'a self,
+        attempt: &'a str,
+        keys: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
 /// Past this many keys, expired ones are swept on the next write.
@@ -37,6 +80,8 @@ const SWEEP_AT: usize = 100_000;
 #[derive(Default)]
 pub struct MemoryCounters {
     entries: Mutex<HashMap<String, (u64, Instant)>>,
+    /// Per gate key: attempt -> until when it may hold its slot.
+    in_flight: Mutex<HashMap<String, HashMap<String, Instant>>>,
 }
 
 impl MemoryCounters {
@@ -44,6 +89,17 @@ impl MemoryCounters {
         Tally {
             count,
             resets_in: expires.saturating_duration_since(now),
+        }
+    }
+
+    fn current(&self, key: &str, now: Instant) -> Tally {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        match entries.get(key) {
+            Some(&(count, expires)) if expires > now => Self::tally(count, expires, now),
+            _ => Tally {
+                count: 0,
+                resets_in: Duration::ZERO,
+            },
         }
     }
 }
@@ -69,16 +125,7 @@ impl Counters for MemoryCounters {
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Tally, StoreError>> {
-        let now = Instant::now();
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let tally = match entries.get(key) {
-            Some(&(count, expires)) if expires > now => Self::tally(count, expires, now),
-            _ => Tally {
-                count: 0,
-                resets_in: Duration::ZERO,
-            },
-        };
-        Box::pin(std::future::ready(Ok(tally)))
+        Box::pin(std::future::ready(Ok(self.current(key, Instant::now()))))
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
@@ -88,11 +135,89 @@ impl Counters for MemoryCounters {
             .remove(key);
         Box::pin(std::future::ready(Ok(())))
     }
+
+    fn enter<'a>(
+        &'a self,
+        attempt: &'a str,
+        gates: &'a [Gate<'a>],
+        hold_for: Duration,
+    ) -> BoxFuture<'a, Result<Result<(), Full>, StoreError>> {
+        let now = Instant::now();
+        // Lock order: in_flight, then entries (inside `current`).
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        for (index, gate) in gates.iter().enumerate() {
+            let holding = in_flight.get_mut(gate.key).map_or(0, |slots| {
+                slots.retain(|_, until| *until > now);
+                slots.len() as u64
+            });
+            let settled = self.current(gate.key, now);
+            if settled.count + holding >= gate.limit {
+                let full = Full {
+                    gate: index,
+                    settled,
+                    in_flight: holding,
+                };
+                return Box::pin(std::future::ready(Ok(Err(full))));
+            }
+        }
+        for gate in gates {
+            in_flight
+                .entry(gate.key.to_owned())
+                .or_default()
+                .insert(attempt.to_owned(), now + hold_for);
+        }
+        Box::pin(std::future::ready(Ok(Ok(()))))
+    }
+
+    fn leave<'a>(
+        &'a self,
+        attempt: &'a str,
+        keys: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        for key in keys {
+            if let Some(slots) = in_flight.get_mut(*key) {
+                slots.remove(attempt);
+                if slots.is_empty() {
+                    in_flight.remove(*key);
+                }
+            }
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
+
+/// Checks every gate, then puts the attempt in flight on all of them, in
+/// one atomic step. Attempts in flight are a sorted set per gate scored by
+/// when their hold ends (Redis's clock, so replicas' clocks don't matter).
+/// KEYS: count 1, in flight 1, count 2, in flight 2, ...
+/// ARGV: attempt, hold in ms, limit 1, limit 2, ...
+/// Returns {0} when entered, else {gate (1-based), count, count's PTTL, in flight}.
+/// All keys must live on one Redis node (no cluster slot spreading).
+const ENTER: &str = r"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local gates = #KEYS / 2
+for i = 1, gates do
+  local in_flight = KEYS[2 * i]
+  redis.call('ZREMRANGEBYSCORE', in_flight, '-inf', now)
+  local count = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
+  local holding = redis.call('ZCARD', in_flight)
+  if count + holding >= tonumber(ARGV[2 + i]) then
+    return {i, count, redis.call('PTTL', KEYS[2 * i - 1]), holding}
+  end
+end
+for i = 1, gates do
+  redis.call('ZADD', KEYS[2 * i], now + tonumber(ARGV[2]), ARGV[1])
+  redis.call('PEXPIRE', KEYS[2 * i], ARGV[2])
+end
+return {0}
+";
 
 pub struct RedisCounters {
     pool: RedisPool,
     prefix: String,
+    enter: redis::Script,
 }
 
 impl RedisCounters {
@@ -101,6 +226,7 @@ impl RedisCounters {
         RedisCounters {
             pool,
             prefix: prefix.into(),
+            enter: redis::Script::new(ENTER),
         }
     }
 
@@ -159,6 +285,63 @@ impl Counters for RedisCounters {
                 .arg(&key)
                 .query_async(&mut *connection)
                 .await?;
+            Ok(())
+        })
+    }
+
+    fn enter<'a>(
+        &'a self,
+        attempt: &'a str,
+        gates: &'a [Gate<'a>],
+        hold_for: Duration,
+    ) -> BoxFuture<'a, Result<Result<(), Full>, StoreError>> {
+        Box::pin(async move {
+            let mut invocation = self.enter.prepare_invoke();
+            for gate in gates {
+                let key = format!("{}{}", self.prefix, gate.key);
+                invocation.key(&key).key(in_flight_key(&key));
+            }
+            invocation
+                .arg(attempt)
+                .arg(hold_for.as_millis().max(1) as u64);
+            for gate in gates {
+                invocation.arg(gate.limit);
+            }
+            let mut connection = self.pool.get().await?;
+            let answer: Vec<i64> = invocation.invoke_async(&mut *connection).await?;
+            Ok(match answer.as_slice() {
+                [0] => Ok(()),
+                &[gate, count, pttl, holding] => Err(Full {
+                    gate: (gate - 1) as usize,
+                    settled: Self::tally(count.max(0) as u64, pttl),
+                    in_flight: holding.max(0) as u64,
+                }),
+                other => {
+                    return Err(StoreError::Redis(redis::RedisError::from((
+                        redis::ErrorKind::Parse,
+                        "unexpected answer from the admission script",
+                        format!("{other:?}"),
+                    ))));
+                }
+            })
+        })
+    }
+
+    fn leave<'a>(
+        &'a self,
+        attempt: &'a str,
+        keys: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut pipe = redis::pipe();
+            for key in keys {
+                pipe.cmd("ZREM")
+                    .arg(in_flight_key(&format!("{}{key}", self.prefix)))
+                    .arg(attempt)
+                    .ignore();
+            }
+            let mut connection = self.pool.get().await?;
+            let () = pipe.query_async(&mut *connection).await?;
             Ok(())
         })
     }

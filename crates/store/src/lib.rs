@@ -9,7 +9,7 @@ mod error;
 mod migrate;
 mod redis_pool;
 
-pub use counters::{Counters, MemoryCounters, RedisCounters, Tally};
+pub use counters::{Counters, Full, Gate, MemoryCounters, RedisCounters, Tally};
 pub use database::{Database, DatabaseOptions, default_sqlite_url, redact_url};
 pub use error::StoreError;
 pub use migrate::{EmbeddedMigration, ServiceMigrations, migrate};

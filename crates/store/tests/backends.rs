@@ -209,9 +209,88 @@ async fn exercise_counters(counters: &dyn trellis_store::Counters) {
     assert_eq!(counters.get(&key).await.unwrap().count, 0);
 }
 
+async fn exercise_gates(counters: &dyn trellis_store::Counters) {
+    use trellis_store::Gate;
+    let (narrow, wide) = (
+        format!("test:{}", uuid::Uuid::new_v4()),
+        format!("test:{}", uuid::Uuid::new_v4()),
+    );
+    let gates = [
+        Gate {
+            key: &narrow,
+            limit: 2,
+        },
+        Gate {
+            key: &wide,
+            limit: 2,
+        },
+    ];
+    let hold = Duration::from_secs(60);
+    counters
+        .increment(&narrow, Duration::from_secs(60))
+        .await
+        .unwrap();
+    // One settled and one in flight fill the narrow gate.
+    assert_eq!(counters.enter("a", &gates, hold).await.unwrap(), Ok(()));
+    let full = counters
+        .enter("b", &gates, hold)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!((full.gate, full.settled.count, full.in_flight), (0, 1, 1));
+    assert!(full.settled.resets_in > Duration::from_secs(50), "{full:?}");
+    // All or none: the refused attempt took no slot on the wide gate.
+    assert_eq!(
+        counters.enter("c", &gates[1..], hold).await.unwrap(),
+        Ok(())
+    );
+    let full = counters
+        .enter("d", &gates[1..], hold)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        (full.gate, full.settled.count, full.in_flight),
+        (0, 0, 2),
+        "a and c fill the wide gate"
+    );
+    counters.leave("a", &[&narrow, &wide]).await.unwrap();
+    assert_eq!(counters.enter("e", &gates, hold).await.unwrap(), Ok(()));
+
+    // A holder that never leaves loses its slot when its hold ends.
+    let lone = format!("test:{}", uuid::Uuid::new_v4());
+    let gate = [Gate {
+        key: &lone,
+        limit: 1,
+    }];
+    let short = Duration::from_millis(200);
+    assert_eq!(counters.enter("f", &gate, short).await.unwrap(), Ok(()));
+    assert!(counters.enter("g", &gate, short).await.unwrap().is_err());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(counters.enter("g", &gate, short).await.unwrap(), Ok(()));
+}
+
 #[tokio::test]
 async fn memory_counters_count_within_a_window() {
     exercise_counters(&trellis_store::MemoryCounters::default()).await;
+}
+
+#[tokio::test]
+async fn memory_gates_count_attempts_in_flight() {
+    exercise_gates(&trellis_store::MemoryCounters::default()).await;
+}
+
+#[tokio::test]
+async fn redis_gates_count_attempts_in_flight() {
+    let Ok(url) = std::env::var("TRELLIS_TEST_REDIS_URL") else {
+        return skipped("Redis gates test", "TRELLIS_TEST_REDIS_URL");
+    };
+    let pool = connect_redis(&url, 2).await.unwrap();
+    exercise_gates(&trellis_store::RedisCounters::new(
+        pool,
+        format!("trellis:test:{}:", uuid::Uuid::new_v4().simple()),
+    ))
+    .await;
 }
 
 #[tokio::test]

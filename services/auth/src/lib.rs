@@ -502,10 +502,13 @@ impl AuthApi {
         }
         // Keyed by the email as typed (normalised), known or not, so a
         // throttled answer says nothing about whether the account exists.
-        if let Err(retry_after) = self.throttle.admit(&email, &caller.address).await? {
-            audit("login", &caller, "", "", "throttled");
-            return Err(AuthServiceError::Throttled(retry_after));
-        }
+        let attempt = match self.throttle.admit(&email, &caller.address).await? {
+            Ok(attempt) => attempt,
+            Err(retry_after) => {
+                audit("login", &caller, "", "", "throttled");
+                return Err(AuthServiceError::Throttled(retry_after));
+            }
+        };
         let user = self.store.user_by_email(&email).await?;
         let matches = self
             .passwords
@@ -519,12 +522,12 @@ impl AuthApi {
             other => {
                 let (org, id) = other.map(|u| (u.org_id, u.id)).unwrap_or_default();
                 audit("login", &caller, &org, &id, "invalid_credentials");
-                let tarpit = self.throttle.failed(&email, &caller.address).await?;
+                let tarpit = self.throttle.failed(attempt).await?;
                 tokio::time::sleep(tarpit).await;
                 return Err(AuthServiceError::InvalidCredentials);
             }
         };
-        self.throttle.succeeded(&email, &caller.address).await?;
+        self.throttle.succeeded(attempt).await?;
         if self.passwords.needs_rehash(&user.password_hash) {
             // The only moment the password is known: raise the hash to
             // today's parameters. A failure here must not fail the login.
