@@ -441,6 +441,64 @@ async fn brute_force_is_throttled_with_redis() {
     brute_force_is_throttled(&["--redis-url", &url, "--redis-key-prefix", &prefix]).await;
 }
 
+/// Sign-ups at the same moment, for organizations of the same name, all
+/// succeed with slugs of their own.
+async fn concurrent_sign_ups_get_unique_slugs(extra: &[&str]) {
+    let data_dir = temp_dir("auth-sign-ups");
+    let running = trellis_cli::start(&[ServiceName::Auth], &up_args(&data_dir, extra))
+        .await
+        .unwrap();
+    let auth = AuthServiceClient::new(channel(running.address(ServiceName::Auth).unwrap()).await);
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    let mut sign_ups = tokio::task::JoinSet::new();
+    for n in 0..8 {
+        let mut auth = auth.clone();
+        let unique = unique.clone();
+        sign_ups.spawn(async move {
+            auth.sign_up(SignUpRequest {
+                email: format!("founder.{n}.{unique}@example.com"),
+                password: PASSWORD.into(),
+                name: "Founder".into(),
+                organization_name: format!("Same Name {unique}"),
+            })
+            .await
+        });
+    }
+    let mut slugs = Vec::new();
+    for answer in sign_ups.join_all().await {
+        let signed_up = answer.expect("every sign-up succeeds").into_inner();
+        slugs.push(signed_up.organization.unwrap().slug);
+    }
+    slugs.sort();
+    let base = format!("same-name-{unique}");
+    let mut expected: Vec<String> = (1..=8)
+        .map(|n| {
+            if n == 1 {
+                base.clone()
+            } else {
+                format!("{base}-{n}")
+            }
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(slugs, expected);
+    running.shutdown().await.unwrap();
+    std::fs::remove_dir_all(data_dir).unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_sign_ups_get_unique_slugs_on_sqlite() {
+    concurrent_sign_ups_get_unique_slugs(&[]).await;
+}
+
+#[tokio::test]
+async fn concurrent_sign_ups_get_unique_slugs_on_postgres() {
+    let Ok(url) = std::env::var("TRELLIS_TEST_DATABASE_URL") else {
+        return loud("SKIPPED: concurrent sign-ups on PostgreSQL (set TRELLIS_TEST_DATABASE_URL)");
+    };
+    concurrent_sign_ups_get_unique_slugs(&["--database-url", &url]).await;
+}
+
 /// Guesses sent all at once get no more tries than guesses sent one by one:
 /// attempts hold their place in the count while their password is checked.
 async fn concurrent_guesses_are_bounded(extra: &[&str]) {

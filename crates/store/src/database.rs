@@ -8,6 +8,34 @@ use sqlx::{PgPool, SqlitePool};
 
 use crate::error::StoreError;
 
+/// Opens transactions that will write.
+///
+/// On SQLite a plain `BEGIN` takes the write lock only at the first write;
+/// if the transaction read first and another writer committed meanwhile,
+/// that write fails at once with "database is locked" (no busy wait can
+/// help). `BEGIN IMMEDIATE` takes the lock up front and waits for it.
+pub trait BeginWrite {
+    type Db: sqlx::Database;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>>
+    + Send;
+}
+
+impl BeginWrite for SqlitePool {
+    type Db = sqlx::Sqlite;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
+impl BeginWrite for PgPool {
+    type Db = sqlx::Postgres;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        self.begin().await
+    }
+}
+
 /// A relational pool; which one is decided by the URL at start.
 #[derive(Clone, Debug)]
 pub enum Database {

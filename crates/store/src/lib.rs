@@ -10,7 +10,7 @@ mod migrate;
 mod redis_pool;
 
 pub use counters::{Counters, Full, Gate, MemoryCounters, RedisCounters, Tally};
-pub use database::{Database, DatabaseOptions, default_sqlite_url, redact_url};
+pub use database::{BeginWrite, Database, DatabaseOptions, default_sqlite_url, redact_url};
 pub use error::StoreError;
 pub use migrate::{EmbeddedMigration, ServiceMigrations, migrate};
 pub use redis_pool::{RedisPool, connect_redis};

@@ -24,8 +24,11 @@ pub enum AuthServiceError {
     NotFound(String),
     #[error("{0}")]
     FailedPrecondition(&'static str),
-    /// Too many failed logins; the caller may retry after the delay.
-    #[error("too many failed logins")]
+    /// Lost to concurrent writes; retrying the call can succeed.
+    #[error("{0}")]
+    Aborted(&'static str),
+    /// Too many failed (or in-flight) logins; the caller may retry after the delay.
+    #[error("too many login attempts")]
     Throttled(std::time::Duration),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -33,6 +36,20 @@ pub enum AuthServiceError {
     Hash(#[from] HashError),
     #[error("internal: {0}")]
     Internal(String),
+}
+
+/// What to suggest when every hashing thread is busy and the queue is full.
+const BUSY_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn retry_later(message: &str, retry_after: std::time::Duration) -> Status {
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        message,
+        // Whole seconds, rounded up, so clients never retry early.
+        ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(
+            retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
+        ))),
+    )
 }
 
 impl From<AuthServiceError> for Status {
@@ -57,16 +74,16 @@ impl From<AuthServiceError> for Status {
             AuthServiceError::PermissionDenied(why) => Status::permission_denied(why),
             AuthServiceError::NotFound(what) => Status::not_found(what),
             AuthServiceError::FailedPrecondition(why) => Status::failed_precondition(why),
-            AuthServiceError::Throttled(retry_after) => Status::with_error_details(
-                Code::ResourceExhausted,
-                "too many failed logins; retry later",
-                // Whole seconds, rounded up, so clients never retry early.
-                ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(
-                    retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
-                ))),
-            ),
+            AuthServiceError::Aborted(why) => Status::aborted(why),
+            AuthServiceError::Throttled(retry_after) => {
+                retry_later("too many login attempts; retry later", retry_after)
+            }
+            AuthServiceError::Hash(HashError::Busy) => {
+                retry_later("too many logins in progress; retry later", BUSY_RETRY)
+            }
             AuthServiceError::Store(error) => error.into(),
-            error @ (AuthServiceError::Hash(_) | AuthServiceError::Internal(_)) => {
+            error @ (AuthServiceError::Hash(HashError::Failed(_))
+            | AuthServiceError::Internal(_)) => {
                 tracing::error!(%error, "auth internal error");
                 Status::internal("internal error")
             }

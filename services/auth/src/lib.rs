@@ -32,7 +32,7 @@ pub use password::Passwords;
 pub use sessions::{LocalLoginSessions, LoginSessions, NewLoginSession, SessionLifetimes};
 pub use store::MIGRATIONS;
 use store::{
-    AuthStore, NewRefreshToken, OrganizationRow, Refreshed, TokenOwner, UserRow, WriteError,
+    AuthStore, NewRefreshToken, OrganizationRow, Refreshed, SignUpError, TokenOwner, UserRow,
 };
 pub use throttle::{LoginThrottle, ThrottlePolicy};
 
@@ -479,11 +479,16 @@ impl AuthApi {
         };
         let org = match self.store.sign_up(&org, &admin).await {
             Ok(org) => org,
-            Err(WriteError::Conflict(_)) => {
+            Err(SignUpError::EmailTaken) => {
                 audit("sign_up", &caller, "", "", "email_taken");
                 return Err(AuthServiceError::AlreadyExists("email already registered"));
             }
-            Err(WriteError::Store(error)) => return Err(error.into()),
+            Err(SignUpError::SlugContended(_)) => {
+                return Err(AuthServiceError::Aborted(
+                    "too many concurrent sign-ups for this organization name; retry",
+                ));
+            }
+            Err(SignUpError::Store(error)) => return Err(error.into()),
         };
         let issued = self.start_session(&admin, &org, &caller).await?;
         audit("sign_up", &caller, &org.id, &admin.id, "ok");

@@ -50,8 +50,13 @@ pub fn policy_violations(field: &str, password: &str) -> Vec<FieldViolation> {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("password hashing failed: {0}")]
-pub struct HashError(String);
+pub enum HashError {
+    /// Every hashing thread is busy and the queue is full: a login storm.
+    #[error("too many logins in progress")]
+    Busy,
+    #[error("password hashing failed: {0}")]
+    Failed(String),
+}
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -99,18 +104,23 @@ pub struct Passwords {
 impl Passwords {
     /// `parallelism` hashing threads (one per core is the useful most).
     pub fn new(parallelism: usize) -> Result<Self, HashError> {
+        Self::with_queue(parallelism, QUEUE)
+    }
+
+    /// At most `queue` hashes wait for a thread; more are refused as busy.
+    pub fn with_queue(parallelism: usize, queue: usize) -> Result<Self, HashError> {
         let dummy_hash = argon2()
             .hash_password(b"dummy password for unknown accounts")
-            .map_err(|e| HashError(e.to_string()))?
+            .map_err(|e| HashError::Failed(e.to_string()))?
             .to_string();
-        let (jobs, queue) = sync_channel::<Job>(QUEUE);
+        let (jobs, queue) = sync_channel::<Job>(queue);
         let queue = Arc::new(Mutex::new(queue));
         for index in 0..parallelism.max(1) {
             let queue = queue.clone();
             std::thread::Builder::new()
                 .name(format!("argon2-{index}"))
                 .spawn(move || hashing_thread(queue))
-                .map_err(|e| HashError(e.to_string()))?;
+                .map_err(|e| HashError::Failed(e.to_string()))?;
         }
         Ok(Passwords {
             jobs,
@@ -127,12 +137,12 @@ impl Passwords {
             let _ = done.send(work());
         });
         self.jobs.try_send(job).map_err(|error| match error {
-            TrySendError::Full(_) => HashError("too many logins in progress".into()),
-            TrySendError::Disconnected(_) => HashError("hashing threads stopped".into()),
+            TrySendError::Full(_) => HashError::Busy,
+            TrySendError::Disconnected(_) => HashError::Failed("hashing threads stopped".into()),
         })?;
         result
             .await
-            .map_err(|_| HashError("hashing thread failed".into()))
+            .map_err(|_| HashError::Failed("hashing thread failed".into()))
     }
 
     /// A PHC string (`$argon2id$v=19$m=19456,t=2,p=1$...`) with a fresh salt.
@@ -143,7 +153,7 @@ impl Passwords {
                 .map(|h| h.to_string())
         })
         .await?
-        .map_err(|e| HashError(e.to_string()))
+        .map_err(|e| HashError::Failed(e.to_string()))
     }
 
     /// Whether `password` matches `stored`; with `None` (unknown account) a
@@ -205,6 +215,28 @@ mod tests {
             policy_violations("password", &long).is_empty(),
             "64 characters are fine"
         );
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_refused_as_busy_not_queued_without_bound() {
+        let passwords = Arc::new(Passwords::with_queue(1, 1).unwrap());
+        let hashes: Vec<_> = (0..6)
+            .map(|_| {
+                let passwords = passwords.clone();
+                tokio::spawn(async move { passwords.hash("Correct-Horse-9".into()).await })
+            })
+            .collect();
+        let mut busy = 0;
+        for hash in hashes {
+            match hash.await.unwrap() {
+                Ok(_) => {}
+                Err(HashError::Busy) => busy += 1,
+                Err(other) => panic!("{other}"),
+            }
+        }
+        assert!(busy >= 4, "one running, one queued, the rest busy: {busy}");
+        let status = tonic::Status::from(crate::AuthServiceError::Hash(HashError::Busy));
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
     }
 
     #[tokio::test]

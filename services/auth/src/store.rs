@@ -2,7 +2,7 @@
 //! query after login is scoped by organization.
 
 use sqlx::Row;
-use trellis_store::{Database, EmbeddedMigration, ServiceMigrations, StoreError};
+use trellis_store::{BeginWrite, Database, EmbeddedMigration, ServiceMigrations, StoreError};
 
 const ACCOUNTS: EmbeddedMigration = EmbeddedMigration {
     version: 1,
@@ -112,12 +112,19 @@ pub enum Refreshed {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum WriteError {
-    #[error("{0} already exists")]
-    Conflict(&'static str),
+pub enum SignUpError {
+    #[error("email already registered")]
+    EmailTaken,
+    /// Another sign-up kept taking the free slug (PostgreSQL only; SQLite
+    /// writers queue for the lock).
+    #[error("no free organization slug after {0} tries")]
+    SlugContended(u32),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// One sign-up's view of the slugs can go stale before it inserts.
+const SLUG_TRIES: u32 = 5;
 
 pub(crate) fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(e) if e.is_unique_violation())
@@ -178,13 +185,28 @@ impl AuthStore {
 
     /// Creates the organization and its first user in one transaction. The
     /// slug gets a numeric suffix when taken.
+    /// Creates the organization, with the first free slug, and its admin.
     pub async fn sign_up(
         &self,
         org: &OrganizationRow,
         admin: &UserRow,
-    ) -> Result<OrganizationRow, WriteError> {
+    ) -> Result<OrganizationRow, SignUpError> {
+        for _ in 0..SLUG_TRIES {
+            match self.try_sign_up(org, admin).await? {
+                Some(org) => return Ok(org),
+                None => continue, // a concurrent sign-up took the slug
+            }
+        }
+        Err(SignUpError::SlugContended(SLUG_TRIES))
+    }
+
+    async fn try_sign_up(
+        &self,
+        org: &OrganizationRow,
+        admin: &UserRow,
+    ) -> Result<Option<OrganizationRow>, SignUpError> {
         with_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await.map_err(StoreError::from)?;
+            let mut tx = pool.begin_write().await.map_err(StoreError::from)?;
             let taken: Vec<String> = sqlx::query_scalar(
                 "SELECT slug FROM auth_organizations WHERE slug = $1 OR slug LIKE $2",
             )
@@ -198,15 +220,18 @@ impl AuthStore {
                 .find(|candidate| !taken.contains(candidate))
                 .expect("some suffix is free");
             let org = OrganizationRow { slug, ..org.clone() };
-            sqlx::query(
+            let inserted = sqlx::query(
                 "INSERT INTO auth_organizations (id, name, slug, plan, max_users, max_concurrent_runs, max_runs_per_month, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(&org.id).bind(&org.name).bind(&org.slug).bind(&org.plan)
             .bind(org.max_users).bind(org.max_concurrent_runs).bind(org.max_runs_per_month).bind(org.created_at)
             .execute(&mut *tx)
-            .await
-            .map_err(|e| if is_unique_violation(&e) { WriteError::Conflict("organization slug") } else { StoreError::from(e).into() })?;
+            .await;
+            match inserted {
+                Err(error) if is_unique_violation(&error) => return Ok(None),
+                other => { other.map_err(StoreError::from)?; }
+            }
             sqlx::query(
                 "INSERT INTO auth_users (id, org_id, email, name, password_hash, role, status, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -215,9 +240,9 @@ impl AuthStore {
             .bind(&admin.password_hash).bind(&admin.role).bind(&admin.status).bind(admin.created_at)
             .execute(&mut *tx)
             .await
-            .map_err(|e| if is_unique_violation(&e) { WriteError::Conflict("email") } else { StoreError::from(e).into() })?;
+            .map_err(|e| if is_unique_violation(&e) { SignUpError::EmailTaken } else { StoreError::from(e).into() })?;
             tx.commit().await.map_err(StoreError::from)?;
-            Ok(org)
+            Ok(Some(org))
         })
     }
 
@@ -250,7 +275,7 @@ impl AuthStore {
     /// Stores a login's first refresh token and records the login on the user.
     pub async fn record_login(&self, token: &NewRefreshToken) -> Result<(), StoreError> {
         with_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             sqlx::query(
                 "INSERT INTO auth_refresh_tokens (token_hash, session_id, org_id, user_id, created_at, expires_at) \
                  VALUES ($1, $2, $3, $4, $5, $6)",
@@ -278,7 +303,7 @@ impl AuthStore {
         new_expires_at: i64,
     ) -> Result<Refreshed, StoreError> {
         with_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             // Only one of two concurrent exchanges can match `rotated_at IS NULL`.
             let claimed: Option<(String, String, String)> = sqlx::query_as(
                 "UPDATE auth_refresh_tokens SET rotated_at = $1 \

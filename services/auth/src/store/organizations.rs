@@ -4,7 +4,7 @@
 //! seat limit hold under concurrent requests.
 
 use sqlx::Row;
-use trellis_store::{Database, StoreError};
+use trellis_store::{BeginWrite, Database, StoreError};
 
 use super::{
     AuthStore, OrganizationRow, USER_COLUMNS, UserRow, is_unique_violation, organization, user,
@@ -148,7 +148,7 @@ impl AuthStore {
     ) -> Result<MemberOutcome, StoreError> {
         let select = format!("SELECT {USER_COLUMNS} FROM auth_users WHERE org_id = $1 AND id = $2");
         with_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             sqlx::query(LOCK_ORG).bind(org_id).execute(&mut *tx).await?;
             let current = sqlx::query(sqlx::AssertSqlSafe(select.clone()))
                 .bind(org_id).bind(user_id)
@@ -222,7 +222,7 @@ impl AuthStore {
         now: i64,
     ) -> Result<InviteOutcome, StoreError> {
         with_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             sqlx::query(LOCK_ORG).bind(&invitation.org_id).execute(&mut *tx).await?;
             let existing: Option<String> = sqlx::query_scalar("SELECT id FROM auth_users WHERE email = $1")
                 .bind(&invitation.email)
@@ -294,7 +294,7 @@ impl AuthStore {
             "SELECT {INVITATION_COLUMNS} FROM auth_invitations WHERE org_id = $1 AND id = $2"
         );
         with_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let done = sqlx::query(
                 "UPDATE auth_invitations SET status = 'revoked' \
                  WHERE org_id = $1 AND id = $2 AND status = 'pending' AND expires_at > $3",
@@ -326,7 +326,7 @@ impl AuthStore {
         let org_select = "SELECT id, name, slug, plan, max_users, max_concurrent_runs, max_runs_per_month, created_at \
                           FROM auth_organizations WHERE id = $1";
         with_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let found = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT {INVITATION_COLUMNS} FROM auth_invitations WHERE token_hash = $1 AND status = 'pending' AND expires_at > $2"
             )))
