@@ -331,8 +331,8 @@ async fn sign_up_login_refresh_logout_on_sqlite() {
 
 #[tokio::test]
 async fn sign_up_login_refresh_logout_on_postgres() {
-    let Ok(url) = std::env::var("TRELLIS_TEST_DATABASE_URL") else {
-        return loud("SKIPPED: Auth on PostgreSQL (set TRELLIS_TEST_DATABASE_URL)");
+    let Some(url) = postgres_url("Auth") else {
+        return;
     };
     sign_up_and_sessions(&["--database-url", &url]).await;
 }
@@ -434,8 +434,8 @@ async fn brute_force_is_throttled_in_memory() {
 
 #[tokio::test]
 async fn brute_force_is_throttled_with_redis() {
-    let Ok(url) = std::env::var("TRELLIS_TEST_REDIS_URL") else {
-        return loud("SKIPPED: login throttling on Redis (set TRELLIS_TEST_REDIS_URL)");
+    let Some(url) = redis_url("login throttling") else {
+        return;
     };
     let prefix = format!("trellis-test:{}:", uuid::Uuid::new_v4().simple());
     brute_force_is_throttled(&["--redis-url", &url, "--redis-key-prefix", &prefix]).await;
@@ -493,8 +493,8 @@ async fn concurrent_sign_ups_get_unique_slugs_on_sqlite() {
 
 #[tokio::test]
 async fn concurrent_sign_ups_get_unique_slugs_on_postgres() {
-    let Ok(url) = std::env::var("TRELLIS_TEST_DATABASE_URL") else {
-        return loud("SKIPPED: concurrent sign-ups on PostgreSQL (set TRELLIS_TEST_DATABASE_URL)");
+    let Some(url) = postgres_url("concurrent sign-ups") else {
+        return;
     };
     concurrent_sign_ups_get_unique_slugs(&["--database-url", &url]).await;
 }
@@ -569,8 +569,8 @@ async fn concurrent_guesses_are_bounded_in_memory() {
 
 #[tokio::test]
 async fn concurrent_guesses_are_bounded_with_redis() {
-    let Ok(url) = std::env::var("TRELLIS_TEST_REDIS_URL") else {
-        return loud("SKIPPED: concurrent login throttling on Redis (set TRELLIS_TEST_REDIS_URL)");
+    let Some(url) = redis_url("concurrent login throttling") else {
+        return;
     };
     let prefix = format!("trellis-test:{}:", uuid::Uuid::new_v4().simple());
     concurrent_guesses_are_bounded(&["--redis-url", &url, "--redis-key-prefix", &prefix]).await;

@@ -88,8 +88,8 @@ async fn version_3_keeps_sessions_and_tokens_on_sqlite() {
 
 #[tokio::test]
 async fn version_3_keeps_sessions_and_tokens_on_postgres() {
-    let Ok(url) = std::env::var("TRELLIS_TEST_DATABASE_URL") else {
-        return loud("SKIPPED: Auth migrations on PostgreSQL (set TRELLIS_TEST_DATABASE_URL)");
+    let Some(url) = postgres_url("Auth migrations") else {
+        return;
     };
     // A schema of its own, so the shared test database's history is untouched.
     let schema = format!("auth_migrations_{}", uuid::Uuid::new_v4().simple());

@@ -632,8 +632,8 @@ async fn roles_and_tenancy_on_sqlite() {
 
 #[tokio::test]
 async fn roles_and_tenancy_on_postgres() {
-    let Ok(url) = std::env::var("TRELLIS_TEST_DATABASE_URL") else {
-        return loud("SKIPPED: OrganizationService on PostgreSQL (set TRELLIS_TEST_DATABASE_URL)");
+    let Some(url) = postgres_url("OrganizationService") else {
+        return;
     };
     roles_and_tenancy(&["--database-url", &url]).await;
 }

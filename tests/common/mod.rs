@@ -25,6 +25,30 @@ pub fn loud(message: &str) {
     let _ = writeln!(std::io::stderr(), "{message}");
 }
 
+/// The PostgreSQL URL for backend tests, or `None` after saying loudly that
+/// `what` was skipped.
+pub fn postgres_url(what: &str) -> Option<String> {
+    let url = std::env::var("TRELLIS_TEST_DATABASE_URL").ok();
+    if url.is_none() {
+        loud(&format!(
+            "SKIPPED: {what} on PostgreSQL (set TRELLIS_TEST_DATABASE_URL)"
+        ));
+    }
+    url
+}
+
+/// The Redis URL for backend tests, or `None` after saying loudly that
+/// `what` was skipped.
+pub fn redis_url(what: &str) -> Option<String> {
+    let url = std::env::var("TRELLIS_TEST_REDIS_URL").ok();
+    if url.is_none() {
+        loud(&format!(
+            "SKIPPED: {what} on Redis (set TRELLIS_TEST_REDIS_URL)"
+        ));
+    }
+    url
+}
+
 pub fn temp_dir(label: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("trellis-{label}-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
