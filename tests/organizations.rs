@@ -500,6 +500,16 @@ async fn roles_and_tenancy(extra: &[&str]) {
         .await
         .unwrap_err();
     assert_eq!(demoted.code(), Code::PermissionDenied);
+    // Other servers learn the role now from CheckSession, not from the token.
+    let checked = auth
+        .check_session(authed(pb::CheckSessionRequest {}, t))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (checked.live, checked.role),
+        (true, pb::Role::Developer as i32)
+    );
 
     // Removal frees a seat; the removed user can no longer log in.
     let new_admin = &a.developer.token;

@@ -15,8 +15,8 @@ use trellis::auth::v1::auth_service_server::{AuthService, AuthServiceServer};
 use trellis::auth::v1::{WhoAmIRequest, WhoAmIResponse};
 use trellis_runtime::{ServerLimits, ServiceSet, Shutdown, TelemetryArgs};
 use trellis_tenancy::{
-    AccessClaims, JwksCache, Role, SessionCheck, SessionGuard, SigningKey, StaticJwks,
-    TenantContext, TokenVerifier, VerifierConfig,
+    AccessClaims, JwksCache, Role, SessionCheck, SessionGuard, SessionState, SigningKey,
+    StaticJwks, TenantContext, TokenVerifier, VerifierConfig,
 };
 
 /// The production path asks Auth about each session every few seconds; here
@@ -24,12 +24,13 @@ use trellis_tenancy::{
 struct AlwaysLive;
 
 impl SessionCheck for AlwaysLive {
-    fn is_live(
+    fn check(
         &self,
-        _: &TenantContext,
+        tenant: &TenantContext,
         _: http::HeaderValue,
-    ) -> trellis_tenancy::BoxFuture<Result<bool, Status>> {
-        Box::pin(async { Ok(true) })
+    ) -> trellis_tenancy::BoxFuture<Result<SessionState, Status>> {
+        let role = tenant.role;
+        Box::pin(async move { Ok(SessionState::Live(Some(role))) })
     }
 }
 

@@ -21,6 +21,6 @@ pub use client::{DEFAULT_OUTBOUND_TIMEOUT, Propagate, PropagateLayer};
 pub use context::{CallContext, REQUEST_ID_HEADER, RequestContext, RequestContextLayer};
 pub use jwks::{AuthServiceJwks, BoxFuture, JwksCache, JwksError, JwksSource, StaticJwks};
 pub use server::{AuthLayer, Authenticate, ORG_HINT_HEADER, PublicMethods};
-pub use session_guard::{AuthSessionCheck, SessionCheck, SessionGuard};
+pub use session_guard::{AuthSessionCheck, SessionCheck, SessionGuard, SessionState};
 pub use signing::{KeyError, SigningKey};
 pub use verifier::{AuthError, MAX_LEEWAY_SECS, MAX_TOKEN_BYTES, TokenVerifier, VerifierConfig};

@@ -8,7 +8,7 @@ use http::HeaderMap;
 use tonic::Status;
 
 use crate::claims::TenantContext;
-use crate::session_guard::{Cached, SessionGuard};
+use crate::session_guard::{Cached, SessionGuard, SessionState};
 use crate::verifier::{AuthError, TokenVerifier};
 
 /// Optional tenant hint from clients; checked against the token, never
@@ -199,8 +199,11 @@ where
                 .as_ref()
                 .map(|guard| guard.cached(&tenant.session_id));
             match session {
-                None | Some(Cached::Live) => {
-                    let tenant = tenant.clone();
+                None | Some(Cached::Live(_)) => {
+                    let mut tenant = tenant.clone();
+                    if let Some(Cached::Live(Some(role))) = session {
+                        tenant.role = role;
+                    }
                     record_caller(&tenant);
                     request.extensions_mut().insert(tenant);
                     return Box::pin(self.inner.call(request));
@@ -220,7 +223,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let tenant = match cached {
+            let mut tenant = match cached {
                 Some(tenant) => tenant,
                 None => match verifier.verify(&token).await {
                     Ok(tenant) => tenant,
@@ -234,14 +237,15 @@ where
                 return Ok(reject(status));
             }
             if let (Some(guard), Some(authorization)) = (sessions, authorization) {
-                let live = match guard.cached(&tenant.session_id) {
-                    Cached::Live => Ok(true),
-                    Cached::Ended => Ok(false),
+                let state = match guard.cached(&tenant.session_id) {
+                    Cached::Live(role) => Ok(SessionState::Live(role)),
+                    Cached::Ended => Ok(SessionState::Ended),
                     Cached::Ask => guard.ask(&tenant, authorization).await,
                 };
-                match live {
-                    Ok(true) => {}
-                    Ok(false) => return Ok(reject(session_ended())),
+                match state {
+                    // The role now, not as the token remembers it.
+                    Ok(SessionState::Live(role)) => tenant.role = role.unwrap_or(tenant.role),
+                    Ok(SessionState::Ended) => return Ok(reject(session_ended())),
                     Err(status) => return Ok(reject(status)),
                 }
             }

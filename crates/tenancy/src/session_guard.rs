@@ -1,26 +1,46 @@
-//! Logout and revocation reach every server within seconds: each login
-//! session's liveness is asked of Auth and remembered briefly.
+//! Logout, revocation and role changes reach every server within seconds:
+//! each login session's liveness, and its user's current role, are asked of
+//! Auth and remembered briefly.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 use tonic::{Code, Status};
+use trellis::auth::v1 as pb;
 use trellis::auth::v1::{CheckSessionRequest, auth_service_client::AuthServiceClient};
 use uuid::Uuid;
 
-use crate::claims::TenantContext;
+use crate::claims::{Role, TenantContext};
 use crate::jwks::BoxFuture;
+
+/// What Auth says of a login session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionState {
+    /// Live; with the user's role now, when Auth says it.
+    Live(Option<Role>),
+    Ended,
+}
 
 /// Asks whether a login session is still live.
 pub trait SessionCheck: Send + Sync + 'static {
     /// `authorization` is the caller's own bearer header: the check is made
     /// with the caller's credentials, never with a service identity.
-    fn is_live(
+    fn check(
         &self,
         tenant: &TenantContext,
         authorization: HeaderValue,
-    ) -> BoxFuture<Result<bool, Status>>;
+    ) -> BoxFuture<Result<SessionState, Status>>;
+}
+
+fn role_of(role: i32) -> Option<Role> {
+    match pb::Role::try_from(role) {
+        Ok(pb::Role::Admin) => Some(Role::Admin),
+        Ok(pb::Role::Developer) => Some(Role::Developer),
+        Ok(pb::Role::Viewer) => Some(Role::Viewer),
+        // An Auth that does not say: the token's claim stands.
+        _ => None,
+    }
 }
 
 /// Asks Auth's `CheckSession`.
@@ -39,11 +59,11 @@ impl AuthSessionCheck {
 }
 
 impl SessionCheck for AuthSessionCheck {
-    fn is_live(
+    fn check(
         &self,
         _: &TenantContext,
         authorization: HeaderValue,
-    ) -> BoxFuture<Result<bool, Status>> {
+    ) -> BoxFuture<Result<SessionState, Status>> {
         let mut client = self.client.clone();
         let timeout = self.timeout;
         Box::pin(async move {
@@ -53,9 +73,18 @@ impl SessionCheck for AuthSessionCheck {
                 .map_err(|_| Status::unauthenticated("malformed authorization header"))?;
             request.metadata_mut().insert("authorization", value);
             match tokio::time::timeout(timeout, client.check_session(request)).await {
-                Ok(Ok(response)) => Ok(response.into_inner().live),
+                Ok(Ok(response)) => {
+                    let answer = response.into_inner();
+                    Ok(if answer.live {
+                        SessionState::Live(role_of(answer.role))
+                    } else {
+                        SessionState::Ended
+                    })
+                }
                 // Auth refused the token itself: as good as ended.
-                Ok(Err(status)) if status.code() == Code::Unauthenticated => Ok(false),
+                Ok(Err(status)) if status.code() == Code::Unauthenticated => {
+                    Ok(SessionState::Ended)
+                }
                 Ok(Err(status)) => Err(status),
                 Err(_) => Err(Status::unavailable("session check timed out")),
             }
@@ -65,13 +94,13 @@ impl SessionCheck for AuthSessionCheck {
 
 #[derive(Clone, Copy)]
 struct Verdict {
-    live: bool,
+    state: SessionState,
     checked: Instant,
 }
 
 /// What a cached verdict allows right now.
 pub(crate) enum Cached {
-    Live,
+    Live(Option<Role>),
     Ended,
     /// Unknown or too old: ask.
     Ask,
@@ -103,15 +132,15 @@ impl SessionGuard {
 
     pub(crate) fn cached(&self, session_id: &Uuid) -> Cached {
         match self.verdicts.get(session_id) {
-            Some(verdict) if verdict.checked.elapsed() < self.fresh_for => {
-                if verdict.live {
-                    Cached::Live
-                } else {
-                    Cached::Ended
-                }
-            }
             // An ended session never comes back.
-            Some(Verdict { live: false, .. }) => Cached::Ended,
+            Some(Verdict {
+                state: SessionState::Ended,
+                ..
+            }) => Cached::Ended,
+            Some(Verdict {
+                state: SessionState::Live(role),
+                checked,
+            }) if checked.elapsed() < self.fresh_for => Cached::Live(role),
             _ => Cached::Ask,
         }
     }
@@ -122,25 +151,26 @@ impl SessionGuard {
         &self,
         tenant: &TenantContext,
         authorization: HeaderValue,
-    ) -> Result<bool, Status> {
-        match self.check.is_live(tenant, authorization).await {
-            Ok(live) => {
+    ) -> Result<SessionState, Status> {
+        match self.check.check(tenant, authorization).await {
+            Ok(state) => {
                 self.verdicts.insert(
                     tenant.session_id,
                     Verdict {
-                        live,
+                        state,
                         checked: Instant::now(),
                     },
                 );
-                Ok(live)
+                Ok(state)
             }
             Err(status) => {
-                let recent = self.verdicts.get(&tenant.session_id).is_some_and(|v| {
-                    v.live && v.checked.elapsed() < self.fresh_for + self.stale_grace
+                let recent = self.verdicts.get(&tenant.session_id).filter(|v| {
+                    matches!(v.state, SessionState::Live(_))
+                        && v.checked.elapsed() < self.fresh_for + self.stale_grace
                 });
-                if recent {
+                if let Some(recent) = recent {
                     tracing::warn!(code = ?status.code(), "session check failed; serving from a recent verdict");
-                    Ok(true)
+                    Ok(recent.state)
                 } else {
                     tracing::warn!(code = ?status.code(), message = status.message(), "session check failed");
                     Err(Status::unavailable(

@@ -13,8 +13,8 @@ use hmac::Mac;
 use serde_json::{Value, json};
 use tower::{Layer, Service, ServiceExt};
 use trellis_tenancy::{
-    AccessClaims, AuthLayer, JwksCache, PublicMethods, Role, SigningKey, StaticJwks, TenantContext,
-    TokenVerifier, VerifierConfig,
+    AccessClaims, AuthLayer, JwksCache, PublicMethods, Role, SessionCheck, SessionGuard,
+    SessionState, SigningKey, StaticJwks, TenantContext, TokenVerifier, VerifierConfig,
 };
 
 const ISSUER: &str = "https://auth.trellis.test";
@@ -110,6 +110,11 @@ struct Harness {
 
 impl Harness {
     async fn new(published: &[&SigningKey]) -> Self {
+        Self::guarded(published, None).await
+    }
+
+    /// With `sessions`, every call's login session is also checked.
+    async fn guarded(published: &[&SigningKey], sessions: Option<Arc<SessionGuard>>) -> Self {
         let jwks_source = Arc::new(StaticJwks::new(
             published.iter().map(|k| k.public_jwk()).collect(),
         ));
@@ -149,8 +154,9 @@ impl Harness {
             }
         });
         let public = PublicMethods::standard().with_method("/trellis.auth.v1.AuthService/Login");
-        let service =
-            AuthLayer::new(verifier, public).layer(tower::util::BoxCloneService::new(handler));
+        let service = AuthLayer::new(verifier, public)
+            .with_session_guard(sessions)
+            .layer(tower::util::BoxCloneService::new(handler));
         Harness {
             service,
             handler_calls,
@@ -620,4 +626,81 @@ async fn tokens_minted_by_the_signer_verify_into_the_tenant() {
         )
         .await;
     assert_eq!((code, body.as_str()), (0, "Some(Admin)|"));
+}
+
+/// Answers what the test last said of the session, counting the questions.
+struct ScriptedCheck {
+    state: std::sync::Mutex<SessionState>,
+    asked: AtomicUsize,
+}
+
+impl SessionCheck for ScriptedCheck {
+    fn check(
+        &self,
+        _: &TenantContext,
+        _: http::HeaderValue,
+    ) -> trellis_tenancy::BoxFuture<Result<SessionState, tonic::Status>> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        let state = *self.state.lock().unwrap();
+        Box::pin(async move { Ok(state) })
+    }
+}
+
+#[tokio::test]
+async fn the_session_guard_applies_the_current_role_and_ended_sessions() {
+    let key = SigningKey::generate("key-a");
+    let check = Arc::new(ScriptedCheck {
+        state: std::sync::Mutex::new(SessionState::Live(Some(Role::Viewer))),
+        asked: AtomicUsize::new(0),
+    });
+    let fresh_for = Duration::from_millis(200);
+    let guard = Arc::new(SessionGuard::new(
+        check.clone(),
+        fresh_for,
+        Duration::ZERO,
+        100,
+    ));
+    let mut harness = Harness::guarded(&[&key], Some(guard)).await;
+    let claims = AccessClaims {
+        iss: ISSUER.into(),
+        aud: AUDIENCE.into(),
+        sub: uuid::Uuid::new_v4(),
+        org: uuid::Uuid::new_v4(),
+        role: Role::Admin,
+        sid: uuid::Uuid::new_v4(),
+        iat: now(),
+        nbf: now(),
+        exp: now() + 60,
+        jti: uuid::Uuid::new_v4(),
+        scope: None,
+    };
+    let token = format!("Bearer {}", key.sign(&claims).unwrap());
+    let mut call = async || {
+        harness
+            .call_with(
+                "/trellis.cart.v1.CartService/GetCart",
+                &[("authorization", &token)],
+            )
+            .await
+    };
+    let asked = || check.asked.load(Ordering::SeqCst);
+
+    // Demoted since the token was issued: the role now wins, on the slow
+    // path and on the cached fast path alike.
+    assert_eq!(call().await, (0, "Some(Viewer)|".to_owned()));
+    assert_eq!(call().await, (0, "Some(Viewer)|".to_owned()));
+    assert_eq!(asked(), 1, "the verdict is remembered");
+    // An Auth that does not say the role: the token's claim stands.
+    *check.state.lock().unwrap() = SessionState::Live(None);
+    tokio::time::sleep(fresh_for * 2).await;
+    assert_eq!(call().await, (0, "Some(Admin)|".to_owned()));
+    assert_eq!(asked(), 2);
+    // Ended: refused, and it never comes back.
+    *check.state.lock().unwrap() = SessionState::Ended;
+    tokio::time::sleep(fresh_for * 2).await;
+    assert_eq!(call().await.0, UNAUTHENTICATED);
+    *check.state.lock().unwrap() = SessionState::Live(Some(Role::Admin));
+    tokio::time::sleep(fresh_for * 2).await;
+    assert_eq!(call().await.0, UNAUTHENTICATED);
+    assert_eq!(asked(), 3);
 }

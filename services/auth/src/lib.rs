@@ -117,17 +117,21 @@ fn role_from_str(role: &str) -> Role {
     }
 }
 
+fn role_message(role: &str) -> pb::Role {
+    match role {
+        "admin" => pb::Role::Admin,
+        "developer" => pb::Role::Developer,
+        _ => pb::Role::Viewer,
+    }
+}
+
 fn user_message(user: &UserRow) -> pb::User {
     pb::User {
         user_id: user.id.clone(),
         organization_id: user.org_id.clone(),
         email: user.email.clone(),
         name: user.name.clone(),
-        role: match user.role.as_str() {
-            "admin" => pb::Role::Admin,
-            "developer" => pb::Role::Developer,
-            _ => pb::Role::Viewer,
-        } as i32,
+        role: role_message(&user.role) as i32,
         status: match user.status.as_str() {
             "active" => pb::UserStatus::Active,
             "invited" => pb::UserStatus::Invited,
@@ -411,11 +415,8 @@ impl AuthApi {
         })
     }
 
-    /// The caller, if its login session is still live.
-    async fn live_caller(
-        &self,
-        tenant: &TenantContext,
-    ) -> Result<(UserRow, OrganizationRow), AuthServiceError> {
+    /// The caller, if its login session is still live and it is active.
+    async fn live_user(&self, tenant: &TenantContext) -> Result<UserRow, AuthServiceError> {
         let org_id = tenant.org_id.to_string();
         let live = self
             .sessions
@@ -424,14 +425,25 @@ impl AuthApi {
         if !live {
             return Err(AuthServiceError::Unauthenticated("session ended"));
         }
-        let user = self
+        match self
             .store
             .user(&org_id, &tenant.user_id.to_string())
-            .await?;
-        let org = self.store.organization(&org_id).await?;
-        match (user, org) {
-            (Some(user), Some(org)) if user.status == "active" => Ok((user, org)),
+            .await?
+        {
+            Some(user) if user.status == "active" => Ok(user),
             _ => Err(AuthServiceError::Unauthenticated("session ended")),
+        }
+    }
+
+    /// The caller and its organization, if its login session is still live.
+    async fn live_caller(
+        &self,
+        tenant: &TenantContext,
+    ) -> Result<(UserRow, OrganizationRow), AuthServiceError> {
+        let user = self.live_user(tenant).await?;
+        match self.store.organization(&user.org_id).await? {
+            Some(org) => Ok((user, org)),
+            None => Err(AuthServiceError::Unauthenticated("session ended")),
         }
     }
 
@@ -721,11 +733,15 @@ impl AuthService for AuthApi {
         request: Request<pb::CheckSessionRequest>,
     ) -> Result<Response<pb::CheckSessionResponse>, Status> {
         let tenant = tenant(&request)?;
-        let live = self
-            .sessions
-            .is_live(&tenant.org_id.to_string(), &tenant.session_id.to_string())
-            .await?;
-        Ok(Response::new(pb::CheckSessionResponse { live }))
+        let role = match self.live_user(&tenant).await {
+            Ok(user) => role_message(&user.role),
+            Err(AuthServiceError::Unauthenticated(_)) => pb::Role::Unspecified,
+            Err(error) => return Err(error.into()),
+        };
+        Ok(Response::new(pb::CheckSessionResponse {
+            live: role != pb::Role::Unspecified,
+            role: role as i32,
+        }))
     }
 
     async fn get_jwks(
