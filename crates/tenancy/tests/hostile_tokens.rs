@@ -601,11 +601,9 @@ async fn a_newly_published_key_is_picked_up_on_first_use() {
     assert_eq!(harness.calls(), 1);
 }
 
-#[tokio::test]
-async fn tokens_minted_by_the_signer_verify_into_the_tenant() {
-    let key = SigningKey::generate("key-a");
-    let mut harness = Harness::new(&[&key]).await;
-    let claims = AccessClaims {
+/// Claims as Auth mints them: an admin of a fresh organization.
+fn admin_claims() -> AccessClaims {
+    AccessClaims {
         iss: ISSUER.into(),
         aud: AUDIENCE.into(),
         sub: uuid::Uuid::new_v4(),
@@ -617,7 +615,14 @@ async fn tokens_minted_by_the_signer_verify_into_the_tenant() {
         exp: now() + 60,
         jti: uuid::Uuid::new_v4(),
         scope: None,
-    };
+    }
+}
+
+#[tokio::test]
+async fn tokens_minted_by_the_signer_verify_into_the_tenant() {
+    let key = SigningKey::generate("key-a");
+    let mut harness = Harness::new(&[&key]).await;
+    let claims = admin_claims();
     let token = format!("Bearer {}", key.sign(&claims).unwrap());
     let (code, body) = harness
         .call_with(
@@ -661,19 +666,7 @@ async fn the_session_guard_applies_the_current_role_and_ended_sessions() {
         100,
     ));
     let mut harness = Harness::guarded(&[&key], Some(guard)).await;
-    let claims = AccessClaims {
-        iss: ISSUER.into(),
-        aud: AUDIENCE.into(),
-        sub: uuid::Uuid::new_v4(),
-        org: uuid::Uuid::new_v4(),
-        role: Role::Admin,
-        sid: uuid::Uuid::new_v4(),
-        iat: now(),
-        nbf: now(),
-        exp: now() + 60,
-        jti: uuid::Uuid::new_v4(),
-        scope: None,
-    };
+    let claims = admin_claims();
     let token = format!("Bearer {}", key.sign(&claims).unwrap());
     let mut call = async || {
         harness
