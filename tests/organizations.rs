@@ -596,6 +596,19 @@ async fn roles_and_tenancy(extra: &[&str]) {
         .await
         .unwrap_err();
     assert_eq!(stale.code(), Code::NotFound);
+    let forged = orgs
+        .accept_invitation(pb::AcceptInvitationRequest {
+            token: "not-a-token".into(),
+            name: "Forger".into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (forged.code(), forged.message()),
+        (stale.code(), stale.message()),
+        "unknown and used-up tokens answer alike"
+    );
 
     // Paging: one at a time walks all members, then stops.
     let mut seen = Vec::new();

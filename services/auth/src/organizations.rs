@@ -470,10 +470,16 @@ impl OrganizationService for AuthApi {
         if !violations.is_empty() {
             return Err(AuthServiceError::InvalidArgument(violations).into());
         }
-        if input.token.is_empty() || input.token.len() > 256 {
+        let now = now_ms();
+        let pending = input.token.len() <= 256
+            && self
+                .store
+                .invitation_is_pending(&token_hash(&input.token), now)
+                .await
+                .map_err(AuthServiceError::from)?;
+        if !pending {
             return Err(AuthServiceError::NotFound("invitation not found".into()).into());
         }
-        let now = now_ms();
         let template = UserRow {
             id: uuid::Uuid::new_v4().to_string(),
             org_id: String::new(),

@@ -316,6 +316,24 @@ impl AuthStore {
         })
     }
 
+    /// Whether `token_hash` names a pending, unexpired invitation: checked
+    /// before the costly password hash, so bogus tokens cost a lookup.
+    pub async fn invitation_is_pending(
+        &self,
+        token_hash: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        with_pool!(&self.db, pool => {
+            let found: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM auth_invitations WHERE token_hash = $1 AND status = 'pending' AND expires_at > $2",
+            )
+            .bind(token_hash).bind(now)
+            .fetch_optional(pool)
+            .await?;
+            Ok(found.is_some())
+        })
+    }
+
     /// Uses the invitation exactly once and creates its user.
     pub async fn accept_invitation(
         &self,
