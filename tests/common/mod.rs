@@ -25,28 +25,24 @@ pub fn loud(message: &str) {
     let _ = writeln!(std::io::stderr(), "{message}");
 }
 
-/// The PostgreSQL URL for backend tests, or `None` after saying loudly that
-/// `what` was skipped.
-pub fn postgres_url(what: &str) -> Option<String> {
-    let url = std::env::var("TRELLIS_TEST_DATABASE_URL").ok();
+/// `variable`'s value, or `None` after saying loudly that `what` on
+/// `backend` was skipped.
+fn backend_url(variable: &str, backend: &str, what: &str) -> Option<String> {
+    let url = std::env::var(variable).ok();
     if url.is_none() {
-        loud(&format!(
-            "SKIPPED: {what} on PostgreSQL (set TRELLIS_TEST_DATABASE_URL)"
-        ));
+        loud(&format!("SKIPPED: {what} on {backend} (set {variable})"));
     }
     url
 }
 
-/// The Redis URL for backend tests, or `None` after saying loudly that
-/// `what` was skipped.
+/// The PostgreSQL URL for backend tests, or `None` (said loudly).
+pub fn postgres_url(what: &str) -> Option<String> {
+    backend_url("TRELLIS_TEST_DATABASE_URL", "PostgreSQL", what)
+}
+
+/// The Redis URL for backend tests, or `None` (said loudly).
 pub fn redis_url(what: &str) -> Option<String> {
-    let url = std::env::var("TRELLIS_TEST_REDIS_URL").ok();
-    if url.is_none() {
-        loud(&format!(
-            "SKIPPED: {what} on Redis (set TRELLIS_TEST_REDIS_URL)"
-        ));
-    }
-    url
+    backend_url("TRELLIS_TEST_REDIS_URL", "Redis", what)
 }
 
 pub fn temp_dir(label: &str) -> PathBuf {

@@ -16,8 +16,8 @@ use crate::store::{
 };
 use crate::{
     AuthApi, AuthServiceError, Caller, OrganizationRow, UserRow, audit_admin, email_violation,
-    new_refresh_token, normalize_email, now_ms, organization_message, password, tenant,
-    text_violation, timestamp, token_hash, user_message,
+    new_refresh_token, normalize_email, now_ms, organization_message, password, role_message,
+    tenant, text_violation, timestamp, token_hash, user_message,
 };
 
 const INVITATION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -94,11 +94,7 @@ fn invitation_message(row: &InvitationRow, now: i64, token: Option<String>) -> p
         invitation_id: row.id.clone(),
         organization_id: row.org_id.clone(),
         email: row.email.clone(),
-        role: match row.role.as_str() {
-            "admin" => pb::Role::Admin,
-            "developer" => pb::Role::Developer,
-            _ => pb::Role::Viewer,
-        } as i32,
+        role: role_message(&row.role) as i32,
         status: status as i32,
         token: token.unwrap_or_default(),
         invited_by: row.invited_by.clone(),
