@@ -15,8 +15,8 @@ use trellis::auth::v1::{
     CheckSessionRequest, LogoutRequest, RefreshRequest, SignUpRequest, WhoAmIRequest,
 };
 use trellis_auth::{
-    AuthDeps, AuthServiceError, AuthSettings, KeyStore, LoginSessions, LoginThrottle,
-    NewLoginSession, Passwords, ThrottlePolicy,
+    AuthDeps, AuthServiceError, AuthSettings, KeyStore, LoginSessions, NewLoginSession, Passwords,
+    Throttle, ThrottlePolicy,
 };
 use trellis_runtime::ServerLimits;
 use trellis_store::{Database, DatabaseOptions, MemoryCounters};
@@ -129,7 +129,7 @@ async fn auth_keeps_login_sessions_only_through_the_trait() {
             sessions: Arc::new(sessions.clone()),
             passwords: Arc::new(Passwords::new(1).unwrap()),
             settings: AuthSettings::default(),
-            throttle: LoginThrottle::new(
+            throttle: Throttle::new(
                 Arc::new(MemoryCounters::default()),
                 ThrottlePolicy::default(),
             ),

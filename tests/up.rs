@@ -412,14 +412,14 @@ async fn tokens_signed_by_auths_keys_are_trusted_everywhere_until_their_key_reti
 
     // Stage, wait for verifiers to refresh, promote.
     let key_dir = data_dir.join("keys");
-    let staged = trellis_auth::rotate(&key_dir).unwrap();
+    let staged = trellis_auth::rotate(&key_dir, std::time::Duration::ZERO).unwrap();
     assert_eq!(
         kid_of(&login(&mut auth).await),
         keys[0].kid,
         "a staged key does not sign"
     );
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let promoted = trellis_auth::rotate(&key_dir).unwrap();
+    let promoted = trellis_auth::rotate(&key_dir, std::time::Duration::ZERO).unwrap();
     assert_eq!(promoted.active, staged.staged);
     // Auth re-reads its key directory at most once a second.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
@@ -444,7 +444,7 @@ async fn tokens_signed_by_auths_keys_are_trusted_everywhere_until_their_key_reti
     );
 
     // Once more: the first key is retired.
-    let retired = trellis_auth::rotate(&key_dir).unwrap();
+    let retired = trellis_auth::rotate(&key_dir, std::time::Duration::ZERO).unwrap();
     assert_eq!(retired.retired, vec![keys[0].kid.clone()]);
     assert_eq!(
         auth.get_jwks(GetJwksRequest {})

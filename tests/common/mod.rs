@@ -110,6 +110,7 @@ pub async fn verifier_for(key: &SigningKey) -> Arc<TokenVerifier> {
             issuer: ISSUER.into(),
             audience: AUDIENCE.into(),
             leeway_secs: 30,
+            max_lifetime_secs: 3600,
             cache_capacity: 1000,
         },
     ))

@@ -12,8 +12,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use trellis_auth::{
-    AuthDeps, AuthSettings, KeyStore, KeyStoreError, LocalLoginSessions, LoginThrottle, Passwords,
-    SessionLifetimes, ThrottlePolicy,
+    AuthDeps, AuthSettings, KeyStore, KeyStoreError, LocalLoginSessions, Passwords,
+    PublicRpcLimits, SessionLifetimes, Throttle, ThrottlePolicy,
 };
 use trellis_runtime::{
     ConfigError, JwtArgs, ServerLimits, ServiceSet, Shutdown, ShutdownTrigger, TelemetryArgs,
@@ -59,9 +59,24 @@ pub enum Command {
 pub enum KeysCommand {
     /// Promote the staged key to signer, stage a new one, retire the oldest.
     /// Run it twice, at least --jwks-refresh apart, to switch signers.
-    Rotate(KeyDirArgs),
+    Rotate(RotateArgs),
     /// Show which keys sign and which are published.
     List(KeyDirArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct RotateArgs {
+    #[command(flatten)]
+    pub keys: KeyDirArgs,
+    /// The verifiers' JWKS refresh interval: a staged key is promoted no
+    /// sooner than this after it was staged.
+    #[arg(long, env = "TRELLIS_JWKS_REFRESH", default_value = "5m", value_parser = trellis_runtime::parse_duration)]
+    pub jwks_refresh: Duration,
+    /// Promote now, whenever the key was staged (a compromised signer):
+    /// verifiers that have not fetched it yet refuse its tokens until they
+    /// do (at most --jwks-min-refresh after the first one they see).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -144,7 +159,13 @@ impl ServiceName {
                         Passwords::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
                             .map_err(|e| CliError::Invalid(e.to_string()))?,
                     ),
-                    throttle: LoginThrottle::new(counters.clone(), ThrottlePolicy::default()),
+                    throttle: Throttle::new(
+                        counters.clone(),
+                        ThrottlePolicy {
+                            public_rpcs: args.public_rpc_limits.clone(),
+                            ..ThrottlePolicy::default()
+                        },
+                    ),
                     settings: AuthSettings {
                         issuer: args.jwt.jwt_issuer.clone(),
                         audience: args.jwt.jwt_audience.clone(),
@@ -261,6 +282,13 @@ pub struct ServeArgs {
     /// A login session ends this long after login, however active.
     #[arg(long, env = "TRELLIS_SESSION_ABSOLUTE_TTL", default_value = "720h", value_parser = trellis_runtime::parse_duration)]
     pub session_absolute_ttl: Duration,
+    /// While Auth cannot be asked, how long past --session-check-ttl a
+    /// session last seen live keeps being served; after that its calls get
+    /// UNAVAILABLE. Also the most a logout can take while Auth is down.
+    #[arg(long, env = "TRELLIS_SESSION_CHECK_GRACE", default_value = "60s", value_parser = trellis_runtime::parse_duration)]
+    pub session_check_grace: Duration,
+    #[command(flatten)]
+    pub public_rpc_limits: PublicRpcLimits,
     #[command(flatten)]
     pub limits: ServerLimits,
     #[command(flatten)]
@@ -381,6 +409,19 @@ pub async fn migrate(storage: &StorageArgs, services: &[ServiceName]) -> Result<
 pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running, CliError> {
     args.limits.validate()?;
     args.jwt.validate()?;
+    if args.access_token_ttl > args.jwt.jwt_max_lifetime {
+        return Err(CliError::Invalid(format!(
+            "access-token-ttl ({}s) must not exceed jwt-max-lifetime ({}s): every server would refuse Auth's tokens",
+            args.access_token_ttl.as_secs(),
+            args.jwt.jwt_max_lifetime.as_secs()
+        )));
+    }
+    if args.session_check_grace > Duration::from_secs(3600) {
+        return Err(CliError::Invalid(format!(
+            "session-check-grace must be at most 1h, got {}s",
+            args.session_check_grace.as_secs()
+        )));
+    }
     let services = dedup(services);
 
     let mut listeners = Vec::with_capacity(services.len());
@@ -488,7 +529,7 @@ fn build_verifier(
         Arc::new(AuthSessionCheck::new(auth, Duration::from_secs(3))),
         args.session_check_ttl,
         // Auth briefly unreachable: recent "live" verdicts keep serving.
-        Duration::from_secs(60),
+        args.session_check_grace,
         args.jwt.token_cache,
     ));
     Ok((verifier, sessions))
@@ -497,11 +538,16 @@ fn build_verifier(
 fn keys_command(command: &KeysCommand) -> Result<(), CliError> {
     match command {
         KeysCommand::Rotate(args) => {
-            let (dir, _) = args.location();
+            let (dir, _) = args.keys.location();
             // Rotating is the operator's explicit act, so an empty directory
             // (preparing a Secret) gets its first key here.
             KeyStore::open(&dir, true)?;
-            let rotation = trellis_auth::rotate(&dir)?;
+            let gap = if args.force {
+                Duration::ZERO
+            } else {
+                args.jwks_refresh
+            };
+            let rotation = trellis_auth::rotate(&dir, gap)?;
             println!("signing:  {}", rotation.active);
             println!(
                 "staged:   {} (published now; signs after the next rotation)",

@@ -149,6 +149,7 @@ fn main() {
                         issuer: "trellis".into(),
                         audience: "trellis".into(),
                         leeway_secs: 30,
+                        max_lifetime_secs: 3600,
                         cache_capacity: 100_000,
                     },
                 ));

@@ -9,6 +9,9 @@ use http_body::{Body, Frame, SizeHint};
 use tonic::Code;
 use tracing::{Instrument, Span};
 
+/// Unknown methods are logged too; their paths are cut to this many bytes.
+const MAX_LOGGED_METHOD: usize = 128;
+
 /// tonic reports an over-size request as OUT_OF_RANGE; gRPC clients expect
 /// RESOURCE_EXHAUSTED for a message over the server's limit.
 const OVERSIZE_PREFIX: &str = "Error, decoded message length too large";
@@ -45,7 +48,7 @@ impl Completion {
     fn finish(self, status: Option<Code>) {
         let latency_us = self.started.elapsed().as_micros() as u64;
         let _entered = self.span.enter();
-        let method = self.method.path();
+        let method = trellis_tenancy::truncated(self.method.path(), MAX_LOGGED_METHOD);
         let request_id = self.request_id.to_str().unwrap_or("");
         match status {
             Some(Code::Ok) => {
@@ -139,7 +142,7 @@ where
         let span = tracing::debug_span!(
             "rpc",
             // Display, not Debug: no per-character escaping on every call.
-            method = %method.path(),
+            method = %trellis_tenancy::truncated(method.path(), MAX_LOGGED_METHOD),
             request_id = request_id.to_str().unwrap_or(""),
             org = tracing::field::Empty,
             user = tracing::field::Empty,

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use trellis_tenancy::{MAX_LEEWAY_SECS, VerifierConfig};
+use trellis_tenancy::{MAX_LEEWAY_SECS, TrustedProxies, VerifierConfig};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -82,6 +82,12 @@ pub struct ServerLimits {
     /// exits anyway.
     #[arg(long, env = "TRELLIS_SHUTDOWN_GRACE", default_value = "15s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// Proxies (addresses or CIDR blocks, comma-separated) whose
+    /// `x-forwarded-for` names the real client, e.g. the gateway's and the
+    /// ingress's pod range. Empty: the TCP peer is the client, and the
+    /// header is ignored.
+    #[arg(long, env = "TRELLIS_TRUSTED_PROXIES", default_value = "", value_parser = TrustedProxies::parse)]
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for ServerLimits {
@@ -95,6 +101,7 @@ impl Default for ServerLimits {
             keepalive_timeout: Duration::from_secs(10),
             shutdown_drain: Duration::ZERO,
             shutdown_grace: Duration::from_secs(15),
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -164,6 +171,10 @@ pub struct JwtArgs {
     /// Least time between two on-demand JWKS fetches (unknown `kid`).
     #[arg(long, env = "TRELLIS_JWKS_MIN_REFRESH", default_value = "10s", value_parser = parse_duration)]
     pub jwks_min_refresh: Duration,
+    /// Longest lifetime (`exp - iat`) of a token accepted; at least the
+    /// access-token TTL.
+    #[arg(long, env = "TRELLIS_JWT_MAX_LIFETIME", default_value = "1h", value_parser = parse_duration)]
+    pub jwt_max_lifetime: Duration,
     /// Verified tokens remembered per server.
     #[arg(long, env = "TRELLIS_TOKEN_CACHE", default_value_t = 100_000)]
     pub token_cache: usize,
@@ -177,6 +188,7 @@ impl Default for JwtArgs {
             jwt_leeway: Duration::from_secs(30),
             jwks_refresh: Duration::from_secs(300),
             jwks_min_refresh: Duration::from_secs(10),
+            jwt_max_lifetime: Duration::from_secs(3600),
             token_cache: 100_000,
         }
     }
@@ -205,6 +217,13 @@ impl JwtArgs {
             self.jwks_refresh,
         )?;
         check(
+            "jwt-max-lifetime",
+            (Duration::from_secs(60)..=Duration::from_secs(24 * 3600))
+                .contains(&self.jwt_max_lifetime),
+            "between 1m and 24h",
+            self.jwt_max_lifetime,
+        )?;
+        check(
             "token-cache",
             (1..=10_000_000).contains(&self.token_cache),
             "between 1 and 10000000",
@@ -217,6 +236,7 @@ impl JwtArgs {
             issuer: self.jwt_issuer.clone(),
             audience: self.jwt_audience.clone(),
             leeway_secs: self.jwt_leeway.as_secs(),
+            max_lifetime_secs: self.jwt_max_lifetime.as_secs(),
             cache_capacity: self.token_cache,
         }
     }

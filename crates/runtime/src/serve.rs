@@ -121,9 +121,10 @@ pub async fn serve(
     let routes: Routes = routes.routes();
 
     let stack = ServiceBuilder::new()
-        // Request id, trace context, deadline and credentials for handlers
-        // and outbound calls; echoes x-request-id.
-        .layer(RequestContextLayer)
+        // Request id, trace context, deadline, credentials and the client's
+        // address (through trusted proxies only) for handlers and outbound
+        // calls; echoes x-request-id.
+        .layer(RequestContextLayer::new(limits.trusted_proxies.clone()))
         // One span per RPC; logs final status and latency.
         .layer(AccessLogLayer)
         // Bounds work in progress across all connections; excess calls wait.

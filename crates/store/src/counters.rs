@@ -74,17 +74,80 @@ pub trait Counters: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
-/// Past this many keys, expired ones are swept on the next write.
-const SWEEP_AT: usize = 100_000;
+/// Keys one [`MemoryCounters`] holds at most, unless told otherwise: a few
+/// MiB (see [`MemoryCounters::usage`]), far below any server's memory limit.
+pub const DEFAULT_MAX_KEYS: usize = 50_000;
 
-#[derive(Default)]
+struct Entry {
+    count: u64,
+    expires: Instant,
+    /// Last increment: the least recently counted keys are evicted first,
+    /// so a busy attacker's own counter is the last to go.
+    touched: Instant,
+}
+
+/// How much a [`MemoryCounters`] holds now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CounterUsage {
+    /// Counted keys.
+    pub keys: usize,
+    /// Gate keys with attempts in flight.
+    pub in_flight_keys: usize,
+    /// Approximate heap held by both maps.
+    pub bytes: usize,
+}
+
+/// Counters in this process's memory, bounded: expired keys are swept and,
+/// past `max_keys`, the least recently counted keys are evicted. Eviction
+/// forgets counts, so a deployment facing attackers with many addresses
+/// should count in Redis.
 pub struct MemoryCounters {
-    entries: Mutex<HashMap<String, (u64, Instant)>>,
+    entries: Mutex<HashMap<String, Entry>>,
     /// Per gate key: attempt -> until when it may hold its slot.
     in_flight: Mutex<HashMap<String, HashMap<String, Instant>>>,
+    max_keys: usize,
+}
+
+impl Default for MemoryCounters {
+    fn default() -> Self {
+        MemoryCounters::with_max_keys(DEFAULT_MAX_KEYS)
+    }
 }
 
 impl MemoryCounters {
+    pub fn with_max_keys(max_keys: usize) -> Self {
+        MemoryCounters {
+            entries: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            max_keys: max_keys.max(1),
+        }
+    }
+
+    pub fn usage(&self) -> CounterUsage {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let entry_bytes: usize = entries
+            .keys()
+            .map(|key| key.capacity() + size_of::<(String, Entry)>())
+            .sum();
+        let in_flight_bytes: usize = in_flight
+            .iter()
+            .map(|(key, slots)| {
+                key.capacity()
+                    + size_of::<(String, HashMap<String, Instant>)>()
+                    + slots
+                        .keys()
+                        .map(|id| id.capacity() + size_of::<(String, Instant)>())
+                        .sum::<usize>()
+            })
+            .sum();
+        CounterUsage {
+            keys: entries.len(),
+            in_flight_keys: in_flight.len(),
+            bytes: entry_bytes + in_flight_bytes,
+        }
+    }
+
     fn tally(count: u64, expires: Instant, now: Instant) -> Tally {
         Tally {
             count,
@@ -95,12 +158,29 @@ impl MemoryCounters {
     fn current(&self, key: &str, now: Instant) -> Tally {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         match entries.get(key) {
-            Some(&(count, expires)) if expires > now => Self::tally(count, expires, now),
+            Some(entry) if entry.expires > now => Self::tally(entry.count, entry.expires, now),
             _ => Tally {
                 count: 0,
                 resets_in: Duration::ZERO,
             },
         }
+    }
+
+    /// Makes room for one more key: drops expired keys, then the least
+    /// recently counted eighth, so the sweep's cost is spread over many
+    /// inserts rather than paid on each.
+    fn make_room(entries: &mut HashMap<String, Entry>, max_keys: usize, now: Instant) {
+        if entries.len() < max_keys {
+            return;
+        }
+        entries.retain(|_, entry| entry.expires > now);
+        if entries.len() < max_keys {
+            return;
+        }
+        let evict = (max_keys / 8).max(1);
+        let mut touched: Vec<Instant> = entries.values().map(|entry| entry.touched).collect();
+        let (_, &mut newest_evicted, _) = touched.select_nth_unstable(evict - 1);
+        entries.retain(|_, entry| entry.touched > newest_evicted);
     }
 }
 
@@ -112,15 +192,21 @@ impl Counters for MemoryCounters {
     ) -> BoxFuture<'a, Result<Tally, StoreError>> {
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= SWEEP_AT {
-            entries.retain(|_, (_, expires)| *expires > now);
+        if !entries.contains_key(key) {
+            Self::make_room(&mut entries, self.max_keys, now);
         }
-        let entry = entries.entry(key.to_owned()).or_insert((0, now + window));
-        if entry.1 <= now {
-            *entry = (0, now + window);
+        let entry = entries.entry(key.to_owned()).or_insert(Entry {
+            count: 0,
+            expires: now + window,
+            touched: now,
+        });
+        if entry.expires <= now {
+            entry.count = 0;
+            entry.expires = now + window;
         }
-        entry.0 += 1;
-        let tally = Self::tally(entry.0, entry.1, now);
+        entry.count += 1;
+        entry.touched = now;
+        let tally = Self::tally(entry.count, entry.expires, now);
         Box::pin(std::future::ready(Ok(tally)))
     }
 
@@ -156,6 +242,26 @@ impl Counters for MemoryCounters {
                     gate: index,
                     settled,
                     in_flight: holding,
+                };
+                return Box::pin(std::future::ready(Ok(Err(full))));
+            }
+        }
+        let new_keys = gates
+            .iter()
+            .filter(|gate| !in_flight.contains_key(gate.key))
+            .count();
+        if in_flight.len() + new_keys > self.max_keys {
+            // Holds are as many as calls in flight, so this is only reached
+            // when holders died without leaving; their holds have run out.
+            in_flight.retain(|_, slots| {
+                slots.retain(|_, until| *until > now);
+                !slots.is_empty()
+            });
+            if in_flight.len() + new_keys > self.max_keys {
+                let full = Full {
+                    gate: 0,
+                    settled: self.current(gates[0].key, now),
+                    in_flight: 0,
                 };
                 return Box::pin(std::future::ready(Ok(Err(full))));
             }
@@ -344,5 +450,85 @@ impl Counters for RedisCounters {
             let () = pipe.query_async(&mut *connection).await?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(counters: &MemoryCounters, key: &str) -> u64 {
+        counters.current(key, Instant::now()).count
+    }
+
+    #[tokio::test]
+    async fn keys_are_capped_and_the_least_recently_counted_go_first() {
+        let counters = MemoryCounters::with_max_keys(80);
+        let window = Duration::from_secs(600);
+        counters.increment("busy", window).await.unwrap();
+        for n in 0..1_000 {
+            counters.increment(&format!("k{n}"), window).await.unwrap();
+            // The attacker's own counter keeps being counted.
+            counters.increment("busy", window).await.unwrap();
+            assert!(counters.usage().keys <= 80, "at {n}");
+        }
+        assert_eq!(count(&counters, "busy"), 1_001, "never evicted");
+        assert_eq!(count(&counters, "k999"), 1, "recent keys stay");
+        assert_eq!(count(&counters, "k0"), 0, "the oldest went first");
+    }
+
+    #[tokio::test]
+    async fn expired_keys_make_room_before_live_ones_are_evicted() {
+        let counters = MemoryCounters::with_max_keys(4);
+        counters
+            .increment("live", Duration::from_secs(600))
+            .await
+            .unwrap();
+        for n in 0..3 {
+            counters
+                .increment(&format!("brief{n}"), Duration::from_millis(1))
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        counters
+            .increment("new", Duration::from_secs(600))
+            .await
+            .unwrap();
+        assert_eq!(count(&counters, "live"), 1);
+        assert_eq!(counters.usage().keys, 2, "the expired ones were swept");
+    }
+
+    #[tokio::test]
+    async fn holds_are_capped_too() {
+        let counters = MemoryCounters::with_max_keys(2);
+        let hold = Duration::from_secs(60);
+        let gate = |key| [Gate { key, limit: 10 }];
+        assert_eq!(
+            counters.enter("a", &gate("g1"), hold).await.unwrap(),
+            Ok(())
+        );
+        assert_eq!(
+            counters.enter("b", &gate("g2"), hold).await.unwrap(),
+            Ok(())
+        );
+        assert!(
+            counters
+                .enter("c", &gate("g3"), hold)
+                .await
+                .unwrap()
+                .is_err(),
+            "a third gate key would pass the cap"
+        );
+        assert_eq!(
+            counters.enter("d", &gate("g1"), hold).await.unwrap(),
+            Ok(())
+        );
+        counters.leave("b", &["g2"]).await.unwrap();
+        assert_eq!(
+            counters.enter("c", &gate("g3"), hold).await.unwrap(),
+            Ok(())
+        );
+        assert!(counters.usage().bytes > 0);
     }
 }

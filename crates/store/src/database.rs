@@ -64,18 +64,44 @@ pub fn default_sqlite_url(data_dir: &Path, name: &str) -> String {
     format!("sqlite://{}", data_dir.join(format!("{name}.db")).display())
 }
 
-/// The URL without its password, for logs and errors.
+/// Query parameters whose values are secrets (`?password=` is how many
+/// PostgreSQL URLs carry theirs).
+fn is_secret_parameter(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["pass", "secret", "token", "key"]
+        .iter()
+        .any(|word| name.contains(word))
+}
+
+/// The URL without its passwords (in the user info or the query), for logs
+/// and errors.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
     };
-    match rest.split_once('@') {
-        Some((credentials, host)) => {
-            let user = credentials.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{host}")
-        }
-        None => url.to_owned(),
+    let mut redacted = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((credentials, host)) => {
+                let user = credentials.split(':').next().unwrap_or("");
+                format!("{scheme}://{user}:***@{host}")
+            }
+            None => base.to_owned(),
+        },
+        None => base.to_owned(),
+    };
+    if let Some(query) = query {
+        let parameters: Vec<String> = query
+            .split('&')
+            .map(|parameter| match parameter.split_once('=') {
+                Some((name, _)) if is_secret_parameter(name) => format!("{name}=***"),
+                _ => parameter.to_owned(),
+            })
+            .collect();
+        redacted.push('?');
+        redacted.push_str(&parameters.join("&"));
     }
+    redacted
 }
 
 impl Database {
@@ -169,5 +195,22 @@ mod tests {
             "postgres://app:***@db:5432/trellis"
         );
         assert_eq!(redact_url("sqlite://data/auth.db"), "sqlite://data/auth.db");
+        assert_eq!(
+            redact_url("postgres://db/trellis?user=app&password=s3cret&sslmode=verify-full"),
+            "postgres://db/trellis?user=app&password=***&sslmode=verify-full"
+        );
+        assert_eq!(
+            redact_url("postgres://app:pw@db/x?sslpassword=k3y&PASSWORD=a%40b"),
+            "postgres://app:***@db/x?sslpassword=***&PASSWORD=***"
+        );
+        assert_eq!(
+            redact_url("redis://:s3cret@cache:6379/0"),
+            "redis://:***@cache:6379/0"
+        );
+        // An '@' inside the password must not leak its tail.
+        assert_eq!(
+            redact_url("postgres://app:p@ss@db/x"),
+            "postgres://app:***@db/x"
+        );
     }
 }

@@ -9,7 +9,9 @@ mod error;
 mod migrate;
 mod redis_pool;
 
-pub use counters::{Counters, Full, Gate, MemoryCounters, RedisCounters, Tally};
+pub use counters::{
+    CounterUsage, Counters, DEFAULT_MAX_KEYS, Full, Gate, MemoryCounters, RedisCounters, Tally,
+};
 pub use database::{BeginWrite, Database, DatabaseOptions, default_sqlite_url, redact_url};
 pub use error::StoreError;
 pub use migrate::{EmbeddedMigration, ServiceMigrations, migrate};

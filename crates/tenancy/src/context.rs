@@ -1,10 +1,13 @@
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::time::Instant;
+
+use crate::client_address::TrustedProxies;
 
 /// Correlates a call across services; generated when absent or unusable.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -23,6 +26,9 @@ pub struct CallContext {
     traceparent: Option<HeaderValue>,
     tracestate: Option<HeaderValue>,
     deadline: Option<Instant>,
+    /// The caller's address: the TCP peer, or the client a trusted proxy
+    /// forwarded. `None` for calls that start here.
+    client_address: Option<IpAddr>,
 }
 
 impl CallContext {
@@ -34,10 +40,11 @@ impl CallContext {
             traceparent: None,
             tracestate: None,
             deadline: None,
+            client_address: None,
         }
     }
 
-    fn from_headers(headers: &HeaderMap) -> Self {
+    fn from_headers(headers: &HeaderMap, client_address: Option<IpAddr>) -> Self {
         let request_id = headers
             .get(&REQUEST_ID)
             .filter(|v| is_usable_request_id(v.as_bytes()))
@@ -52,6 +59,7 @@ impl CallContext {
                 .get(&GRPC_TIMEOUT)
                 .and_then(|v| parse_grpc_timeout(v.as_bytes()))
                 .map(|timeout| Instant::now() + timeout),
+            client_address,
         }
     }
 
@@ -67,6 +75,11 @@ impl CallContext {
 
     pub fn request_id(&self) -> &str {
         self.request_id.to_str().unwrap_or("")
+    }
+
+    /// Who is calling from where, as throttles and audit logs should see it.
+    pub fn client_address(&self) -> Option<IpAddr> {
+        self.client_address
     }
 
     pub fn request_id_header(&self) -> &HeaderValue {
@@ -155,22 +168,36 @@ pub(crate) fn format_grpc_timeout(timeout: Duration) -> HeaderValue {
     HeaderValue::from_str(&text).expect("digits and a unit are a valid header value")
 }
 
-/// Captures request id, trace context, deadline and credentials into a
-/// [`CallContext`] and echoes the request id in the response headers.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RequestContextLayer;
+/// Captures request id, trace context, deadline, credentials and the
+/// client's address into a [`CallContext`] and echoes the request id in the
+/// response headers.
+#[derive(Clone, Debug, Default)]
+pub struct RequestContextLayer {
+    trusted_proxies: TrustedProxies,
+}
+
+impl RequestContextLayer {
+    /// `x-forwarded-for` is believed only from `trusted_proxies`.
+    pub fn new(trusted_proxies: TrustedProxies) -> Self {
+        RequestContextLayer { trusted_proxies }
+    }
+}
 
 impl<S> tower::Layer<S> for RequestContextLayer {
     type Service = RequestContext<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RequestContext { inner }
+        RequestContext {
+            inner,
+            trusted_proxies: self.trusted_proxies.clone(),
+        }
     }
 }
 
 #[derive(Clone, Debug)]
 pub struct RequestContext<S> {
     inner: S,
+    trusted_proxies: TrustedProxies,
 }
 
 impl<S, B, ResBody> tower::Service<http::Request<B>> for RequestContext<S>
@@ -187,7 +214,14 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let context = CallContext::from_headers(request.headers());
+        let peer = request
+            .extensions()
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(|info| info.remote_addr())
+            .map(|address| address.ip());
+        let client_address =
+            peer.map(|peer| self.trusted_proxies.client_address(peer, request.headers()));
+        let context = CallContext::from_headers(request.headers(), client_address);
         let mut request_id = context.request_id.clone();
         // A value unique to each response would churn the HPACK dynamic
         // table and push out the headers that do repeat; never index it.
@@ -229,18 +263,18 @@ mod tests {
     fn unusable_request_ids_are_replaced() {
         let mut headers = HeaderMap::new();
         headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("abc-123"));
-        let kept = CallContext::from_headers(&headers);
+        let kept = CallContext::from_headers(&headers, None);
         assert_eq!(kept.request_id(), "abc-123");
 
         headers.insert(
             REQUEST_ID_HEADER,
             HeaderValue::from_static("bad id\twith spaces"),
         );
-        let replaced = CallContext::from_headers(&headers);
+        let replaced = CallContext::from_headers(&headers, None);
         assert_eq!(replaced.request_id().len(), 36);
         let parsed = uuid::Uuid::parse_str(replaced.request_id()).unwrap();
         assert_eq!(parsed.get_version_num(), 4);
-        let other = CallContext::from_headers(&HeaderMap::new());
+        let other = CallContext::from_headers(&HeaderMap::new(), None);
         assert_ne!(other.request_id(), replaced.request_id());
     }
 }

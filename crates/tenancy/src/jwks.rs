@@ -84,10 +84,14 @@ impl JwksSource for AuthServiceJwks {
     }
 }
 
+/// The public key bytes a verdict was reached with.
+pub(crate) type KeyFingerprint = [u8; 32];
+
 /// One usable verification key.
 pub(crate) struct VerificationKey {
     pub(crate) algorithm: Algorithm,
     pub(crate) decoding: DecodingKey,
+    pub(crate) fingerprint: KeyFingerprint,
 }
 
 /// Key ids are looked up, never used as paths or queries; still, refusing odd
@@ -108,12 +112,11 @@ fn parse_key(jwk: &Jwk) -> Option<VerificationKey> {
         ("OKP", "Ed25519", "EdDSA" | "") => {
             // jsonwebtoken slices the first 32 bytes without checking.
             let x = URL_SAFE_NO_PAD.decode(&jwk.x).ok()?;
-            if x.len() != 32 {
-                return None;
-            }
+            let fingerprint: KeyFingerprint = x.try_into().ok()?;
             Some(VerificationKey {
                 algorithm: Algorithm::EdDSA,
                 decoding: DecodingKey::from_ed_components(&jwk.x).ok()?,
+                fingerprint,
             })
         }
         _ => None,
@@ -149,11 +152,13 @@ impl JwksCache {
             .cloned()
     }
 
-    pub(crate) fn contains(&self, kid: &str) -> bool {
+    /// Whether `kid` is still published with the key of `fingerprint`.
+    pub(crate) fn publishes(&self, kid: &str, fingerprint: &KeyFingerprint) -> bool {
         self.keys
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .contains_key(kid)
+            .get(kid)
+            .is_some_and(|key| key.fingerprint == *fingerprint)
     }
 
     /// Fetches the key set now, ignoring the rate limit. Keys missing from

@@ -1,13 +1,17 @@
 use std::collections::HashSet;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
 use tonic::Status;
 
 use crate::claims::TenantContext;
+use crate::context::CallContext;
 use crate::session_guard::{Cached, SessionGuard, SessionState};
 use crate::verifier::{AuthError, TokenVerifier};
 
@@ -68,6 +72,7 @@ pub struct AuthLayer {
     verifier: Arc<TokenVerifier>,
     public: Arc<PublicMethods>,
     sessions: Option<Arc<SessionGuard>>,
+    refusals: Arc<RefusalLog>,
 }
 
 impl AuthLayer {
@@ -76,6 +81,7 @@ impl AuthLayer {
             verifier,
             public: Arc::new(public),
             sessions: None,
+            refusals: Arc::new(RefusalLog::default()),
         }
     }
 
@@ -95,6 +101,7 @@ impl<S> tower::Layer<S> for AuthLayer {
             verifier: self.verifier.clone(),
             public: self.public.clone(),
             sessions: self.sessions.clone(),
+            refusals: self.refusals.clone(),
         }
     }
 }
@@ -105,6 +112,94 @@ pub struct Authenticate<S> {
     verifier: Arc<TokenVerifier>,
     public: Arc<PublicMethods>,
     sessions: Option<Arc<SessionGuard>>,
+    refusals: Arc<RefusalLog>,
+}
+
+/// Refused bearer tokens, logged at INFO so an operator sees an attack or a
+/// broken client (reason and address, never the token), at most
+/// [`REFUSALS_LOGGED_PER_SECOND`] lines a second so a flood of bad tokens
+/// cannot fill the disk; the next line logged says how many were not.
+#[derive(Debug, Default)]
+pub(crate) struct RefusalLog {
+    /// `second << 16 | lines logged in that second`, swapped as one.
+    window: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+pub(crate) const REFUSALS_LOGGED_PER_SECOND: u64 = 10;
+/// Longer method paths are cut in the log line.
+const MAX_LOGGED_PATH: usize = 128;
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl RefusalLog {
+    /// Takes one line of this second's budget, if any is left.
+    fn admit(&self, now: u64) -> bool {
+        let mut current = self.window.load(Ordering::Relaxed);
+        loop {
+            let (second, lines) = (current >> 16, current & 0xffff);
+            let next = if second == now {
+                if lines >= REFUSALS_LOGGED_PER_SECOND {
+                    return false;
+                }
+                current + 1
+            } else {
+                now << 16 | 1
+            };
+            match self.window.compare_exchange_weak(
+                current,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    pub(crate) fn record(&self, reason: &str, path: &str, client: Option<IpAddr>) {
+        if !self.admit(now_secs()) {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
+        let method = truncated(path, MAX_LOGGED_PATH);
+        match client {
+            Some(client) => tracing::info!(
+                reason,
+                client_address = %client,
+                method,
+                suppressed,
+                "bearer token refused"
+            ),
+            None => tracing::info!(reason, method, suppressed, "bearer token refused"),
+        }
+    }
+}
+
+/// At most `limit` bytes of `text`, cut on a character boundary: for
+/// request strings on their way into a log line.
+pub fn truncated(text: &str, limit: usize) -> &str {
+    if text.len() <= limit {
+        return text;
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+fn client_address<B>(request: &http::Request<B>) -> Option<IpAddr> {
+    request
+        .extensions()
+        .get::<CallContext>()
+        .and_then(CallContext::client_address)
 }
 
 fn strip_spoofable_headers(headers: &mut HeaderMap) -> Option<http::HeaderValue> {
@@ -184,7 +279,14 @@ where
         }
         let token = match bearer_token(request.headers()) {
             Ok(token) => token,
-            Err(error) => return refuse(request.uri().path(), error),
+            Err(error) => {
+                self.refusals.record(
+                    error.reason(),
+                    request.uri().path(),
+                    client_address(&request),
+                );
+                return Box::pin(std::future::ready(Ok(reject(error.to_status()))));
+            }
         };
 
         // Fast path: a token verified before, of a session known to be live,
@@ -209,6 +311,11 @@ where
                     return Box::pin(self.inner.call(request));
                 }
                 Some(Cached::Ended) => {
+                    self.refusals.record(
+                        "session_ended",
+                        request.uri().path(),
+                        client_address(&request),
+                    );
                     return Box::pin(std::future::ready(Ok(reject(session_ended()))));
                 }
                 Some(Cached::Ask) => {}
@@ -219,6 +326,7 @@ where
         let authorization = request.headers().get(http::header::AUTHORIZATION).cloned();
         let verifier = self.verifier.clone();
         let sessions = self.sessions.clone();
+        let refusals = self.refusals.clone();
         // The clone is not ready; keep the one poll_ready was called on.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -228,7 +336,12 @@ where
                 None => match verifier.verify(&token).await {
                     Ok(tenant) => tenant,
                     Err(error) => {
-                        tracing::debug!(%error, path = request.uri().path(), "access token refused");
+                        tracing::debug!(%error, "access token refused");
+                        refusals.record(
+                            error.reason(),
+                            request.uri().path(),
+                            client_address(&request),
+                        );
                         return Ok(reject(error.to_status()));
                     }
                 },
@@ -245,7 +358,14 @@ where
                 match state {
                     // The role now, not as the token remembers it.
                     Ok(SessionState::Live(role)) => tenant.role = role.unwrap_or(tenant.role),
-                    Ok(SessionState::Ended) => return Ok(reject(session_ended())),
+                    Ok(SessionState::Ended) => {
+                        refusals.record(
+                            "session_ended",
+                            request.uri().path(),
+                            client_address(&request),
+                        );
+                        return Ok(reject(session_ended()));
+                    }
                     Err(status) => return Ok(reject(status)),
                 }
             }
@@ -258,14 +378,6 @@ where
 
 fn session_ended() -> Status {
     Status::unauthenticated("session ended")
-}
-
-fn refuse<R: Default + Send + 'static, E: Send + 'static>(
-    path: &str,
-    error: AuthError,
-) -> Pin<Box<dyn Future<Output = Result<http::Response<R>, E>> + Send>> {
-    tracing::debug!(%error, path, "call refused");
-    Box::pin(std::future::ready(Ok(reject(error.to_status()))))
 }
 
 /// Fills the caller fields of the per-RPC span opened by the runtime.
@@ -287,6 +399,25 @@ mod tests {
         assert!(!public.contains("/trellis.auth.v1.AuthService/LoginX"));
         assert!(!public.contains("/trellis.auth.v1.AuthService/WhoAmI"));
         assert!(!public.contains("/grpc.health.v1.HealthX/Check"));
+    }
+
+    #[test]
+    fn refusal_lines_are_budgeted_per_second() {
+        let log = RefusalLog::default();
+        let admitted = (0..50).filter(|_| log.admit(1_000)).count() as u64;
+        assert_eq!(admitted, REFUSALS_LOGGED_PER_SECOND);
+        assert!(log.admit(1_001), "a new second, a new budget");
+        assert_eq!(
+            (0..50).filter(|_| log.admit(1_001)).count() as u64,
+            REFUSALS_LOGGED_PER_SECOND - 1
+        );
+    }
+
+    #[test]
+    fn logged_paths_are_cut_on_a_character_boundary() {
+        assert_eq!(truncated("/a/b", 128), "/a/b");
+        assert_eq!(truncated("ééé", 3), "é");
+        assert_eq!(truncated(&"x".repeat(1000), 128).len(), 128);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
-use tonic::{Code, Status};
+use tonic::Status;
 use trellis::auth::v1 as pb;
 use trellis::auth::v1::{CheckSessionRequest, auth_service_client::AuthServiceClient};
 use uuid::Uuid;
@@ -81,10 +81,9 @@ impl SessionCheck for AuthSessionCheck {
                         SessionState::Ended
                     })
                 }
-                // Auth refused the token itself: as good as ended.
-                Ok(Err(status)) if status.code() == Code::Unauthenticated => {
-                    Ok(SessionState::Ended)
-                }
+                // Only Auth's "not live" ends a session. Any refusal, even
+                // UNAUTHENTICATED (an Auth replica that has not loaded a new
+                // key yet), is a failed check: never remembered as ended.
                 Ok(Err(status)) => Err(status),
                 Err(_) => Err(Status::unavailable("session check timed out")),
             }
@@ -111,7 +110,8 @@ pub struct SessionGuard {
     verdicts: quick_cache::sync::Cache<Uuid, Verdict>,
     /// How long a verdict is trusted: the upper bound on logout delay.
     fresh_for: Duration,
-    /// How long a "live" verdict still serves while Auth cannot be asked.
+    /// How long past `fresh_for` a "live" verdict still serves while Auth
+    /// cannot be asked (`--session-check-grace`).
     stale_grace: Duration,
 }
 
@@ -179,5 +179,19 @@ impl SessionGuard {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_map_one_to_one_and_unknown_ones_leave_the_claim() {
+        assert_eq!(role_of(pb::Role::Admin as i32), Some(Role::Admin));
+        assert_eq!(role_of(pb::Role::Developer as i32), Some(Role::Developer));
+        assert_eq!(role_of(pb::Role::Viewer as i32), Some(Role::Viewer));
+        assert_eq!(role_of(pb::Role::Unspecified as i32), None);
+        assert_eq!(role_of(99), None);
     }
 }

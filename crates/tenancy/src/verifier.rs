@@ -4,7 +4,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, Validation, decode, decode_header};
 
 use crate::claims::{ACCESS_TOKEN_TYP, AccessClaims, TenantContext};
-use crate::jwks::{JwksCache, is_plausible_kid};
+use crate::jwks::{JwksCache, KeyFingerprint, is_plausible_kid};
 
 /// Longer bearer values are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -33,10 +33,22 @@ pub enum AuthError {
     BadKid,
     #[error("unknown signing key")]
     UnknownKey,
+    #[error("bad signature")]
+    BadSignature,
     #[error("token expired")]
     Expired,
-    #[error("token rejected: {0}")]
-    Invalid(String),
+    #[error("token not yet valid")]
+    NotYetValid,
+    #[error("token issued in the future")]
+    IssuedInFuture,
+    #[error("token lifetime longer than allowed")]
+    LifetimeTooLong,
+    #[error("wrong issuer")]
+    WrongIssuer,
+    #[error("wrong audience")]
+    WrongAudience,
+    #[error("invalid claims: {0}")]
+    InvalidClaims(String),
 }
 
 impl AuthError {
@@ -49,8 +61,51 @@ impl AuthError {
         }
     }
 
+    /// A short, stable name of the kind of refusal, for logs and tests; it
+    /// never carries anything taken from the token.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::MalformedHeader => "malformed_header",
+            AuthError::TooLarge => "too_large",
+            AuthError::Malformed(_) => "malformed",
+            AuthError::AlgorithmNotAllowed(_) => "algorithm_not_allowed",
+            AuthError::WrongType => "wrong_type",
+            AuthError::ForbiddenHeader(_) => "forbidden_header",
+            AuthError::BadKid => "bad_kid",
+            AuthError::UnknownKey => "unknown_key",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::IssuedInFuture => "issued_in_future",
+            AuthError::LifetimeTooLong => "lifetime_too_long",
+            AuthError::WrongIssuer => "wrong_issuer",
+            AuthError::WrongAudience => "wrong_audience",
+            AuthError::InvalidClaims(_) => "invalid_claims",
+        }
+    }
+
     pub fn to_status(&self) -> tonic::Status {
         tonic::Status::unauthenticated(self.client_message())
+    }
+
+    fn from_jwt(error: &jsonwebtoken::errors::Error) -> AuthError {
+        use jsonwebtoken::errors::ErrorKind;
+        match error.kind() {
+            ErrorKind::InvalidSignature => AuthError::BadSignature,
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+            ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+            ErrorKind::InvalidAudience => AuthError::WrongAudience,
+            ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => {
+                AuthError::AlgorithmNotAllowed(error.to_string())
+            }
+            ErrorKind::MissingRequiredClaim(_)
+            | ErrorKind::InvalidClaimFormat(_)
+            | ErrorKind::InvalidSubject
+            | ErrorKind::Json(_) => AuthError::InvalidClaims(error.to_string()),
+            _ => AuthError::Malformed(error.to_string()),
+        }
     }
 }
 
@@ -60,6 +115,9 @@ pub struct VerifierConfig {
     pub audience: String,
     /// Clamped to [`MAX_LEEWAY_SECS`].
     pub leeway_secs: u64,
+    /// Longest `exp - iat` accepted: a token minted to live longer came from
+    /// a misconfigured or compromised signer.
+    pub max_lifetime_secs: u64,
     /// How many verified tokens to remember.
     pub cache_capacity: usize,
 }
@@ -67,6 +125,9 @@ pub struct VerifierConfig {
 struct Verified {
     tenant: TenantContext,
     kid: String,
+    /// The key it was verified with: a new key under the same `kid` ends
+    /// the verdict.
+    key: KeyFingerprint,
 }
 
 /// Verifies access JWTs against a [`JwksCache`], remembering verified tokens
@@ -75,6 +136,7 @@ pub struct TokenVerifier {
     jwks: Arc<JwksCache>,
     validation: Validation,
     leeway: i64,
+    max_lifetime: i64,
     verified: quick_cache::sync::Cache<String, Arc<Verified>>,
 }
 
@@ -99,6 +161,7 @@ impl TokenVerifier {
             jwks,
             validation,
             leeway: leeway as i64,
+            max_lifetime: i64::try_from(config.max_lifetime_secs).unwrap_or(i64::MAX),
             verified: quick_cache::sync::Cache::new(config.cache_capacity.max(1)),
         }
     }
@@ -107,11 +170,17 @@ impl TokenVerifier {
         &self.jwks
     }
 
-    /// The cached verdict for `token`, if it is still within `exp` and its key
-    /// is still published.
+    /// How many verified tokens are remembered.
+    pub fn cached_tokens(&self) -> usize {
+        self.verified.len()
+    }
+
+    /// The cached verdict for `token`, if it is still within `exp` and the
+    /// key it was verified with is still published under its `kid`.
     pub fn cached(&self, token: &str) -> Option<TenantContext> {
         let hit = self.verified.get(token)?;
-        if hit.tenant.expires_at + self.leeway < now_secs() || !self.jwks.contains(&hit.kid) {
+        let expired = hit.tenant.expires_at + self.leeway < now_secs();
+        if expired || !self.jwks.publishes(&hit.kid, &hit.key) {
             self.verified.remove(token);
             return None;
         }
@@ -137,20 +206,24 @@ impl TokenVerifier {
                 "key/algorithm mismatch".into(),
             ));
         }
-        let claims = decode::<AccessClaims>(token, &key.decoding, &self.validation)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-                _ => AuthError::Invalid(e.to_string()),
-            })?
-            .claims;
         // jsonwebtoken checks `exp`/`nbf` only when present in the numeric
         // form; the typed claims make both mandatory integers.
+        let claims = decode::<AccessClaims>(token, &key.decoding, &self.validation)
+            .map_err(|e| AuthError::from_jwt(&e))?
+            .claims;
+        if claims.iat > now_secs() + self.leeway {
+            return Err(AuthError::IssuedInFuture);
+        }
+        if claims.exp.saturating_sub(claims.iat) > self.max_lifetime {
+            return Err(AuthError::LifetimeTooLong);
+        }
         let tenant = TenantContext::from_claims(&claims);
         self.verified.insert(
             token.to_owned(),
             Arc::new(Verified {
                 tenant: tenant.clone(),
                 kid,
+                key: key.fingerprint,
             }),
         );
         Ok(tenant)
@@ -171,13 +244,18 @@ impl TokenVerifier {
         if header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
             return Err(AuthError::WrongType);
         }
-        // Keys come only from our JWKS, never from the token itself.
+        // Keys come only from our JWKS, never from the token itself; no
+        // extension (`crit`), nesting (`cty`) or encryption (`enc`) is used.
         let forbidden = [
             ("jwk", header.jwk.is_some()),
             ("jku", header.jku.is_some()),
             ("x5u", header.x5u.is_some()),
             ("x5c", header.x5c.is_some()),
+            ("x5t", header.x5t.is_some()),
+            ("x5t#S256", header.x5t_s256.is_some()),
             ("crit", header.crit.is_some()),
+            ("cty", header.cty.is_some()),
+            ("enc", header.enc.is_some()),
         ];
         if let Some((name, _)) = forbidden.into_iter().find(|(_, present)| *present) {
             return Err(AuthError::ForbiddenHeader(name));

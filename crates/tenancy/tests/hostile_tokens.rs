@@ -127,6 +127,7 @@ impl Harness {
                 issuer: ISSUER.into(),
                 audience: AUDIENCE.into(),
                 leeway_secs: 30,
+                max_lifetime_secs: 3600,
                 cache_capacity: 1000,
             },
         ));

@@ -3,6 +3,7 @@ use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 use trellis_store::StoreError;
 
 use crate::password::HashError;
+use crate::throttle::PublicRpc;
 
 /// Everything Auth can answer besides success, mapped to a status in one place.
 #[derive(Debug, thiserror::Error)]
@@ -11,6 +12,10 @@ pub enum AuthServiceError {
     InvalidArgument(Vec<FieldViolation>),
     #[error("{0}")]
     AlreadyExists(&'static str),
+    /// Emails are unique across Trellis: sign-up (and accepting an
+    /// invitation) says so, which reveals no more than a sign-up attempt.
+    #[error("email already registered")]
+    EmailTaken,
     /// Wrong email and wrong password alike.
     #[error("invalid credentials")]
     InvalidCredentials,
@@ -24,12 +29,18 @@ pub enum AuthServiceError {
     NotFound(String),
     #[error("{0}")]
     FailedPrecondition(&'static str),
+    /// The plan's seat limit (users plus pending invitations).
+    #[error("{0}")]
+    SeatsExhausted(String),
     /// Lost to concurrent writes; retrying the call can succeed.
     #[error("{0}")]
     Aborted(&'static str),
     /// Too many failed (or in-flight) logins; the caller may retry after the delay.
     #[error("too many login attempts")]
     Throttled(std::time::Duration),
+    /// Too many calls of a public RPC from one client address.
+    #[error("{}", .0.throttled_message())]
+    RateLimited(PublicRpc, std::time::Duration),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -68,15 +79,20 @@ impl From<AuthServiceError> for Status {
                 )
             }
             AuthServiceError::AlreadyExists(what) => Status::already_exists(what),
+            AuthServiceError::EmailTaken => Status::already_exists("email already registered"),
             AuthServiceError::InvalidCredentials => Status::unauthenticated("invalid credentials"),
             AuthServiceError::Suspended => Status::permission_denied("user is suspended"),
             AuthServiceError::Unauthenticated(why) => Status::unauthenticated(why),
             AuthServiceError::PermissionDenied(why) => Status::permission_denied(why),
             AuthServiceError::NotFound(what) => Status::not_found(what),
             AuthServiceError::FailedPrecondition(why) => Status::failed_precondition(why),
+            AuthServiceError::SeatsExhausted(why) => Status::resource_exhausted(why),
             AuthServiceError::Aborted(why) => Status::aborted(why),
             AuthServiceError::Throttled(retry_after) => {
                 retry_later("too many login attempts; retry later", retry_after)
+            }
+            AuthServiceError::RateLimited(rpc, retry_after) => {
+                retry_later(rpc.throttled_message(), retry_after)
             }
             AuthServiceError::Hash(HashError::Busy) => {
                 retry_later("too many logins in progress; retry later", BUSY_RETRY)

@@ -3,13 +3,22 @@
 //! A key directory holds one PKCS#8 file per key (`<kid>.pk8`, mode 0600)
 //! and `keys.json`, which names the key that signs and the keys published in
 //! the JWKS. A rotation publishes a new key before it signs: each
-//! `rotate` promotes the key staged by the previous one and stages a fresh
-//! one, and keeps the previous signer published for tokens still in flight.
+//! `rotate` promotes the key staged by the previous one (once every verifier
+//! has had time to fetch it) and stages a fresh one, and keeps the previous
+//! signer published for tokens still in flight.
+//!
+//! Modes are checked whenever keys are read. A directory Trellis owns (the
+//! generated `<data-dir>/keys`, or one `trellis keys rotate` writes) is
+//! fixed to 0700 and its files to 0600, with a warning. A mounted Secret is
+//! the operator's: a key file that others may read, or a directory others
+//! may write, is refused (group read is allowed, since Kubernetes grants
+//! access to a non-root container through its `fsGroup`).
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use trellis::auth::v1::Jwk;
@@ -31,6 +40,23 @@ pub enum KeyStoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "{path} has mode {mode:04o}: {rule} (mount the Secret with defaultMode 0400, or 0440 with an fsGroup)"
+    )]
+    Permissions {
+        path: String,
+        mode: u32,
+        rule: &'static str,
+    },
+    #[error(
+        "key {staged} was staged {staged_ago}s ago: promote it no sooner than --jwks-refresh ({gap}s) after staging, so every verifier has fetched it (wait {wait}s, or pass --force)"
+    )]
+    TooSoon {
+        staged: String,
+        staged_ago: u64,
+        gap: u64,
+        wait: u64,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -40,6 +66,10 @@ struct Manifest {
     /// Keys in the JWKS, newest first: the staged key (if any), the active
     /// one, and the previous one.
     published: Vec<String>,
+    /// When the newest key was staged (Unix seconds); absent in manifests
+    /// written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    staged_at: Option<u64>,
 }
 
 struct KeyRing {
@@ -52,6 +82,7 @@ struct KeyRing {
 /// rotation by `trellis keys rotate`, or an updated Secret mount).
 pub struct KeyStore {
     dir: PathBuf,
+    ownership: Ownership,
     ring: RwLock<Arc<KeyRing>>,
     /// When `keys.json` was last read; it is read at most once per
     /// `recheck_every`, not on every login.
@@ -82,17 +113,103 @@ fn new_kid() -> String {
     format!("k-{}", uuid::Uuid::now_v7().simple())
 }
 
-/// Writes `bytes` so that only the owner can read them, atomically.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Writes `bytes` so that only the owner can read them, atomically. A
+/// temporary file left by an interrupted write is replaced, never reused:
+/// reusing it would keep whatever mode it had.
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let temporary = path.with_extension("tmp");
+    match fs::remove_file(&temporary) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
     let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(&temporary)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     fs::rename(&temporary, path)
+}
+
+/// Whether Trellis may fix a key directory's modes, or must refuse them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ownership {
+    Owned,
+    Mounted,
+}
+
+/// Checks (and, in a directory Trellis owns, fixes) the modes of the key
+/// directory and of every key, manifest and temporary file in it.
+#[cfg(unix)]
+fn enforce_modes(dir: &Path, ownership: Ownership) -> Result<(), KeyStoreError> {
+    use std::os::unix::fs::PermissionsExt;
+
+    let refuse = |path: &Path, mode: u32, rule| KeyStoreError::Permissions {
+        path: path.display().to_string(),
+        mode,
+        rule,
+    };
+    let set_mode = |path: &Path, from: u32, to: u32| {
+        fs::set_permissions(path, fs::Permissions::from_mode(to)).map_err(io_error(dir))?;
+        tracing::warn!(
+            path = %path.display(),
+            from = format!("{from:04o}"),
+            to = format!("{to:04o}"),
+            "signing keys: fixed a mode that let others in"
+        );
+        Ok::<(), KeyStoreError>(())
+    };
+    let mode = fs::metadata(dir)
+        .map_err(io_error(dir))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    match ownership {
+        Ownership::Owned if mode & 0o077 != 0 => set_mode(dir, mode, 0o700)?,
+        // A sticky directory (a Secret volume's tmpfs) keeps others from
+        // replacing our files even when they may write to it.
+        Ownership::Mounted if mode & 0o022 != 0 && mode & 0o1000 == 0 => {
+            return Err(refuse(dir, mode, "others may replace the keys in it"));
+        }
+        _ => {}
+    }
+    for entry in fs::read_dir(dir).map_err(io_error(dir))? {
+        let path = entry.map_err(io_error(dir))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let holds_keys = name == MANIFEST || name.ends_with(".pk8") || name.ends_with(".tmp");
+        // Secret files are symlinks into the volume's data: follow them.
+        let Ok(metadata) = fs::metadata(&path) else {
+            continue;
+        };
+        if !holds_keys || !metadata.is_file() {
+            continue;
+        }
+        let mode = metadata.permissions().mode() & 0o7777;
+        match ownership {
+            Ownership::Owned if mode & 0o077 != 0 => set_mode(&path, mode, 0o600)?,
+            Ownership::Mounted if mode & 0o027 != 0 => {
+                return Err(refuse(
+                    &path,
+                    mode,
+                    "a key file must not be readable by others",
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn enforce_modes(_: &Path, _: Ownership) -> Result<(), KeyStoreError> {
+    Ok(())
 }
 
 fn read_manifest(dir: &Path) -> Result<Option<Manifest>, KeyStoreError> {
@@ -165,12 +282,19 @@ fn load_keys(dir: &Path, manifest: Manifest) -> Result<KeyRing, KeyStoreError> {
 
 impl KeyStore {
     /// Opens the key ring in `dir`. With `generate_if_missing` (embedded
-    /// mode) an empty directory gets a first key; otherwise it is an error.
+    /// mode) the directory is Trellis's own: an empty one gets a first key,
+    /// and modes that let others in are fixed. Otherwise it is a mounted
+    /// Secret: no keys, or modes that let others in, are errors.
     pub fn open(
         dir: impl Into<PathBuf>,
         generate_if_missing: bool,
     ) -> Result<KeyStore, KeyStoreError> {
         let dir = dir.into();
+        let ownership = if generate_if_missing {
+            Ownership::Owned
+        } else {
+            Ownership::Mounted
+        };
         if generate_if_missing && read_manifest(&dir)?.is_none() {
             create_dir_private(&dir)?;
             let key = generate_key(&dir)?;
@@ -179,13 +303,16 @@ impl KeyStore {
                 &Manifest {
                     active: key.kid().to_owned(),
                     published: vec![key.kid().to_owned()],
+                    staged_at: None,
                 },
             )?;
             tracing::info!(kid = key.kid(), dir = %dir.display(), "generated the first signing key");
         }
+        enforce_modes(&dir, ownership)?;
         let ring = load_ring(&dir)?;
         Ok(KeyStore {
             dir,
+            ownership,
             ring: RwLock::new(Arc::new(ring)),
             checked: std::sync::Mutex::new(std::time::Instant::now()),
             recheck_every: RECHECK_EVERY,
@@ -219,7 +346,9 @@ impl KeyStore {
                 return ring;
             }
         };
-        match load_keys(&self.dir, manifest) {
+        let reloaded =
+            enforce_modes(&self.dir, self.ownership).and_then(|()| load_keys(&self.dir, manifest));
+        match reloaded {
             Ok(fresh) => {
                 let fresh = Arc::new(fresh);
                 tracing::info!(active = fresh.active.kid(), "signing keys reloaded");
@@ -261,10 +390,12 @@ pub struct Rotation {
 }
 
 /// Promotes the staged key (if any) to signer, stages a new key, and retires
-/// keys older than the previous signer. Run it again once verifiers have
-/// refreshed their JWKS (at most `--jwks-refresh`) to start signing with the
-/// staged key.
-pub fn rotate(dir: &Path) -> Result<Rotation, KeyStoreError> {
+/// keys older than the previous signer. A staged key is promoted only once
+/// `min_gap` (the verifiers' `--jwks-refresh`) has passed since it was
+/// staged, so no verifier meets a token signed by a key it has not fetched;
+/// `Duration::ZERO` skips the wait (an emergency, or a test).
+pub fn rotate(dir: &Path, min_gap: Duration) -> Result<Rotation, KeyStoreError> {
+    enforce_modes(dir, Ownership::Owned)?;
     let manifest =
         read_manifest(dir)?.ok_or_else(|| KeyStoreError::Missing(dir.display().to_string()))?;
     let newest = manifest
@@ -272,6 +403,20 @@ pub fn rotate(dir: &Path) -> Result<Rotation, KeyStoreError> {
         .first()
         .cloned()
         .unwrap_or_else(|| manifest.active.clone());
+    let now = unix_now();
+    if newest != manifest.active {
+        let staged_ago = manifest
+            .staged_at
+            .map_or(u64::MAX, |at| now.saturating_sub(at));
+        if staged_ago < min_gap.as_secs() {
+            return Err(KeyStoreError::TooSoon {
+                staged: newest,
+                staged_ago,
+                gap: min_gap.as_secs(),
+                wait: min_gap.as_secs() - staged_ago,
+            });
+        }
+    }
     let (active, previous) = if newest != manifest.active {
         (newest, Some(manifest.active.clone()))
     } else {
@@ -291,6 +436,7 @@ pub fn rotate(dir: &Path) -> Result<Rotation, KeyStoreError> {
         &Manifest {
             active: active.clone(),
             published,
+            staged_at: Some(now),
         },
     )?;
     for kid in &retired {

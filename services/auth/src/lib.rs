@@ -10,13 +10,12 @@ pub mod password;
 pub mod sessions;
 mod store;
 pub mod throttle;
+mod tokens;
+mod validate;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 use tonic_types::FieldViolation;
 use trellis::auth::v1 as pb;
@@ -28,13 +27,14 @@ use trellis_tenancy::{AccessClaims, CallContext, Role, TenantContext};
 
 pub use error::AuthServiceError;
 pub use keys::{KeyStore, KeyStoreError, Rotation, rotate};
-pub use password::Passwords;
+pub use password::{HashPriority, Passwords};
 pub use sessions::{LocalLoginSessions, LoginSessions, NewLoginSession, SessionLifetimes};
 pub use store::MIGRATIONS;
 use store::{
     AuthStore, NewRefreshToken, OrganizationRow, Refreshed, SignUpError, TokenOwner, UserRow,
 };
-pub use throttle::{LoginThrottle, ThrottlePolicy};
+pub use throttle::{PublicRpc, PublicRpcLimits, RateLimit, Throttle, ThrottlePolicy};
+use tokens::{new_opaque_token, token_hash};
 
 /// RPCs callable without a token (`API.md`).
 pub const PUBLIC_METHODS: [&str; 5] = [
@@ -75,7 +75,7 @@ pub struct AuthDeps {
     pub sessions: Arc<dyn LoginSessions>,
     pub passwords: Arc<Passwords>,
     pub settings: AuthSettings,
-    pub throttle: LoginThrottle,
+    pub throttle: Throttle,
 }
 
 struct Plan {
@@ -183,70 +183,33 @@ fn slug_of(name: &str) -> String {
     }
 }
 
-fn normalize_email(email: &str) -> String {
-    email.trim().to_lowercase()
-}
-
-fn email_violation(field: &str, email: &str) -> Option<FieldViolation> {
-    let plausible = email.len() <= 254
-        && !email.contains(char::is_whitespace)
-        && email.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty()
-                && domain.contains('.')
-                && !domain.starts_with('.')
-                && !domain.ends_with('.')
-        });
-    (!plausible).then(|| FieldViolation::new(field, "must be an email address"))
-}
-
-fn text_violation(field: &str, value: &str) -> Option<FieldViolation> {
-    let value = value.trim();
-    if value.is_empty() {
-        Some(FieldViolation::new(field, "must not be empty"))
-    } else if value.chars().count() > 200 {
-        Some(FieldViolation::new(field, "must be at most 200 characters"))
-    } else {
-        None
-    }
-}
-
-/// 256 random bits, URL-safe; only its SHA-256 is stored.
-fn new_refresh_token() -> String {
-    URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
-}
-
-fn token_hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// Who is calling, as the audit log records it.
 struct Caller {
     user_agent: String,
-    address: String,
+    /// The client's address: the peer, or what a trusted proxy forwarded.
+    address: Option<std::net::IpAddr>,
     request_id: String,
 }
 
 impl Caller {
     fn of<T>(request: &Request<T>) -> Caller {
+        let context = CallContext::from_request(request);
         let user_agent = request
             .metadata()
             .get("user-agent")
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .chars()
-            .take(256)
-            .collect();
+            .map(validate::user_agent)
+            .unwrap_or_default();
         Caller {
             user_agent,
-            address: request
-                .remote_addr()
-                .map(|a| a.ip().to_string())
-                .unwrap_or_default(),
-            request_id: CallContext::from_request(request).request_id().to_owned(),
+            address: context.client_address(),
+            request_id: context.request_id().to_owned(),
         }
+    }
+
+    /// For audit lines and the session record.
+    fn address_text(&self) -> String {
+        self.address.map(|a| a.to_string()).unwrap_or_default()
     }
 }
 
@@ -259,7 +222,7 @@ fn audit_admin(event: &str, caller: &Caller, org: &str, actor: &str, target: &st
         user = actor,
         target_id = target,
         result,
-        client_address = %caller.address,
+        client_address = %caller.address_text(),
         request_id = %caller.request_id,
     );
 }
@@ -272,7 +235,7 @@ fn audit(event: &str, caller: &Caller, org: &str, user: &str, result: &str) {
         org,
         user,
         result,
-        client_address = %caller.address,
+        client_address = %caller.address_text(),
         request_id = %caller.request_id,
     );
 }
@@ -318,10 +281,18 @@ pub struct AuthApi {
     sessions: Arc<dyn LoginSessions>,
     passwords: Arc<Passwords>,
     settings: AuthSettings,
-    throttle: LoginThrottle,
+    throttle: Throttle,
 }
 
 impl AuthApi {
+    /// Counts a public call from the caller's address against its limit.
+    async fn admit_call(&self, rpc: PublicRpc, caller: &Caller) -> Result<(), AuthServiceError> {
+        match self.throttle.admit_call(rpc, caller.address).await? {
+            Ok(()) => Ok(()),
+            Err(retry_after) => Err(AuthServiceError::RateLimited(rpc, retry_after)),
+        }
+    }
+
     fn access_token(
         &self,
         user: &UserRow,
@@ -367,11 +338,11 @@ impl AuthApi {
             org_id: user.org_id.clone(),
             user_id: user.id.clone(),
             user_agent: caller.user_agent.clone(),
-            client_address: caller.address.clone(),
+            client_address: caller.address_text(),
         };
         self.sessions.open(&session).await?;
         let now = now_ms();
-        let refresh_token = new_refresh_token();
+        let refresh_token = new_opaque_token();
         let recorded = self
             .store
             .record_login(&NewRefreshToken {
@@ -453,21 +424,36 @@ impl AuthApi {
     ) -> Result<pb::SignUpResponse, AuthServiceError> {
         let caller = Caller::of(&request);
         let input = request.into_inner();
-        let email = normalize_email(&input.email);
-        let mut violations: Vec<FieldViolation> = [
-            email_violation("email", &email),
-            text_violation("name", &input.name),
-            text_violation("organization_name", &input.organization_name),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        violations.extend(password::policy_violations("password", &input.password));
-        if !violations.is_empty() {
-            return Err(AuthServiceError::InvalidArgument(violations));
+        let password_violations = password::policy_violations("password", &input.password);
+        let fields = (
+            validate::email("email", &input.email),
+            validate::name("name", &input.name),
+            validate::name("organization_name", &input.organization_name),
+        );
+        let (email, name, organization_name) = match fields {
+            (Ok(email), Ok(name), Ok(organization)) if password_violations.is_empty() => {
+                (email, name, organization)
+            }
+            (email, name, organization) => {
+                let mut violations: Vec<FieldViolation> =
+                    [email.err(), name.err(), organization.err()]
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                violations.extend(password_violations);
+                return Err(AuthServiceError::InvalidArgument(violations));
+            }
+        };
+        if let Err(error) = self.admit_call(PublicRpc::SignUp, &caller).await {
+            audit("sign_up", &caller, "", "", "throttled");
+            return Err(error);
+        }
+        // Before the costly hash: the answer says no more than the insert's.
+        if self.store.user_by_email(&email).await?.is_some() {
+            audit("sign_up", &caller, "", "", "email_taken");
+            return Err(AuthServiceError::EmailTaken);
         }
         let now = now_ms();
-        let organization_name = input.organization_name.trim().to_owned();
         let org = OrganizationRow {
             id: uuid::Uuid::new_v4().to_string(),
             slug: slug_of(&organization_name),
@@ -481,9 +467,12 @@ impl AuthApi {
         let admin = UserRow {
             id: uuid::Uuid::new_v4().to_string(),
             org_id: org.id.clone(),
-            email: email.clone(),
-            name: input.name.trim().to_owned(),
-            password_hash: self.passwords.hash(input.password).await?,
+            email,
+            name,
+            password_hash: self
+                .passwords
+                .hash(input.password, HashPriority::NewPassword)
+                .await?,
             role: "admin".into(),
             status: "active".into(),
             created_at: now,
@@ -493,7 +482,7 @@ impl AuthApi {
             Ok(org) => org,
             Err(SignUpError::EmailTaken) => {
                 audit("sign_up", &caller, "", "", "email_taken");
-                return Err(AuthServiceError::AlreadyExists("email already registered"));
+                return Err(AuthServiceError::EmailTaken);
             }
             Err(SignUpError::SlugContended(_)) => {
                 return Err(AuthServiceError::Aborted(
@@ -513,13 +502,21 @@ impl AuthApi {
     ) -> Result<pb::LoginResponse, AuthServiceError> {
         let caller = Caller::of(&request);
         let input = request.into_inner();
-        let email = normalize_email(&input.email);
-        if input.password.len() > password::MAX_PASSWORD_BYTES {
-            return Err(AuthServiceError::InvalidCredentials);
-        }
+        let password_too_long = (input.password.len() > password::MAX_PASSWORD_BYTES)
+            .then(|| FieldViolation::new("password", "must be at most 1024 bytes"));
+        let email = match (
+            validate::login_email("email", &input.email),
+            password_too_long,
+        ) {
+            (Ok(email), None) => email,
+            (email, password) => {
+                let violations = [email.err(), password].into_iter().flatten().collect();
+                return Err(AuthServiceError::InvalidArgument(violations));
+            }
+        };
         // Keyed by the email as typed (normalised), known or not, so a
         // throttled answer says nothing about whether the account exists.
-        let attempt = match self.throttle.admit(&email, &caller.address).await? {
+        let attempt = match self.throttle.admit(&email, caller.address).await? {
             Ok(attempt) => attempt,
             Err(retry_after) => {
                 audit("login", &caller, "", "", "throttled");
@@ -548,7 +545,11 @@ impl AuthApi {
         if self.passwords.needs_rehash(&user.password_hash) {
             // The only moment the password is known: raise the hash to
             // today's parameters. A failure here must not fail the login.
-            match self.passwords.hash(input.password).await {
+            match self
+                .passwords
+                .hash(input.password, HashPriority::Login)
+                .await
+            {
                 Ok(fresh) => {
                     if let Err(error) = self
                         .store
@@ -584,11 +585,17 @@ impl AuthApi {
     ) -> Result<pb::RefreshResponse, AuthServiceError> {
         let caller = Caller::of(&request);
         let presented = request.into_inner().refresh_token;
-        if presented.is_empty() || presented.len() > 256 {
+        validate::opaque_token("refresh_token", &presented)
+            .map_err(|violation| AuthServiceError::InvalidArgument(vec![violation]))?;
+        if let Err(error) = self.admit_call(PublicRpc::Refresh, &caller).await {
+            audit("refresh", &caller, "", "", "throttled");
+            return Err(error);
+        }
+        if presented.is_empty() {
             return Err(AuthServiceError::Unauthenticated("invalid refresh token"));
         }
         let now = now_ms();
-        let new_token = new_refresh_token();
+        let new_token = new_opaque_token();
         let outcome = self
             .store
             .rotate_refresh(
@@ -787,30 +794,5 @@ mod tests {
         assert_eq!(slug_of("Taco Palace, Inc."), "taco-palace-inc");
         assert_eq!(slug_of("  ¡Hola!  "), "hola");
         assert_eq!(slug_of("***"), "org");
-    }
-
-    #[test]
-    fn emails_are_normalised_and_checked() {
-        assert_eq!(normalize_email("  Ana@Example.COM "), "ana@example.com");
-        assert!(email_violation("email", "ana@example.com").is_none());
-        for bad in [
-            "",
-            "ana",
-            "ana@",
-            "@example.com",
-            "ana@example",
-            "a na@example.com",
-        ] {
-            assert!(email_violation("email", bad).is_some(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn refresh_tokens_carry_256_bits_and_are_stored_hashed() {
-        let token = new_refresh_token();
-        assert_eq!(URL_SAFE_NO_PAD.decode(&token).unwrap().len(), 32);
-        assert_ne!(new_refresh_token(), token);
-        assert_eq!(token_hash(&token).len(), 64);
-        assert_ne!(token_hash(&token), token);
     }
 }

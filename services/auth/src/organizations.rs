@@ -11,13 +11,16 @@ use tonic_types::FieldViolation;
 use trellis::auth::v1 as pb;
 use trellis::auth::v1::organization_service_server::OrganizationService;
 
+use crate::password::HashPriority;
 use crate::store::{
     AcceptOutcome, InvitationRow, InviteOutcome, MemberChange, MemberOutcome, RevokeOutcome,
 };
+use crate::throttle::PublicRpc;
+use crate::tokens::{new_opaque_token, token_hash};
+use crate::validate::{self, MAX_PAGE_TOKEN_BYTES};
 use crate::{
-    AuthApi, AuthServiceError, Caller, OrganizationRow, UserRow, audit_admin, email_violation,
-    new_refresh_token, normalize_email, now_ms, organization_message, password, role_message,
-    tenant, text_violation, timestamp, token_hash, user_message,
+    AuthApi, AuthServiceError, Caller, OrganizationRow, UserRow, audit_admin, now_ms,
+    organization_message, password, role_message, tenant, timestamp, user_message,
 };
 
 const INVITATION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -38,6 +41,11 @@ fn page_size(requested: i32) -> Result<i64, AuthServiceError> {
 fn decode_page_token(token: &str) -> Result<Option<(i64, String)>, AuthServiceError> {
     if token.is_empty() {
         return Ok(None);
+    }
+    if token.len() > MAX_PAGE_TOKEN_BYTES {
+        return Err(AuthServiceError::InvalidArgument(vec![
+            FieldViolation::new("page_token", "is not a token from this list"),
+        ]));
     }
     let invalid = || {
         AuthServiceError::InvalidArgument(vec![FieldViolation::new(
@@ -177,6 +185,98 @@ impl AuthApi {
     }
 }
 
+impl AuthApi {
+    /// AcceptInvitation. Every failure is an audit event: a token is tried
+    /// by whoever holds it, and the inviting admin holds it too.
+    async fn accept(
+        &self,
+        request: Request<pb::AcceptInvitationRequest>,
+    ) -> Result<pb::AcceptInvitationResponse, AuthServiceError> {
+        let caller = Caller::of(&request);
+        let input = request.into_inner();
+        let password_violations = password::policy_violations("password", &input.password);
+        let fields = (
+            validate::opaque_token("token", &input.token),
+            validate::name("name", &input.name),
+        );
+        let name = match fields {
+            (Ok(()), Ok(name)) if password_violations.is_empty() => name,
+            (token, name) => {
+                let mut violations: Vec<FieldViolation> =
+                    [token.err(), name.err()].into_iter().flatten().collect();
+                violations.extend(password_violations);
+                return Err(AuthServiceError::InvalidArgument(violations));
+            }
+        };
+        let refused = |result: &str, error: AuthServiceError| {
+            audit_admin("accept_invitation", &caller, "", "", "", result);
+            error
+        };
+        if let Err(error) = self.admit_call(PublicRpc::AcceptInvitation, &caller).await {
+            return Err(refused("throttled", error));
+        }
+        let now = now_ms();
+        let hash = token_hash(&input.token);
+        let Some(email) = self.store.pending_invitation_email(&hash, now).await? else {
+            return Err(refused(
+                "invalid",
+                AuthServiceError::NotFound("invitation not found".into()),
+            ));
+        };
+        // Emails are unique across Trellis, so an email registered in any
+        // organization cannot join another; the answer is sign-up's own,
+        // and counts against the same kind of per-address limit.
+        if self.store.user_by_email(&email).await?.is_some() {
+            return Err(refused("email_taken", AuthServiceError::EmailTaken));
+        }
+        let template = UserRow {
+            id: uuid::Uuid::new_v4().to_string(),
+            org_id: String::new(),
+            email: String::new(),
+            name,
+            password_hash: self
+                .passwords
+                .hash(input.password, HashPriority::NewPassword)
+                .await?,
+            role: String::new(),
+            status: String::new(),
+            created_at: now,
+            last_login_at: None,
+        };
+        let outcome = self.store.accept_invitation(&hash, &template, now).await?;
+        let (user, org) = match outcome {
+            AcceptOutcome::Joined(joined) => *joined,
+            AcceptOutcome::Invalid => {
+                return Err(refused(
+                    "invalid",
+                    AuthServiceError::NotFound("invitation not found".into()),
+                ));
+            }
+            AcceptOutcome::EmailTaken => {
+                return Err(refused("email_taken", AuthServiceError::EmailTaken));
+            }
+            AcceptOutcome::SeatsExhausted => {
+                return Err(refused(
+                    "max_users",
+                    AuthServiceError::SeatsExhausted(
+                        "the organization has no free seats on its plan".into(),
+                    ),
+                ));
+            }
+        };
+        let issued = self.start_session(&user, &org, &caller).await?;
+        audit_admin(
+            "accept_invitation",
+            &caller,
+            &org.id,
+            &user.id,
+            &user.id,
+            "ok",
+        );
+        Ok(issued.into())
+    }
+}
+
 fn required_user(user: Option<pb::User>) -> Result<pb::User, AuthServiceError> {
     user.ok_or_else(|| AuthServiceError::Internal("member vanished during the change".into()))
 }
@@ -198,10 +298,8 @@ impl OrganizationService for AuthApi {
         request: Request<pb::UpdateOrganizationRequest>,
     ) -> Result<Response<pb::UpdateOrganizationResponse>, Status> {
         let (admin, org) = self.admin(&request).await?;
-        let name = request.get_ref().name.trim().to_owned();
-        if let Some(violation) = text_violation("name", &name) {
-            return Err(AuthServiceError::InvalidArgument(vec![violation]).into());
-        }
+        let name = validate::name("name", &request.get_ref().name)
+            .map_err(|violation| AuthServiceError::InvalidArgument(vec![violation]))?;
         let updated = self
             .store
             .rename_organization(&org.id, &name)
@@ -308,22 +406,24 @@ impl OrganizationService for AuthApi {
         request: Request<pb::InviteUserRequest>,
     ) -> Result<Response<pb::InviteUserResponse>, Status> {
         let (admin, org) = self.admin(&request).await?;
-        let email = normalize_email(&request.get_ref().email);
-        let mut violations: Vec<FieldViolation> =
-            email_violation("email", &email).into_iter().collect();
-        let role = match role_name("role", request.get_ref().role) {
-            Ok(role) => Some(role),
-            Err(AuthServiceError::InvalidArgument(more)) => {
-                violations.extend(more);
-                None
+        let fields = (
+            validate::email("email", &request.get_ref().email),
+            role_name("role", request.get_ref().role),
+        );
+        let (email, role) = match fields {
+            (Ok(email), Ok(role)) => (email, role),
+            (email, role) => {
+                let mut violations: Vec<FieldViolation> = email.err().into_iter().collect();
+                match role {
+                    Err(AuthServiceError::InvalidArgument(more)) => violations.extend(more),
+                    Err(other) => return Err(other.into()),
+                    Ok(_) => {}
+                }
+                return Err(AuthServiceError::InvalidArgument(violations).into());
             }
-            Err(other) => return Err(other.into()),
-        };
-        let Some(role) = role.filter(|_| violations.is_empty()) else {
-            return Err(AuthServiceError::InvalidArgument(violations).into());
         };
         let now = now_ms();
-        let token = new_refresh_token();
+        let token = new_opaque_token();
         let invitation = InvitationRow {
             id: uuid::Uuid::new_v4().to_string(),
             org_id: org.id.clone(),
@@ -342,17 +442,17 @@ impl OrganizationService for AuthApi {
         let caller = Caller::of(&request);
         let created = match outcome {
             InviteOutcome::Created(created) => created,
-            InviteOutcome::UserExists => {
+            InviteOutcome::MemberExists => {
                 audit_admin(
                     "invite_user",
                     &caller,
                     &org.id,
                     &admin.id,
                     "",
-                    "user_exists",
+                    "member_exists",
                 );
                 return Err(AuthServiceError::AlreadyExists(
-                    "a user with this email already exists",
+                    "a member of this organization has this email",
                 )
                 .into());
             }
@@ -372,10 +472,11 @@ impl OrganizationService for AuthApi {
             }
             InviteOutcome::SeatsExhausted => {
                 audit_admin("invite_user", &caller, &org.id, &admin.id, "", "max_users");
-                return Err(Status::resource_exhausted(format!(
+                return Err(AuthServiceError::SeatsExhausted(format!(
                     "the {} plan allows {} users, counting pending invitations",
                     org.plan, org.max_users
-                )));
+                ))
+                .into());
             }
         };
         audit_admin(
@@ -444,11 +545,29 @@ impl OrganizationService for AuthApi {
                     invitation: Some(invitation_message(&row, now, None)),
                 }))
             }
-            RevokeOutcome::NotFound => Err(AuthServiceError::NotFound(format!(
-                "invitation not found: {invitation_id}"
-            ))
-            .into()),
+            RevokeOutcome::NotFound => {
+                audit_admin(
+                    "revoke_invitation",
+                    &caller,
+                    &org.id,
+                    &admin.id,
+                    &invitation_id,
+                    "not_found",
+                );
+                Err(
+                    AuthServiceError::NotFound(format!("invitation not found: {invitation_id}"))
+                        .into(),
+                )
+            }
             RevokeOutcome::NotPending => {
+                audit_admin(
+                    "revoke_invitation",
+                    &caller,
+                    &org.id,
+                    &admin.id,
+                    &invitation_id,
+                    "not_pending",
+                );
                 Err(AuthServiceError::FailedPrecondition("invitation is no longer pending").into())
             }
         }
@@ -458,70 +577,6 @@ impl OrganizationService for AuthApi {
         &self,
         request: Request<pb::AcceptInvitationRequest>,
     ) -> Result<Response<pb::AcceptInvitationResponse>, Status> {
-        let caller = Caller::of(&request);
-        let input = request.into_inner();
-        let mut violations: Vec<FieldViolation> =
-            text_violation("name", &input.name).into_iter().collect();
-        violations.extend(password::policy_violations("password", &input.password));
-        if !violations.is_empty() {
-            return Err(AuthServiceError::InvalidArgument(violations).into());
-        }
-        let now = now_ms();
-        let pending = input.token.len() <= 256
-            && self
-                .store
-                .invitation_is_pending(&token_hash(&input.token), now)
-                .await
-                .map_err(AuthServiceError::from)?;
-        if !pending {
-            return Err(AuthServiceError::NotFound("invitation not found".into()).into());
-        }
-        let template = UserRow {
-            id: uuid::Uuid::new_v4().to_string(),
-            org_id: String::new(),
-            email: String::new(),
-            name: input.name.trim().to_owned(),
-            password_hash: self
-                .passwords
-                .hash(input.password)
-                .await
-                .map_err(AuthServiceError::from)?,
-            role: String::new(),
-            status: String::new(),
-            created_at: now,
-            last_login_at: None,
-        };
-        let outcome = self
-            .store
-            .accept_invitation(&token_hash(&input.token), &template, now)
-            .await
-            .map_err(AuthServiceError::from)?;
-        let (user, org) = match outcome {
-            AcceptOutcome::Joined(joined) => *joined,
-            AcceptOutcome::Invalid => {
-                return Err(AuthServiceError::NotFound("invitation not found".into()).into());
-            }
-            AcceptOutcome::EmailTaken => {
-                return Err(AuthServiceError::AlreadyExists(
-                    "a user with this email already exists",
-                )
-                .into());
-            }
-            AcceptOutcome::SeatsExhausted => {
-                return Err(Status::resource_exhausted(
-                    "the organization has no free seats on its plan",
-                ));
-            }
-        };
-        let issued = self.start_session(&user, &org, &caller).await?;
-        audit_admin(
-            "accept_invitation",
-            &caller,
-            &org.id,
-            &user.id,
-            &user.id,
-            "ok",
-        );
-        Ok(Response::new(issued.into()))
+        Ok(Response::new(self.accept(request).await?))
     }
 }

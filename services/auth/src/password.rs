@@ -3,12 +3,16 @@
 //! win the CPU whenever they wake, so a login storm neither stalls the async
 //! workers nor stretches other RPCs' tail latency much.
 //!
+//! Logins have a queue of their own that the threads always serve first, and
+//! new passwords (sign-up, accepted invitations) a short one: a flood of
+//! sign-ups is refused as busy rather than making logins wait behind it.
+//!
 //! Not `SCHED_IDLE`: measured here (bench/login_load.sh, kernel 6.18 in a
 //! VM), idle-class hashers made woken RPC threads wait a whole 4 ms tick
 //! about twice as often as nice-19 ones, for the same login throughput.
 
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
 
 use argon2::password_hash::phc::PasswordHash;
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
@@ -60,9 +64,77 @@ pub enum HashError {
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// Hashes waiting for a thread, at most; beyond that logins are refused
-/// rather than queued without bound.
-const QUEUE: usize = 1024;
+/// Which queue a hash waits in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HashPriority {
+    /// Someone logging in (also a re-hash at login): served first.
+    Login,
+    /// A new password: sign-up, an accepted invitation.
+    NewPassword,
+}
+
+/// Login hashes waiting for a thread, at most; beyond that logins are
+/// refused rather than queued without bound.
+const LOGIN_QUEUE: usize = 1024;
+/// New-password hashes waiting, at most: about a second of work on two
+/// cores; more sign-ups at once are refused as busy.
+const NEW_PASSWORD_QUEUE: usize = 64;
+
+#[derive(Default)]
+struct Queues {
+    login: VecDeque<Job>,
+    new_password: VecDeque<Job>,
+    closed: bool,
+}
+
+struct Pool {
+    queues: Mutex<Queues>,
+    ready: Condvar,
+    login_capacity: usize,
+    new_password_capacity: usize,
+}
+
+impl Pool {
+    fn submit(&self, priority: HashPriority, job: Job) -> Result<(), HashError> {
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        if queues.closed {
+            return Err(HashError::Failed("hashing threads stopped".into()));
+        }
+        let (queue, capacity) = match priority {
+            HashPriority::Login => (&mut queues.login, self.login_capacity),
+            HashPriority::NewPassword => (&mut queues.new_password, self.new_password_capacity),
+        };
+        if queue.len() >= capacity {
+            return Err(HashError::Busy);
+        }
+        queue.push_back(job);
+        drop(queues);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The next job, logins first; `None` once closed.
+    fn next(&self) -> Option<Job> {
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if queues.closed {
+                return None;
+            }
+            if let Some(job) = queues.login.pop_front() {
+                return Some(job);
+            }
+            if let Some(job) = queues.new_password.pop_front() {
+                return Some(job);
+            }
+            queues = self.ready.wait(queues).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn close(&self) {
+        self.queues.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        self.ready.notify_all();
+    }
+}
 
 fn lower_priority() {
     #[cfg(target_os = "linux")]
@@ -84,70 +156,86 @@ fn lower_priority() {
     }
 }
 
-fn hashing_thread(jobs: Arc<Mutex<Receiver<Job>>>) {
+fn hashing_thread(pool: Arc<Pool>) {
     lower_priority();
-    loop {
-        let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
-        match job {
-            Ok(job) => job(),
-            Err(_) => break,
-        }
+    while let Some(job) = pool.next() {
+        job();
     }
 }
 
 pub struct Passwords {
-    jobs: SyncSender<Job>,
+    pool: Arc<Pool>,
     /// Verified against when the email is unknown, so both answers cost the same.
     dummy_hash: Arc<str>,
+}
+
+impl Drop for Passwords {
+    fn drop(&mut self) {
+        self.pool.close();
+    }
 }
 
 impl Passwords {
     /// `parallelism` hashing threads (one per core is the useful most).
     pub fn new(parallelism: usize) -> Result<Self, HashError> {
-        Self::with_queue(parallelism, QUEUE)
+        Self::with_queues(parallelism, LOGIN_QUEUE, NEW_PASSWORD_QUEUE)
     }
 
-    /// At most `queue` hashes wait for a thread; more are refused as busy.
-    pub fn with_queue(parallelism: usize, queue: usize) -> Result<Self, HashError> {
+    /// At most `login_queue` login hashes and `new_password_queue` others
+    /// wait for a thread; more are refused as busy.
+    pub fn with_queues(
+        parallelism: usize,
+        login_queue: usize,
+        new_password_queue: usize,
+    ) -> Result<Self, HashError> {
         let dummy_hash = argon2()
             .hash_password(b"dummy password for unknown accounts")
             .map_err(|e| HashError::Failed(e.to_string()))?
             .to_string();
-        let (jobs, queue) = sync_channel::<Job>(queue);
-        let queue = Arc::new(Mutex::new(queue));
+        let pool = Arc::new(Pool {
+            queues: Mutex::new(Queues::default()),
+            ready: Condvar::new(),
+            login_capacity: login_queue,
+            new_password_capacity: new_password_queue,
+        });
         for index in 0..parallelism.max(1) {
-            let queue = queue.clone();
+            let pool = pool.clone();
             std::thread::Builder::new()
                 .name(format!("argon2-{index}"))
-                .spawn(move || hashing_thread(queue))
+                .spawn(move || hashing_thread(pool))
                 .map_err(|e| HashError::Failed(e.to_string()))?;
         }
         Ok(Passwords {
-            jobs,
+            pool,
             dummy_hash: dummy_hash.into(),
         })
     }
 
     async fn on_hashing_thread<T: Send + 'static>(
         &self,
+        priority: HashPriority,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, HashError> {
         let (done, result) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
-            let _ = done.send(work());
+            // A caller that went away (a cancelled call) needs no hash.
+            if !done.is_closed() {
+                let _ = done.send(work());
+            }
         });
-        self.jobs.try_send(job).map_err(|error| match error {
-            TrySendError::Full(_) => HashError::Busy,
-            TrySendError::Disconnected(_) => HashError::Failed("hashing threads stopped".into()),
-        })?;
+        self.pool.submit(priority, job)?;
         result
             .await
             .map_err(|_| HashError::Failed("hashing thread failed".into()))
     }
 
     /// A PHC string (`$argon2id$v=19$m=19456,t=2,p=1$...`) with a fresh salt.
-    pub async fn hash(&self, password: String) -> Result<String, HashError> {
-        self.on_hashing_thread(move || {
+    pub async fn hash(
+        &self,
+        password: String,
+        priority: HashPriority,
+    ) -> Result<String, HashError> {
+        self.on_hashing_thread(priority, move || {
             argon2()
                 .hash_password(password.as_bytes())
                 .map(|h| h.to_string())
@@ -166,7 +254,7 @@ impl Passwords {
         let known = stored.is_some();
         let stored = stored.unwrap_or_else(|| self.dummy_hash.to_string());
         let matches = self
-            .on_hashing_thread(move || {
+            .on_hashing_thread(HashPriority::Login, move || {
                 PasswordHash::new(&stored)
                     .map(|hash| argon2().verify_password(password.as_bytes(), &hash).is_ok())
                     .unwrap_or(false)
@@ -219,11 +307,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_is_refused_as_busy_not_queued_without_bound() {
-        let passwords = Arc::new(Passwords::with_queue(1, 1).unwrap());
+        let passwords = Arc::new(Passwords::with_queues(1, 1, 1).unwrap());
         let hashes: Vec<_> = (0..6)
             .map(|_| {
                 let passwords = passwords.clone();
-                tokio::spawn(async move { passwords.hash("Correct-Horse-9".into()).await })
+                tokio::spawn(async move {
+                    passwords
+                        .hash("Correct-Horse-9".into(), HashPriority::NewPassword)
+                        .await
+                })
             })
             .collect();
         let mut busy = 0;
@@ -240,9 +332,60 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn logins_are_neither_refused_nor_queued_behind_new_passwords() {
+        let passwords = Arc::new(Passwords::with_queues(1, 4, 2).unwrap());
+        let finished = Arc::new(Mutex::new(Vec::new()));
+        let mut new_passwords = Vec::new();
+        for _ in 0..8 {
+            let (passwords, finished) = (passwords.clone(), finished.clone());
+            new_passwords.push(tokio::spawn(async move {
+                let hashed = passwords
+                    .hash("Correct-Horse-9".into(), HashPriority::NewPassword)
+                    .await;
+                if hashed.is_ok() {
+                    finished.lock().unwrap().push("new password");
+                }
+                hashed
+            }));
+        }
+        // Until the new-password queue is full (and refusing).
+        let mut refused = 0;
+        while refused == 0 {
+            tokio::task::yield_now().await;
+            let (done, pending): (Vec<_>, Vec<_>) = std::mem::take(&mut new_passwords)
+                .into_iter()
+                .partition(|task| task.is_finished());
+            new_passwords = pending;
+            for task in done {
+                if matches!(task.await.unwrap(), Err(HashError::Busy)) {
+                    refused += 1;
+                }
+            }
+        }
+        let matched = passwords
+            .verify("Correct-Horse-9".into(), None)
+            .await
+            .expect("a login is not refused while new passwords fill their queue");
+        assert!(!matched);
+        finished.lock().unwrap().push("login");
+        for task in new_passwords {
+            let _ = task.await.unwrap();
+        }
+        let order = finished.lock().unwrap().clone();
+        assert_eq!(
+            order.last(),
+            Some(&"new password"),
+            "the login went ahead of queued new passwords: {order:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn hashes_made_with_older_parameters_are_flagged_for_rehash() {
         let passwords = Passwords::new(1).unwrap();
-        let current = passwords.hash("Correct-Horse-9".into()).await.unwrap();
+        let current = passwords
+            .hash("Correct-Horse-9".into(), HashPriority::NewPassword)
+            .await
+            .unwrap();
         assert!(!passwords.needs_rehash(&current));
         let weaker = Argon2::new(
             Algorithm::Argon2id,
@@ -267,7 +410,10 @@ mod tests {
     async fn hashes_are_argon2id_phc_strings_that_verify_without_truncation() {
         let passwords = Passwords::new(2).unwrap();
         let long = format!("Aa1{}", "y".repeat(197));
-        let hash = passwords.hash(long.clone()).await.unwrap();
+        let hash = passwords
+            .hash(long.clone(), HashPriority::NewPassword)
+            .await
+            .unwrap();
         assert!(
             hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
             "{hash}"

@@ -1,13 +1,139 @@
-//! Brute-force protection for Login. Failures are counted per account and
-//! client address (an attacker at one address is stopped without locking the
-//! real user out elsewhere), per address (stuffing across accounts), and per
-//! account (a hard cap across addresses, which addresses that logged in
-//! successfully before are exempt from).
+//! Abuse limits for Auth's public RPCs, which need no token, so the
+//! account and the client address are all there is to count by.
+//!
+//! Login failures are counted per account and client address (an attacker
+//! at one address is stopped without locking the real user out elsewhere),
+//! per address (stuffing across accounts), and per account (a hard cap
+//! across addresses, which addresses that logged in successfully before are
+//! exempt from). Sign-up, invitation acceptance and refresh are limited per
+//! address ([`PublicRpc`]).
+//!
+//! Keys hold a fixed-size digest of the account, never the email, and an
+//! IPv6 client counts as its /64: whatever a client sends, one key costs
+//! the same few bytes.
 
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
+use trellis_runtime::parse_duration;
 use trellis_store::{Counters, Gate, StoreError};
+
+/// At most `count` calls per `window` (written `10/1h`, `300/5m`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub count: u64,
+    pub window: Duration,
+}
+
+impl FromStr for RateLimit {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (count, window) = text
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?}: expected COUNT/WINDOW, e.g. 10/1h"))?;
+        let count: u64 = count
+            .trim()
+            .parse()
+            .ok()
+            .filter(|count| *count >= 1)
+            .ok_or_else(|| format!("{text:?}: the count must be a positive number"))?;
+        let window = parse_duration(window)?;
+        if window < Duration::from_secs(1) || window > Duration::from_secs(7 * 24 * 3600) {
+            return Err(format!("{text:?}: the window must be between 1s and 168h"));
+        }
+        Ok(RateLimit { count, window })
+    }
+}
+
+impl fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}s", self.count, self.window.as_secs())
+    }
+}
+
+/// The public RPCs limited per client address. Login has its own, failure
+/// based, limits; `GetJwks` is exempt: it is cheap, served from memory, and
+/// every other server fetches it, often from one address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PublicRpc {
+    SignUp,
+    AcceptInvitation,
+    Refresh,
+}
+
+impl PublicRpc {
+    fn key(self) -> &'static str {
+        match self {
+            PublicRpc::SignUp => "sign-up",
+            PublicRpc::AcceptInvitation => "accept-invitation",
+            PublicRpc::Refresh => "refresh",
+        }
+    }
+
+    /// What a client is told when it is over the limit.
+    pub fn throttled_message(self) -> &'static str {
+        match self {
+            PublicRpc::SignUp => "too many sign-ups from this address; retry later",
+            PublicRpc::AcceptInvitation => {
+                "too many invitation acceptances from this address; retry later"
+            }
+            PublicRpc::Refresh => "too many token refreshes from this address; retry later",
+        }
+    }
+}
+
+/// Per-address limits of the public RPCs; flags of `trellis serve`/`up`.
+#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
+pub struct PublicRpcLimits {
+    /// Sign-ups per client address (IPv6: per /64) and window. Each creates
+    /// an organization and costs a password hash.
+    #[arg(long, env = "TRELLIS_SIGN_UP_RATE", default_value = "10/1h")]
+    pub sign_up_rate: RateLimit,
+    /// Invitation acceptances per client address and window.
+    #[arg(long, env = "TRELLIS_ACCEPT_INVITATION_RATE", default_value = "20/1h")]
+    pub accept_invitation_rate: RateLimit,
+    /// Token refreshes per client address and window: one client refreshes
+    /// every access-token lifetime, so this leaves room for a few hundred
+    /// clients behind one address.
+    #[arg(long, env = "TRELLIS_REFRESH_RATE", default_value = "300/5m")]
+    pub refresh_rate: RateLimit,
+}
+
+impl Default for PublicRpcLimits {
+    fn default() -> Self {
+        PublicRpcLimits {
+            sign_up_rate: RateLimit {
+                count: 10,
+                window: Duration::from_secs(3600),
+            },
+            accept_invitation_rate: RateLimit {
+                count: 20,
+                window: Duration::from_secs(3600),
+            },
+            refresh_rate: RateLimit {
+                count: 300,
+                window: Duration::from_secs(300),
+            },
+        }
+    }
+}
+
+impl PublicRpcLimits {
+    fn of(&self, rpc: PublicRpc) -> RateLimit {
+        match rpc {
+            PublicRpc::SignUp => self.sign_up_rate,
+            PublicRpc::AcceptInvitation => self.accept_invitation_rate,
+            PublicRpc::Refresh => self.refresh_rate,
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct ThrottlePolicy {
@@ -23,6 +149,7 @@ pub struct ThrottlePolicy {
     pub tarpit_max: Duration,
     /// How long an address stays "known good" for an account after a login.
     pub known_good_for: Duration,
+    pub public_rpcs: PublicRpcLimits,
 }
 
 impl Default for ThrottlePolicy {
@@ -38,11 +165,12 @@ impl Default for ThrottlePolicy {
             tarpit_step: Duration::from_millis(250),
             tarpit_max: Duration::from_secs(2),
             known_good_for: Duration::from_secs(30 * 24 * 3600),
+            public_rpcs: PublicRpcLimits::default(),
         }
     }
 }
 
-pub struct LoginThrottle {
+pub struct Throttle {
     counters: Arc<dyn Counters>,
     policy: ThrottlePolicy,
 }
@@ -56,11 +184,21 @@ const HOLD_FOR: Duration = Duration::from_secs(60);
 /// checked: they settle within milliseconds.
 const IN_FLIGHT_RETRY: Duration = Duration::from_secs(1);
 
-/// Keys hold no secrets, but an address inside a key must not forge another.
-fn clean(part: &str) -> String {
-    part.replace([':', ' '], "_")
+/// 128 bits of SHA-256 of the normalised email: the same size whatever was
+/// sent, and no address in the keys. Not a secret: it only has to keep
+/// accounts apart.
+fn account_digest(email: &str) -> String {
+    URL_SAFE_NO_PAD.encode(&Sha256::digest(email.as_bytes())[..16])
 }
 
+/// The client as limits count it; calls with no peer address (in-process)
+/// share one key.
+fn address_key(address: Option<IpAddr>) -> String {
+    address.map_or_else(|| "unknown".to_owned(), trellis_tenancy::rate_limit_key)
+}
+
+/// The address comes last in every key: it is the one part that may hold a
+/// ':' (IPv6), and last it cannot make one key look like another.
 struct Keys {
     pair: String,
     address: String,
@@ -69,20 +207,20 @@ struct Keys {
 }
 
 impl Keys {
-    fn new(email: &str, address: &str) -> Keys {
-        let (email, address) = (clean(email), clean(address));
+    fn new(email: &str, address: Option<IpAddr>) -> Keys {
+        let (account, address) = (account_digest(email), address_key(address));
         Keys {
-            pair: format!("login:pair:{email}:{address}"),
+            pair: format!("login:pair:{account}:{address}"),
             address: format!("login:address:{address}"),
-            account: format!("login:account:{email}"),
-            known_good: format!("login:good:{email}:{address}"),
+            account: format!("login:account:{account}"),
+            known_good: format!("login:good:{account}:{address}"),
         }
     }
 }
 
 /// A login attempt admitted past the limits. It counts against them as a
-/// failure would until it is settled with [`LoginThrottle::failed`] or
-/// [`LoginThrottle::succeeded`]; dropped unsettled (an error, a cancelled
+/// failure would until it is settled with [`Throttle::failed`] or
+/// [`Throttle::succeeded`]; dropped unsettled (an error, a cancelled
 /// call), it gives its place back.
 #[must_use = "settle the attempt with failed() or succeeded()"]
 pub struct Attempt {
@@ -129,18 +267,38 @@ impl Drop for Attempt {
     }
 }
 
-impl LoginThrottle {
+impl Throttle {
     pub fn new(counters: Arc<dyn Counters>, policy: ThrottlePolicy) -> Self {
-        LoginThrottle { counters, policy }
+        Throttle { counters, policy }
+    }
+
+    /// Counts a call of a public RPC from `address`: `Ok` to go on, or how
+    /// long until the address may call it again. Every call counts, whatever
+    /// its outcome, since each costs the server work (and a sign-up reveals
+    /// whether an email is registered).
+    pub async fn admit_call(
+        &self,
+        rpc: PublicRpc,
+        address: Option<IpAddr>,
+    ) -> Result<Result<(), Duration>, StoreError> {
+        let limit = self.policy.public_rpcs.of(rpc);
+        let key = format!("rate:{}:{}", rpc.key(), address_key(address));
+        let tally = self.counters.increment(&key, limit.window).await?;
+        Ok(if tally.count > limit.count {
+            Err(tally.resets_in)
+        } else {
+            Ok(())
+        })
     }
 
     /// Before checking a password: the admitted attempt, or how long to wait.
     /// Failures and attempts still being checked count alike, so concurrent
-    /// guesses get no more tries than sequential ones.
+    /// guesses get no more tries than sequential ones. `email` is normalised
+    /// and bounded by the caller.
     pub async fn admit(
         &self,
         email: &str,
-        address: &str,
+        address: Option<IpAddr>,
     ) -> Result<Result<Attempt, Duration>, StoreError> {
         let keys = Keys::new(email, address);
         let account_gated = self.counters.get(&keys.known_good).await?.count == 0;
@@ -214,23 +372,27 @@ mod tests {
     use super::*;
     use trellis_store::MemoryCounters;
 
-    fn throttle() -> LoginThrottle {
+    fn ip(text: &str) -> Option<IpAddr> {
+        Some(text.parse().unwrap())
+    }
+
+    fn throttle() -> Throttle {
         let policy = ThrottlePolicy {
             pair_failures: 3,
             address_failures: 5,
             account_failures: 4,
             ..ThrottlePolicy::default()
         };
-        LoginThrottle::new(Arc::new(MemoryCounters::default()), policy)
+        Throttle::new(Arc::new(MemoryCounters::default()), policy)
     }
 
-    async fn fail(throttle: &LoginThrottle, email: &str, address: &str) -> Duration {
-        let attempt = throttle.admit(email, address).await.unwrap().unwrap();
+    async fn fail(throttle: &Throttle, email: &str, address: &str) -> Duration {
+        let attempt = throttle.admit(email, ip(address)).await.unwrap().unwrap();
         throttle.failed(attempt).await.unwrap()
     }
 
-    async fn admitted(throttle: &LoginThrottle, email: &str, address: &str) -> bool {
-        throttle.admit(email, address).await.unwrap().is_ok()
+    async fn admitted(throttle: &Throttle, email: &str, address: &str) -> bool {
+        throttle.admit(email, ip(address)).await.unwrap().is_ok()
     }
 
     #[tokio::test]
@@ -240,7 +402,7 @@ mod tests {
             fail(&throttle, "ana@x.io", "10.0.0.1").await;
         }
         let retry = throttle
-            .admit("ana@x.io", "10.0.0.1")
+            .admit("ana@x.io", ip("10.0.0.1"))
             .await
             .unwrap()
             .err()
@@ -260,7 +422,7 @@ mod tests {
     async fn the_account_cap_spares_known_good_addresses() {
         let throttle = throttle();
         let login = throttle
-            .admit("ana@x.io", "10.0.0.9")
+            .admit("ana@x.io", ip("10.0.0.9"))
             .await
             .unwrap()
             .unwrap();
@@ -283,14 +445,14 @@ mod tests {
         for _ in 0..3 {
             held.push(
                 throttle
-                    .admit("ana@x.io", "10.0.0.1")
+                    .admit("ana@x.io", ip("10.0.0.1"))
                     .await
                     .unwrap()
                     .unwrap(),
             );
         }
         let retry = throttle
-            .admit("ana@x.io", "10.0.0.1")
+            .admit("ana@x.io", ip("10.0.0.1"))
             .await
             .unwrap()
             .err()
@@ -299,7 +461,7 @@ mod tests {
         // Across addresses the account cap (4) holds the same way.
         held.push(
             throttle
-                .admit("ana@x.io", "10.0.0.2")
+                .admit("ana@x.io", ip("10.0.0.2"))
                 .await
                 .unwrap()
                 .unwrap(),
@@ -317,7 +479,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_tarpit_grows_with_failures_and_is_capped() {
-        let throttle = LoginThrottle::new(
+        let throttle = Throttle::new(
             Arc::new(MemoryCounters::default()),
             ThrottlePolicy::default(),
         );
@@ -331,5 +493,129 @@ mod tests {
             (policy.tarpit_step * 20).min(policy.tarpit_max),
             Duration::from_secs(2)
         );
+    }
+
+    #[tokio::test]
+    async fn keys_are_the_same_size_whatever_the_email() {
+        let counters = Arc::new(MemoryCounters::default());
+        let throttle = Throttle::new(counters.clone(), ThrottlePolicy::default());
+        let huge = format!("{}@example.com", "a".repeat(3 << 20));
+        for _ in 0..3 {
+            let attempt = throttle
+                .admit(&huge, ip("10.0.0.1"))
+                .await
+                .unwrap()
+                .unwrap();
+            throttle.failed(attempt).await.unwrap();
+        }
+        let usage = counters.usage();
+        assert_eq!(usage.keys, 3, "pair, address and account");
+        assert!(usage.bytes < 1024, "{usage:?}");
+    }
+
+    #[tokio::test]
+    async fn ten_thousand_failures_with_distinct_emails_stay_bounded() {
+        let counters = Arc::new(MemoryCounters::default());
+        let throttle = Throttle::new(counters.clone(), ThrottlePolicy::default());
+        let (mut refused, mut peak) = (0, counters.usage());
+        for n in 0..10_000 {
+            match throttle
+                .admit(&format!("user{n}@example.com"), ip("203.0.113.9"))
+                .await
+                .unwrap()
+            {
+                Ok(attempt) => {
+                    throttle.failed(attempt).await.unwrap();
+                }
+                Err(_) => refused += 1,
+            }
+            let usage = counters.usage();
+            if usage.bytes > peak.bytes {
+                peak = usage;
+            }
+        }
+        let policy = ThrottlePolicy::default();
+        assert_eq!(refused, 10_000 - policy.address_failures);
+        // One address key, and a pair and an account key per admitted failure.
+        assert_eq!(peak.keys as u64, 1 + 2 * policy.address_failures);
+        assert!(peak.bytes < 32 * 1024, "{peak:?}");
+        eprintln!(
+            "10 000 failed logins, distinct emails, one address: peak {} keys, {} bytes",
+            peak.keys, peak.bytes
+        );
+    }
+
+    #[tokio::test]
+    async fn an_ipv6_client_is_counted_per_64() {
+        let throttle = throttle();
+        for n in 1..=3 {
+            fail(&throttle, "ana@x.io", &format!("2001:db8:1:2::{n}")).await;
+        }
+        assert!(
+            !admitted(&throttle, "ana@x.io", "2001:db8:1:2:ffff::1").await,
+            "the same /64"
+        );
+        assert!(admitted(&throttle, "ana@x.io", "2001:db8:1:3::1").await);
+    }
+
+    #[tokio::test]
+    async fn public_rpcs_are_limited_per_address() {
+        let policy = ThrottlePolicy {
+            public_rpcs: PublicRpcLimits {
+                sign_up_rate: "3/1h".parse().unwrap(),
+                ..PublicRpcLimits::default()
+            },
+            ..ThrottlePolicy::default()
+        };
+        let throttle = Throttle::new(Arc::new(MemoryCounters::default()), policy);
+        for _ in 0..3 {
+            assert_eq!(
+                throttle
+                    .admit_call(PublicRpc::SignUp, ip("10.0.0.1"))
+                    .await
+                    .unwrap(),
+                Ok(())
+            );
+        }
+        let retry = throttle
+            .admit_call(PublicRpc::SignUp, ip("10.0.0.1"))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(retry > Duration::from_secs(3500), "{retry:?}");
+        assert_eq!(
+            throttle
+                .admit_call(PublicRpc::SignUp, ip("10.0.0.2"))
+                .await
+                .unwrap(),
+            Ok(()),
+            "another address"
+        );
+        assert_eq!(
+            throttle
+                .admit_call(PublicRpc::Refresh, ip("10.0.0.1"))
+                .await
+                .unwrap(),
+            Ok(()),
+            "another RPC"
+        );
+    }
+
+    #[test]
+    fn rate_limits_parse_and_refuse_nonsense() {
+        assert_eq!(
+            "10/1h".parse::<RateLimit>(),
+            Ok(RateLimit {
+                count: 10,
+                window: Duration::from_secs(3600)
+            })
+        );
+        assert_eq!(
+            "300/5m".parse::<RateLimit>().unwrap().window,
+            Duration::from_secs(300)
+        );
+        for bad in ["10", "0/1h", "x/1h", "10/0s", "10/1y", "10/200h", "/1h"] {
+            assert!(bad.parse::<RateLimit>().is_err(), "{bad}");
+        }
     }
 }

@@ -28,6 +28,13 @@ fn first_start_generates_a_private_key_and_later_starts_reuse_it() {
     fs::remove_dir_all(dir).unwrap();
 }
 
+/// What an operator's Secret holds: readable by its owner only.
+fn write_secret(path: &Path, bytes: &[u8]) {
+    fs::write(path, bytes).unwrap();
+    #[cfg(unix)]
+    set_mode(path, 0o600);
+}
+
 #[test]
 fn a_mounted_directory_without_keys_is_a_clear_error() {
     let dir = temp_dir();
@@ -37,12 +44,11 @@ fn a_mounted_directory_without_keys_is_a_clear_error() {
         error.to_string().starts_with("no signing keys in"),
         "{error}"
     );
-    fs::write(
-        dir.join(MANIFEST),
+    write_secret(
+        &dir.join(MANIFEST),
         br#"{"active":"k-1","published":["k-1"]}"#,
-    )
-    .unwrap();
-    fs::write(dir.join("k-1.pk8"), b"not a key").unwrap();
+    );
+    write_secret(&dir.join("k-1.pk8"), b"not a key");
     let error = KeyStore::open(&dir, false).err().unwrap();
     assert!(
         error
@@ -50,11 +56,10 @@ fn a_mounted_directory_without_keys_is_a_clear_error() {
             .contains("k-1: invalid Ed25519 PKCS#8 key"),
         "{error}"
     );
-    fs::write(
-        dir.join(MANIFEST),
+    write_secret(
+        &dir.join(MANIFEST),
         br#"{"active":"../etc/passwd","published":["../etc/passwd"]}"#,
-    )
-    .unwrap();
+    );
     let error = KeyStore::open(&dir, false).err().unwrap();
     assert!(error.to_string().contains("invalid key id"), "{error}");
     fs::remove_dir_all(dir).unwrap();
@@ -69,7 +74,7 @@ fn rotation_publishes_before_signing_and_retires_the_oldest() {
     let first = store.signing_key().kid().to_owned();
 
     // Stage: published, not yet signing.
-    let one = rotate(&dir).unwrap();
+    let one = rotate(&dir, Duration::ZERO).unwrap();
     assert_eq!(one.active, first);
     assert!(one.retired.is_empty());
     let kids = |store: &KeyStore| store.jwks().into_iter().map(|k| k.kid).collect::<Vec<_>>();
@@ -81,7 +86,7 @@ fn rotation_publishes_before_signing_and_retires_the_oldest() {
     );
 
     // Promote: the staged key signs, the old one stays published.
-    let two = rotate(&dir).unwrap();
+    let two = rotate(&dir, Duration::ZERO).unwrap();
     assert_eq!(two.active, one.staged);
     assert_eq!(
         kids(&store),
@@ -90,12 +95,139 @@ fn rotation_publishes_before_signing_and_retires_the_oldest() {
     assert_eq!(store.signing_key().kid(), one.staged);
 
     // Again: the first key is retired and its file removed.
-    let three = rotate(&dir).unwrap();
+    let three = rotate(&dir, Duration::ZERO).unwrap();
     assert_eq!(three.retired, vec![first.clone()]);
     assert_eq!(
         kids(&store),
         vec![three.staged.clone(), two.staged.clone(), one.staged.clone()]
     );
     assert!(!dir.join(format!("{first}.pk8")).exists());
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn modes_that_let_others_in_are_fixed_in_our_own_directory() {
+    let dir = temp_dir();
+    let kid = KeyStore::open(&dir, true)
+        .unwrap()
+        .signing_key()
+        .kid()
+        .to_owned();
+    let key = dir.join(format!("{kid}.pk8"));
+    // A copy by hand, a lax umask, a write interrupted before its rename.
+    let leftover = dir.join("keys.tmp");
+    fs::write(&leftover, b"half a manifest").unwrap();
+    set_mode(&leftover, 0o644);
+    set_mode(&key, 0o644);
+    set_mode(&dir.join(MANIFEST), 0o664);
+    set_mode(&dir, 0o755);
+    KeyStore::open(&dir, true).unwrap();
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&key), 0o600);
+    assert_eq!(mode(&dir.join(MANIFEST)), 0o600);
+    assert_eq!(mode(&leftover), 0o600);
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn a_mounted_directory_that_lets_others_in_is_refused() {
+    let dir = temp_dir();
+    let kid = KeyStore::open(&dir, true)
+        .unwrap()
+        .signing_key()
+        .kid()
+        .to_owned();
+    let key = dir.join(format!("{kid}.pk8"));
+    // What Kubernetes mounts with defaultMode 0440 and an fsGroup: fine.
+    set_mode(&key, 0o440);
+    set_mode(&dir.join(MANIFEST), 0o440);
+    set_mode(&dir, 0o1777);
+    KeyStore::open(&dir, false).unwrap();
+    set_mode(&key, 0o444);
+    let error = KeyStore::open(&dir, false).err().unwrap();
+    assert!(
+        matches!(error, KeyStoreError::Permissions { mode: 0o444, .. }),
+        "{error}"
+    );
+    assert_eq!(mode(&key), 0o444, "a mounted Secret is not ours to change");
+    set_mode(&key, 0o600);
+    set_mode(&dir, 0o777);
+    let error = KeyStore::open(&dir, false).err().unwrap();
+    assert!(error.to_string().contains("others may replace"), "{error}");
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn a_mounted_key_made_readable_later_is_not_reloaded() {
+    let dir = temp_dir();
+    KeyStore::open(&dir, true).unwrap();
+    let store = KeyStore::open(&dir, false)
+        .unwrap()
+        .with_recheck_interval(Duration::ZERO);
+    let first = store.signing_key().kid().to_owned();
+    rotate(&dir, Duration::ZERO).unwrap();
+    let promoted = rotate(&dir, Duration::ZERO).unwrap();
+    set_mode(&dir.join(format!("{}.pk8", promoted.staged)), 0o644);
+    assert_eq!(
+        store.signing_key().kid(),
+        first,
+        "the previous keys keep signing"
+    );
+    set_mode(&dir.join(format!("{}.pk8", promoted.staged)), 0o600);
+    assert_eq!(store.signing_key().kid(), promoted.active);
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn a_left_over_temporary_file_is_replaced_not_reused() {
+    let dir = temp_dir();
+    fs::create_dir_all(&dir).unwrap();
+    let target = dir.join("k-1.pk8");
+    let temporary = dir.join("k-1.tmp");
+    fs::write(&temporary, b"stale").unwrap();
+    set_mode(&temporary, 0o666);
+    write_private(&target, b"secret").unwrap();
+    assert_eq!(mode(&target), 0o600);
+    assert_eq!(fs::read(&target).unwrap(), b"secret");
+    assert!(!temporary.exists());
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_staged_key_is_promoted_only_after_the_jwks_refresh_gap() {
+    let dir = temp_dir();
+    KeyStore::open(&dir, true).unwrap();
+    let gap = Duration::from_secs(300);
+    let staged = rotate(&dir, gap).unwrap();
+    let error = rotate(&dir, gap).unwrap_err();
+    assert!(
+        matches!(&error, KeyStoreError::TooSoon { staged: kid, wait, .. } if *kid == staged.staged && *wait > 290),
+        "{error}"
+    );
+    assert!(error.to_string().contains("--jwks-refresh"), "{error}");
+    // Nothing changed: the staged key is still only staged.
+    let manifest = read_manifest(&dir).unwrap().unwrap();
+    assert_eq!(manifest.published[0], staged.staged);
+    assert_eq!(manifest.active, staged.active);
+    // A manifest from before staging times were kept does not block.
+    write_manifest(
+        &dir,
+        &Manifest {
+            staged_at: None,
+            ..manifest
+        },
+    )
+    .unwrap();
+    assert_eq!(rotate(&dir, gap).unwrap().active, staged.staged);
     fs::remove_dir_all(dir).unwrap();
 }

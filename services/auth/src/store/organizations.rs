@@ -66,7 +66,8 @@ pub enum MemberOutcome {
 #[derive(Debug)]
 pub enum InviteOutcome {
     Created(InvitationRow),
-    UserExists,
+    /// A member of this organization already has the email.
+    MemberExists,
     PendingExists,
     SeatsExhausted,
 }
@@ -224,12 +225,16 @@ impl AuthStore {
         with_pool!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
             sqlx::query(LOCK_ORG).bind(&invitation.org_id).execute(&mut *tx).await?;
-            let existing: Option<String> = sqlx::query_scalar("SELECT id FROM auth_users WHERE email = $1")
-                .bind(&invitation.email)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if existing.is_some() {
-                return Ok(InviteOutcome::UserExists);
+            // Only this organization's members: whether the email is
+            // registered elsewhere is none of the inviting admin's business.
+            let member: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM auth_users WHERE org_id = $1 AND email = $2",
+            )
+            .bind(&invitation.org_id).bind(&invitation.email)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if member.is_some() {
+                return Ok(InviteOutcome::MemberExists);
             }
             let pending: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM auth_invitations WHERE org_id = $1 AND email = $2 AND status = 'pending' AND expires_at > $3",
@@ -316,21 +321,22 @@ impl AuthStore {
         })
     }
 
-    /// Whether `token_hash` names a pending, unexpired invitation: checked
-    /// before the costly password hash, so bogus tokens cost a lookup.
-    pub async fn invitation_is_pending(
+    /// The email of the pending, unexpired invitation `token_hash` names:
+    /// looked up before the costly password hash, so bogus tokens (and
+    /// emails already registered) cost a lookup.
+    pub async fn pending_invitation_email(
         &self,
         token_hash: &str,
         now: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<String>, StoreError> {
         with_pool!(&self.db, pool => {
-            let found: Option<String> = sqlx::query_scalar(
-                "SELECT id FROM auth_invitations WHERE token_hash = $1 AND status = 'pending' AND expires_at > $2",
+            let email: Option<String> = sqlx::query_scalar(
+                "SELECT email FROM auth_invitations WHERE token_hash = $1 AND status = 'pending' AND expires_at > $2",
             )
             .bind(token_hash).bind(now)
             .fetch_optional(pool)
             .await?;
-            Ok(found.is_some())
+            Ok(email)
         })
     }
 

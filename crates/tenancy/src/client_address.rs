@@ -1,0 +1,290 @@
+//! The client's address as throttles and audit logs should see it. Behind a
+//! gateway or an ingress every call arrives from the proxy, so the address a
+//! trusted proxy forwards in `x-forwarded-for` is used instead; a header from
+//! anyone else is ignored, since a client can write whatever it likes there.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use http::HeaderMap;
+
+/// Set by proxies: `client, proxy1, proxy2` (each hop appends its peer).
+pub const FORWARDED_FOR_HEADER: &str = "x-forwarded-for";
+static FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static(FORWARDED_FOR_HEADER);
+
+/// Entries of `x-forwarded-for` examined at most; a longer chain is cut,
+/// so a hostile header costs bounded work.
+const MAX_HOPS: usize = 16;
+
+/// An address block, e.g. `10.0.0.0/8` or `fd00::/8`; a bare address is a
+/// block of one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, address: IpAddr) -> bool {
+        match (self.network, canonical(address)) {
+            (IpAddr::V4(network), IpAddr::V4(address)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(network) & mask == u32::from(address) & mask
+            }
+            (IpAddr::V6(network), IpAddr::V6(address)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(network) & mask == u128::from(address) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let (address, prefix) = match text.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text, None),
+        };
+        let network = canonical(
+            address
+                .parse::<IpAddr>()
+                .map_err(|_| format!("{text:?} is not an address or CIDR block"))?,
+        );
+        let most = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => most,
+            Some(prefix) => prefix
+                .parse::<u8>()
+                .ok()
+                .filter(|prefix| *prefix <= most)
+                .ok_or_else(|| format!("{text:?}: the prefix length must be 0..={most}"))?,
+        };
+        Ok(Cidr { network, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`, what a dual-stack socket
+/// reports) are the IPv4 address they carry.
+pub fn canonical(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The block a rate limit counts as one client: an IPv4 address, or an IPv6
+/// /64 (one subscriber usually holds a whole /64, so per-address counting
+/// would give them 2^64 tries).
+pub fn rate_limit_key(address: IpAddr) -> String {
+    match canonical(address) {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let network = Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64));
+            format!("{network}/64")
+        }
+    }
+}
+
+/// Peers whose `x-forwarded-for` is believed (`--trusted-proxies`).
+/// Empty by default: then the TCP peer is the client.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustedProxies {
+    blocks: Arc<[Cidr]>,
+}
+
+impl TrustedProxies {
+    /// A comma-separated list of addresses and CIDR blocks; empty is none.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let blocks = text
+            .split(',')
+            .map(str::trim)
+            .filter(|block| !block.is_empty())
+            .map(Cidr::from_str)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TrustedProxies {
+            blocks: blocks.into(),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+
+    pub fn trusts(&self, address: IpAddr) -> bool {
+        self.blocks.iter().any(|block| block.contains(address))
+    }
+
+    /// The client behind `peer`: the peer itself unless it is a trusted
+    /// proxy; then the nearest address in `x-forwarded-for` that is not a
+    /// trusted proxy (the entries left of it could have been written by the
+    /// client). A malformed header is ignored rather than half-believed.
+    pub fn client_address(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let peer = canonical(peer);
+        if !self.trusts(peer) {
+            return peer;
+        }
+        let mut hops = Vec::new();
+        for value in headers.get_all(&FORWARDED_FOR) {
+            let Ok(value) = value.to_str() else {
+                return peer;
+            };
+            for hop in value.split(',') {
+                let Ok(address) = hop.trim().parse::<IpAddr>() else {
+                    return peer;
+                };
+                hops.push(canonical(address));
+            }
+        }
+        let mut client = peer;
+        for &hop in hops.iter().rev().take(MAX_HOPS) {
+            client = hop;
+            if !self.trusts(hop) {
+                break;
+            }
+        }
+        client
+    }
+}
+
+impl fmt::Display for TrustedProxies {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let blocks: Vec<String> = self.blocks.iter().map(Cidr::to_string).collect();
+        f.write_str(&blocks.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    fn forwarded(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(FORWARDED_FOR_HEADER, value.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn blocks_parse_and_contain() {
+        let proxies = TrustedProxies::parse("10.0.0.0/8, 192.168.1.7 ,fd00::/8").unwrap();
+        assert!(proxies.trusts(ip("10.200.3.4")));
+        assert!(proxies.trusts(ip("::ffff:10.1.1.1")), "mapped IPv4");
+        assert!(proxies.trusts(ip("192.168.1.7")));
+        assert!(!proxies.trusts(ip("192.168.1.8")));
+        assert!(proxies.trusts(ip("fd12::1")));
+        assert!(!proxies.trusts(ip("fe80::1")));
+        assert!(!proxies.trusts(ip("11.0.0.1")));
+        assert!(TrustedProxies::parse("").unwrap().is_empty());
+        assert!(
+            TrustedProxies::parse("0.0.0.0/0")
+                .unwrap()
+                .trusts(ip("8.8.8.8"))
+        );
+        assert!(
+            !TrustedProxies::parse("0.0.0.0/0")
+                .unwrap()
+                .trusts(ip("::2"))
+        );
+        for bad in [
+            "10.0.0.0/33",
+            "fd00::/129",
+            "proxy.local",
+            "10.0.0.0/x",
+            "10.0.0/8",
+        ] {
+            assert!(TrustedProxies::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(proxies.to_string(), "10.0.0.0/8,192.168.1.7/32,fd00::/8");
+    }
+
+    #[test]
+    fn the_header_counts_only_from_a_trusted_peer() {
+        let proxies = TrustedProxies::parse("10.0.0.0/8").unwrap();
+        let headers = forwarded("203.0.113.9");
+        assert_eq!(
+            proxies.client_address(ip("198.51.100.1"), &headers),
+            ip("198.51.100.1")
+        );
+        assert_eq!(
+            proxies.client_address(ip("10.0.0.5"), &headers),
+            ip("203.0.113.9")
+        );
+        let none = TrustedProxies::default();
+        assert_eq!(
+            none.client_address(ip("10.0.0.5"), &headers),
+            ip("10.0.0.5")
+        );
+        assert_eq!(
+            proxies.client_address(ip("10.0.0.5"), &HeaderMap::new()),
+            ip("10.0.0.5"),
+            "no header: the proxy itself"
+        );
+    }
+
+    #[test]
+    fn the_nearest_untrusted_hop_is_the_client() {
+        let proxies = TrustedProxies::parse("10.0.0.0/8").unwrap();
+        // The client wrote "1.2.3.4" itself; the ingress appended its peer.
+        let headers = forwarded("1.2.3.4, 203.0.113.9, 10.0.0.7");
+        assert_eq!(
+            proxies.client_address(ip("10.0.0.5"), &headers),
+            ip("203.0.113.9")
+        );
+        let mut two = forwarded("1.2.3.4");
+        two.append(FORWARDED_FOR_HEADER, "203.0.113.9".parse().unwrap());
+        assert_eq!(
+            proxies.client_address(ip("10.0.0.5"), &two),
+            ip("203.0.113.9")
+        );
+        // Every hop trusted: the farthest one.
+        let internal = forwarded("10.1.1.1, 10.0.0.7");
+        assert_eq!(
+            proxies.client_address(ip("10.0.0.5"), &internal),
+            ip("10.1.1.1")
+        );
+        for garbage in ["not-an-ip", "1.2.3.4, ", "1.2.3.4:80", ""] {
+            assert_eq!(
+                proxies.client_address(ip("10.0.0.5"), &forwarded(garbage)),
+                ip("10.0.0.5"),
+                "{garbage:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ipv6_clients_are_limited_per_64() {
+        assert_eq!(rate_limit_key(ip("203.0.113.9")), "203.0.113.9");
+        assert_eq!(rate_limit_key(ip("::ffff:203.0.113.9")), "203.0.113.9");
+        assert_eq!(
+            rate_limit_key(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(
+            rate_limit_key(ip("2001:db8:1:2::1")),
+            rate_limit_key(ip("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(
+            rate_limit_key(ip("2001:db8:1:2::1")),
+            rate_limit_key(ip("2001:db8:1:3::1"))
+        );
+    }
+}

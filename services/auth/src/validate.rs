@@ -1,0 +1,159 @@
+//! Bounds and shapes of everything a request brings, checked before any of
+//! it reaches a throttle key, the database, a hash or a log line. A
+//! violation names its field (`INVALID_ARGUMENT` with `BadRequest`).
+
+use tonic_types::FieldViolation;
+
+/// RFC 5321's limit on a forward path.
+pub const MAX_EMAIL_BYTES: usize = 254;
+/// Names of people and organizations.
+pub const MAX_NAME_CHARS: usize = 200;
+/// Refresh and invitation tokens are 43 characters; anything much longer is
+/// not one of ours.
+pub const MAX_OPAQUE_TOKEN_BYTES: usize = 256;
+/// Page tokens encode a timestamp and an id.
+pub const MAX_PAGE_TOKEN_BYTES: usize = 512;
+/// User agents are kept with sessions and audit events, cut to this.
+pub const MAX_USER_AGENT_BYTES: usize = 256;
+
+/// The email as stored: trimmed and lower-cased, at most 254 bytes. The
+/// length is checked before anything is copied.
+pub fn email(field: &str, raw: &str) -> Result<String, FieldViolation> {
+    let trimmed = raw.trim();
+    if trimmed.len() > MAX_EMAIL_BYTES {
+        return Err(FieldViolation::new(
+            field,
+            "must be at most 254 bytes (RFC 5321)",
+        ));
+    }
+    let email = trimmed.to_lowercase();
+    let plausible = email.len() <= MAX_EMAIL_BYTES
+        && !email.contains(|c: char| c.is_whitespace() || c.is_control())
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        });
+    if plausible {
+        Ok(email)
+    } else {
+        Err(FieldViolation::new(field, "must be an email address"))
+    }
+}
+
+/// An email to look an account up by (Login): only bounded and normalised,
+/// so a malformed one is simply unknown.
+pub fn login_email(field: &str, raw: &str) -> Result<String, FieldViolation> {
+    let trimmed = raw.trim();
+    if trimmed.len() > MAX_EMAIL_BYTES {
+        return Err(FieldViolation::new(
+            field,
+            "must be at most 254 bytes (RFC 5321)",
+        ));
+    }
+    Ok(trimmed.to_lowercase())
+}
+
+/// A person's or organization's name: trimmed, 1..=200 characters, no
+/// control characters (they would forge lines wherever a name is shown).
+pub fn name(field: &str, raw: &str) -> Result<String, FieldViolation> {
+    // Bytes first: counting characters of a huge string is work too.
+    if raw.len() > 4 * MAX_NAME_CHARS + 64 {
+        return Err(FieldViolation::new(field, "must be at most 200 characters"));
+    }
+    let value = raw.trim();
+    if value.is_empty() {
+        Err(FieldViolation::new(field, "must not be empty"))
+    } else if value.chars().count() > MAX_NAME_CHARS {
+        Err(FieldViolation::new(field, "must be at most 200 characters"))
+    } else if value.chars().any(char::is_control) {
+        Err(FieldViolation::new(
+            field,
+            "must not contain control characters",
+        ))
+    } else {
+        Ok(value.to_owned())
+    }
+}
+
+/// A refresh or invitation token: bounded before it is hashed or looked up.
+pub fn opaque_token(field: &str, raw: &str) -> Result<(), FieldViolation> {
+    if raw.len() > MAX_OPAQUE_TOKEN_BYTES {
+        Err(FieldViolation::new(field, "must be at most 256 bytes"))
+    } else {
+        Ok(())
+    }
+}
+
+/// Printable ASCII only, at most 256 bytes: it is stored with the session
+/// and written to audit logs, where a newline could forge an entry.
+pub fn user_agent(raw: &str) -> String {
+    raw.chars()
+        .take(MAX_USER_AGENT_BYTES)
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_normalised_checked_and_bounded() {
+        assert_eq!(
+            email("email", "  Ana@Example.COM ").unwrap(),
+            "ana@example.com"
+        );
+        for bad in [
+            "",
+            "ana",
+            "ana@",
+            "@example.com",
+            "ana@example",
+            "a na@example.com",
+            "ana@example.com\u{0}",
+        ] {
+            assert!(email("email", bad).is_err(), "{bad:?}");
+        }
+        let longest = format!("{}@example.com", "a".repeat(254 - 12));
+        assert_eq!(longest.len(), 254);
+        assert!(email("email", &longest).is_ok());
+        let too_long = format!("a{longest}");
+        let violation = email("email", &too_long).unwrap_err();
+        assert_eq!(violation.field, "email");
+        assert!(violation.description.contains("254"));
+        assert!(login_email("email", &"x".repeat(3 << 20)).is_err());
+        assert_eq!(login_email("email", " X@Y ").unwrap(), "x@y");
+    }
+
+    #[test]
+    fn names_are_trimmed_bounded_and_printable() {
+        assert_eq!(name("name", "  Ana ").unwrap(), "Ana");
+        assert!(name("name", &"é".repeat(200)).is_ok());
+        assert!(name("name", &"é".repeat(201)).is_err());
+        assert!(name("name", &"x".repeat(1 << 20)).is_err());
+        assert!(name("name", " ").is_err());
+        assert!(name("name", "Ana\nadmin=true").is_err());
+    }
+
+    #[test]
+    fn user_agents_lose_control_characters_and_length() {
+        assert_eq!(user_agent("grpc-go/1.60"), "grpc-go/1.60");
+        assert_eq!(user_agent("a\nb\u{1b}[31m"), "a?b?[31m");
+        assert_eq!(user_agent(&"x".repeat(5000)).len(), 256);
+        assert_eq!(user_agent("ñ"), "?");
+    }
+
+    #[test]
+    fn opaque_tokens_are_bounded() {
+        assert!(opaque_token("token", &"x".repeat(256)).is_ok());
+        assert!(opaque_token("token", &"x".repeat(257)).is_err());
+    }
+}
