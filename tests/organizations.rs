@@ -293,12 +293,13 @@ async fn roles_and_tenancy(extra: &[&str]) {
     // Another organization's ids are indistinguishable from unknown ones.
     let t = &a.admin.token;
     let unknown = uuid::Uuid::new_v4().to_string();
+    // Each would be visible had it worked: a promotion, a suspension, a removal.
     for target in [&b.viewer.user_id, &unknown] {
         let answers = [
             orgs.update_user_role(authed(
                 pb::UpdateUserRoleRequest {
                     user_id: target.clone(),
-                    role: pb::Role::Viewer as i32,
+                    role: pb::Role::Admin as i32,
                 },
                 t,
             ))
@@ -351,19 +352,48 @@ async fn roles_and_tenancy(extra: &[&str]) {
             (Code::NotFound, format!("invitation not found: {target}"))
         );
     }
-    // Beta is untouched.
-    let beta_viewer = orgs
+    // Beta is untouched: all three members, each active in its own role.
+    let beta_org = orgs
+        .get_organization(authed(pb::GetOrganizationRequest {}, &b.admin.token))
+        .await
+        .unwrap()
+        .into_inner()
+        .organization
+        .unwrap();
+    let mut beta: Vec<(String, i32, i32, String)> = orgs
         .list_users(authed(pb::ListUsersRequest::default(), &b.admin.token))
         .await
         .unwrap()
         .into_inner()
-        .users;
-    assert!(
-        beta_viewer
-            .iter()
-            .all(|u| u.status == pb::UserStatus::Active as i32
-                && u.organization_id == beta_viewer[0].organization_id)
-    );
+        .users
+        .into_iter()
+        .map(|u| (u.user_id, u.role, u.status, u.organization_id))
+        .collect();
+    beta.sort();
+    let active = pb::UserStatus::Active as i32;
+    let mut expected = vec![
+        (
+            b.admin.user_id.clone(),
+            pb::Role::Admin as i32,
+            active,
+            beta_org.organization_id.clone(),
+        ),
+        (
+            b.developer.user_id.clone(),
+            pb::Role::Developer as i32,
+            active,
+            beta_org.organization_id.clone(),
+        ),
+        (
+            b.viewer.user_id.clone(),
+            pb::Role::Viewer as i32,
+            active,
+            beta_org.organization_id.clone(),
+        ),
+    ];
+    expected.sort();
+    assert_eq!(beta, expected);
+    assert_eq!(beta_org.name, "Beta");
 
     // The last active admin cannot demote, suspend or remove themself.
     for answer in [

@@ -1,5 +1,6 @@
 //! Every hostile token is refused with UNAUTHENTICATED before the handler
-//! runs, and the valid control token keeps working after each one.
+//! runs, for the reason expected (so a case cannot pass for the wrong one),
+//! and the valid control token keeps working after each one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,8 +14,9 @@ use hmac::Mac;
 use serde_json::{Value, json};
 use tower::{Layer, Service, ServiceExt};
 use trellis_tenancy::{
-    AccessClaims, AuthLayer, JwksCache, PublicMethods, Role, SessionCheck, SessionGuard,
-    SessionState, SigningKey, StaticJwks, TenantContext, TokenVerifier, VerifierConfig,
+    AccessClaims, AuthError, AuthLayer, JwksCache, JwksError, JwksSource, PublicMethods,
+    RequestContextLayer, Role, SessionCheck, SessionGuard, SessionState, SigningKey, StaticJwks,
+    TenantContext, TokenVerifier, VerifierConfig,
 };
 
 const ISSUER: &str = "https://auth.trellis.test";
@@ -95,26 +97,38 @@ fn without(mut value: Value, key: &str) -> Value {
     value
 }
 
+/// The peer every harness call comes from, as tonic's transport reports it.
+const PEER: &str = "198.51.100.7:50000";
+
+type Handler = tower::util::BoxCloneService<
+    http::Request<()>,
+    http::Response<String>,
+    std::convert::Infallible,
+>;
+
 struct Harness {
-    service: trellis_tenancy::Authenticate<
-        tower::util::BoxCloneService<
-            http::Request<()>,
-            http::Response<String>,
-            std::convert::Infallible,
-        >,
-    >,
+    service: trellis_tenancy::RequestContext<trellis_tenancy::Authenticate<Handler>>,
     handler_calls: Arc<AtomicUsize>,
     jwks_source: Arc<StaticJwks>,
     jwks: Arc<JwksCache>,
+    verifier: Arc<TokenVerifier>,
 }
 
 impl Harness {
     async fn new(published: &[&SigningKey]) -> Self {
-        Self::guarded(published, None).await
+        Self::build(published, 30, None).await
     }
 
     /// With `sessions`, every call's login session is also checked.
     async fn guarded(published: &[&SigningKey], sessions: Option<Arc<SessionGuard>>) -> Self {
+        Self::build(published, 30, sessions).await
+    }
+
+    async fn build(
+        published: &[&SigningKey],
+        leeway_secs: u64,
+        sessions: Option<Arc<SessionGuard>>,
+    ) -> Self {
         let jwks_source = Arc::new(StaticJwks::new(
             published.iter().map(|k| k.public_jwk()).collect(),
         ));
@@ -126,7 +140,7 @@ impl Harness {
             VerifierConfig {
                 issuer: ISSUER.into(),
                 audience: AUDIENCE.into(),
-                leeway_secs: 30,
+                leeway_secs,
                 max_lifetime_secs: 3600,
                 cache_capacity: 1000,
             },
@@ -155,14 +169,16 @@ impl Harness {
             }
         });
         let public = PublicMethods::standard().with_method("/trellis.auth.v1.AuthService/Login");
-        let service = AuthLayer::new(verifier, public)
+        let authenticate = AuthLayer::new(verifier.clone(), public)
             .with_session_guard(sessions)
             .layer(tower::util::BoxCloneService::new(handler));
+        let service = RequestContextLayer::default().layer(authenticate);
         Harness {
             service,
             handler_calls,
             jwks_source,
             jwks,
+            verifier,
         }
     }
 
@@ -171,12 +187,19 @@ impl Harness {
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
+        let mut request = builder.body(()).unwrap();
+        request
+            .extensions_mut()
+            .insert(tonic::transport::server::TcpConnectInfo {
+                local_addr: None,
+                remote_addr: Some(PEER.parse().unwrap()),
+            });
         let response = self
             .service
             .ready()
             .await
             .unwrap()
-            .call(builder.body(()).unwrap())
+            .call(request)
             .await
             .unwrap();
         let code = response.headers()["grpc-status"]
@@ -199,9 +222,48 @@ impl Harness {
     fn calls(&self) -> usize {
         self.handler_calls.load(Ordering::SeqCst)
     }
+
+    /// Why the verifier refuses `token`.
+    async fn refusal(&self, token: &str) -> &'static str {
+        match self.verifier.verify(token).await {
+            Ok(tenant) => panic!("accepted: {tenant:?}"),
+            Err(error) => error.reason(),
+        }
+    }
 }
 
 const UNAUTHENTICATED: i32 = tonic::Code::Unauthenticated as i32;
+
+/// `signature` with its scalar S raised by the group order L: the same
+/// signature to a lax verifier, a second cache key to a lax cache.
+fn malleated(signature: &[u8]) -> Vec<u8> {
+    const L: [u8; 32] = [
+        0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde,
+        0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+    ];
+    let mut out = signature.to_vec();
+    let mut carry = 0u16;
+    for (byte, l) in out[32..].iter_mut().zip(L) {
+        let sum = u16::from(*byte) + u16::from(l) + carry;
+        *byte = sum as u8;
+        carry = sum >> 8;
+    }
+    out
+}
+
+/// The same bytes in base64url with the unused low bits of the last
+/// character set: a lax decoder reads it as the original.
+fn non_canonical(part: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let unused_bits = (part.len() * 6) % 8;
+    assert!(unused_bits > 0, "{part} has no spare bits");
+    let last = *part.as_bytes().last().unwrap();
+    let index = ALPHABET.iter().position(|&c| c == last).unwrap();
+    let mut out = part[..part.len() - 1].to_owned();
+    out.push(ALPHABET[index | 1] as char);
+    assert_ne!(out, part);
+    out
+}
 
 #[tokio::test]
 async fn hostile_tokens_never_reach_the_handler() {
@@ -239,23 +301,29 @@ async fn hostile_tokens_never_reach_the_handler() {
         &with(claims(), "pad", json!("x".repeat(9000))),
         &key,
     );
+    let at = |offset: i64| json!(now() + offset);
 
-    let hostile: Vec<(&str, String)> = vec![
+    // (name, token, why it must be refused)
+    let hostile: Vec<(&str, String, &str)> = vec![
         (
             "alg none",
             unsigned(&with(header("key-a"), "alg", json!("none")), &claims(), b""),
+            "malformed",
         ),
         (
             "alg None",
             unsigned(&with(header("key-a"), "alg", json!("None")), &claims(), b""),
+            "malformed",
         ),
         (
             "alg NONE",
             unsigned(&with(header("key-a"), "alg", json!("NONE")), &claims(), b""),
+            "malformed",
         ),
         (
             "alg nOnE",
             unsigned(&with(header("key-a"), "alg", json!("nOnE")), &claims(), b""),
+            "malformed",
         ),
         (
             "alg none with a real signature",
@@ -263,18 +331,22 @@ async fn hostile_tokens_never_reach_the_handler() {
                 "{}.{valid_payload}.{valid_signature}",
                 b64(&with(header("key-a"), "alg", json!("none")))
             ),
+            "malformed",
         ),
         (
             "HS256 keyed with the raw public key",
             hmac_token("HS256", &public_x, "key-a"),
+            "algorithm_not_allowed",
         ),
         (
             "HS256 keyed with the base64 public key",
             hmac_token("HS256", key.public_jwk().x.as_bytes(), "key-a"),
+            "algorithm_not_allowed",
         ),
         (
             "HS512 keyed with the public key",
             hmac_token("HS512", &public_x, "key-a"),
+            "algorithm_not_allowed",
         ),
         (
             "RS256 with garbage signature",
@@ -283,6 +355,7 @@ async fn hostile_tokens_never_reach_the_handler() {
                 &claims(),
                 &[7u8; 256],
             ),
+            "algorithm_not_allowed",
         ),
         (
             "ES256 zero signature",
@@ -291,14 +364,17 @@ async fn hostile_tokens_never_reach_the_handler() {
                 &claims(),
                 &[0u8; 64],
             ),
+            "algorithm_not_allowed",
         ),
         (
             "EdDSA zero signature",
             unsigned(&header("key-a"), &claims(), &[0u8; 64]),
+            "bad_signature",
         ),
         (
             "empty signature",
             format!("{valid_header}.{valid_payload}."),
+            "bad_signature",
         ),
         (
             "truncated signature",
@@ -306,57 +382,113 @@ async fn hostile_tokens_never_reach_the_handler() {
                 "{valid_header}.{valid_payload}.{}",
                 &valid_signature[..valid_signature.len() - 10]
             ),
+            "bad_signature",
         ),
         (
             "bit-flipped signature",
             format!("{valid_header}.{valid_payload}.{}", B64.encode(&flipped)),
+            "bad_signature",
+        ),
+        (
+            "malleated signature (S + L)",
+            format!(
+                "{valid_header}.{valid_payload}.{}",
+                B64.encode(malleated(&B64.decode(&valid_signature).unwrap()))
+            ),
+            "bad_signature",
+        ),
+        (
+            "non-canonical base64 signature",
+            format!(
+                "{valid_header}.{valid_payload}.{}",
+                non_canonical(&valid_signature)
+            ),
+            "malformed",
         ),
         (
             "payload swapped under a valid signature",
             format!("{valid_header}.{admin_payload}.{valid_signature}"),
+            "bad_signature",
         ),
         (
             "signed by an unpublished key reusing the kid",
             signed(&header("key-a"), &claims(), &attacker),
+            "bad_signature",
         ),
-        ("two parts", format!("{valid_header}.{valid_payload}")),
-        ("four parts", format!("{valid}.{valid_signature}")),
-        ("one part", valid_header.clone()),
+        (
+            "two parts",
+            format!("{valid_header}.{valid_payload}"),
+            "malformed",
+        ),
+        (
+            "four parts",
+            format!("{valid}.{valid_signature}"),
+            "malformed",
+        ),
+        (
+            "five parts (JWE)",
+            format!(
+                "{}.{}.{}.{}.{}",
+                b64(&json!({"alg": "dir", "enc": "A256GCM", "typ": "at+jwt", "kid": "key-a"})),
+                "",
+                B64.encode([1u8; 12]),
+                valid_payload,
+                B64.encode([2u8; 16])
+            ),
+            "malformed",
+        ),
+        ("one part", valid_header.clone(), "malformed"),
         (
             "bad base64 header",
             format!("!!!{valid_header}.{valid_payload}.{valid_signature}"),
+            "malformed",
         ),
         (
             "bad base64 payload",
             format!("{valid_header}.%%{valid_payload}.{valid_signature}"),
+            "bad_signature",
         ),
         (
             "header not JSON",
             signed_raw(&B64.encode("not json"), &valid_payload, &key),
+            "malformed",
         ),
         (
             "payload not JSON",
             signed_raw(&valid_header, &B64.encode("not json"), &key),
+            "invalid_claims",
         ),
         (
             "missing kid",
             signed(&without(header("key-a"), "kid"), &claims(), &key),
+            "bad_kid",
         ),
         (
             "unknown kid",
             signed(&header("key-unknown"), &claims(), &attacker),
+            "unknown_key",
         ),
         (
             "path traversal kid",
             signed(&header("../../../../etc/passwd"), &claims(), &key),
+            "bad_kid",
         ),
         (
             "SQL injection kid",
             signed(&header("key-a' OR '1'='1"), &claims(), &key),
+            "bad_kid",
         ),
-        ("NUL in kid", signed(&header("key-a\u{0}"), &claims(), &key)),
-        ("empty kid", signed(&header(""), &claims(), &key)),
-        ("1000-byte kid", signed(&header(&long_kid), &claims(), &key)),
+        (
+            "NUL in kid",
+            signed(&header("key-a\u{0}"), &claims(), &key),
+            "bad_kid",
+        ),
+        ("empty kid", signed(&header(""), &claims(), &key), "bad_kid"),
+        (
+            "1000-byte kid",
+            signed(&header(&long_kid), &claims(), &key),
+            "bad_kid",
+        ),
         (
             "embedded jwk",
             signed(
@@ -364,6 +496,7 @@ async fn hostile_tokens_never_reach_the_handler() {
                 &claims(),
                 &attacker,
             ),
+            "forbidden_header",
         ),
         (
             "jku",
@@ -372,6 +505,7 @@ async fn hostile_tokens_never_reach_the_handler() {
                 &claims(),
                 &key,
             ),
+            "forbidden_header",
         ),
         (
             "x5u",
@@ -380,6 +514,34 @@ async fn hostile_tokens_never_reach_the_handler() {
                 &claims(),
                 &key,
             ),
+            "forbidden_header",
+        ),
+        (
+            "x5c",
+            signed(
+                &with(header("key-a"), "x5c", json!(["MIIBszCCAVmgAwIBAgIU"])),
+                &claims(),
+                &key,
+            ),
+            "forbidden_header",
+        ),
+        (
+            "x5t",
+            signed(
+                &with(header("key-a"), "x5t", json!("dGh1bWJwcmludA")),
+                &claims(),
+                &key,
+            ),
+            "forbidden_header",
+        ),
+        (
+            "x5t#S256",
+            signed(
+                &with(header("key-a"), "x5t#S256", json!("dGh1bWJwcmludA")),
+                &claims(),
+                &key,
+            ),
+            "forbidden_header",
         ),
         (
             "crit",
@@ -388,30 +550,60 @@ async fn hostile_tokens_never_reach_the_handler() {
                 &claims(),
                 &key,
             ),
+            "forbidden_header",
+        ),
+        (
+            "cty JWT (a nested token)",
+            signed(&with(header("key-a"), "cty", json!("JWT")), &claims(), &key),
+            "forbidden_header",
+        ),
+        (
+            "enc in a JWS header",
+            signed(
+                &with(header("key-a"), "enc", json!("A256GCM")),
+                &claims(),
+                &key,
+            ),
+            "forbidden_header",
         ),
         (
             "expired",
-            signed(
-                &header("key-a"),
-                &with(claims(), "exp", json!(now() - 3600)),
-                &key,
-            ),
+            signed(&header("key-a"), &with(claims(), "exp", at(-3600)), &key),
+            "expired",
         ),
         (
             "expired beyond leeway",
-            signed(
-                &header("key-a"),
-                &with(claims(), "exp", json!(now() - 45)),
-                &key,
-            ),
+            signed(&header("key-a"), &with(claims(), "exp", at(-45)), &key),
+            "expired",
         ),
         (
             "not yet valid",
+            signed(&header("key-a"), &with(claims(), "nbf", at(3600)), &key),
+            "not_yet_valid",
+        ),
+        (
+            "issued in the future",
+            signed(&header("key-a"), &with(claims(), "iat", at(3600)), &key),
+            "issued_in_future",
+        ),
+        (
+            "lifetime longer than the maximum",
+            signed(&header("key-a"), &with(claims(), "exp", at(7200)), &key),
+            "lifetime_too_long",
+        ),
+        (
+            "issued long ago, valid for long",
             signed(
                 &header("key-a"),
-                &with(claims(), "nbf", json!(now() + 3600)),
+                &with(with(claims(), "iat", at(-86_400)), "nbf", at(-86_400)),
                 &key,
             ),
+            "lifetime_too_long",
+        ),
+        (
+            "missing iat",
+            signed(&header("key-a"), &without(claims(), "iat"), &key),
+            "invalid_claims",
         ),
         (
             "exp as string",
@@ -420,6 +612,7 @@ async fn hostile_tokens_never_reach_the_handler() {
                 &with(claims(), "exp", json!((now() + 600).to_string())),
                 &key,
             ),
+            "invalid_claims",
         ),
         (
             "nbf as string",
@@ -428,14 +621,17 @@ async fn hostile_tokens_never_reach_the_handler() {
                 &with(claims(), "nbf", json!((now() - 5).to_string())),
                 &key,
             ),
+            "invalid_claims",
         ),
         (
             "missing exp",
             signed(&header("key-a"), &without(claims(), "exp"), &key),
+            "invalid_claims",
         ),
         (
             "missing nbf",
             signed(&header("key-a"), &without(claims(), "nbf"), &key),
+            "invalid_claims",
         ),
         (
             "wrong iss",
@@ -444,10 +640,12 @@ async fn hostile_tokens_never_reach_the_handler() {
                 &with(claims(), "iss", json!("https://evil.test")),
                 &key,
             ),
+            "wrong_issuer",
         ),
         (
             "missing iss",
             signed(&header("key-a"), &without(claims(), "iss"), &key),
+            "invalid_claims",
         ),
         (
             "wrong aud",
@@ -456,18 +654,41 @@ async fn hostile_tokens_never_reach_the_handler() {
                 &with(claims(), "aud", json!("someone-else")),
                 &key,
             ),
+            "wrong_audience",
+        ),
+        // Our tokens carry one audience; typed claims refuse any array.
+        (
+            "aud as an array naming us among others",
+            signed(
+                &header("key-a"),
+                &with(claims(), "aud", json!([AUDIENCE, "someone-else"])),
+                &key,
+            ),
+            "invalid_claims",
+        ),
+        (
+            "aud as an array of others",
+            signed(
+                &header("key-a"),
+                &with(claims(), "aud", json!(["someone-else"])),
+                &key,
+            ),
+            "invalid_claims",
         ),
         (
             "missing aud",
             signed(&header("key-a"), &without(claims(), "aud"), &key),
+            "invalid_claims",
         ),
         (
             "missing typ",
             signed(&without(header("key-a"), "typ"), &claims(), &key),
+            "wrong_type",
         ),
         (
             "typ JWT",
             signed(&with(header("key-a"), "typ", json!("JWT")), &claims(), &key),
+            "wrong_type",
         ),
         (
             "typ refresh",
@@ -476,6 +697,7 @@ async fn hostile_tokens_never_reach_the_handler() {
                 &claims(),
                 &key,
             ),
+            "wrong_type",
         ),
         (
             "sub not a uuid",
@@ -484,10 +706,12 @@ async fn hostile_tokens_never_reach_the_handler() {
                 &with(claims(), "sub", json!("admin")),
                 &key,
             ),
+            "invalid_claims",
         ),
         (
             "missing org",
             signed(&header("key-a"), &without(claims(), "org"), &key),
+            "invalid_claims",
         ),
         (
             "unknown role",
@@ -496,20 +720,28 @@ async fn hostile_tokens_never_reach_the_handler() {
                 &with(claims(), "role", json!("superadmin")),
                 &key,
             ),
+            "invalid_claims",
         ),
-        ("oversized token", oversized),
-        ("retired key", retired_token.clone()),
+        ("oversized token", oversized, "too_large"),
+        ("retired key", retired_token.clone(), "unknown_key"),
     ];
     assert!(
-        hostile.len() >= 40,
-        "the suite must keep at least 40 hostile tokens"
+        hostile.len() >= 60,
+        "the suite must keep at least 60 hostile tokens"
     );
 
     let mut handled = harness.calls();
-    for (name, token) in &hostile {
+    let mut wrong_reasons = Vec::new();
+    for (name, token, reason) in &hostile {
         let code = harness.call(&format!("Bearer {token}")).await;
         assert_eq!(code, UNAUTHENTICATED, "{name}: expected UNAUTHENTICATED");
         assert_eq!(harness.calls(), handled, "{name}: the handler ran");
+        let refused_for = harness.refusal(token).await;
+        if refused_for != *reason {
+            wrong_reasons.push(format!(
+                "{name}: refused as {refused_for}, expected {reason}"
+            ));
+        }
         assert_eq!(
             harness.call(&control).await,
             0,
@@ -518,6 +750,13 @@ async fn hostile_tokens_never_reach_the_handler() {
         handled += 1;
         assert_eq!(harness.calls(), handled);
     }
+    assert!(wrong_reasons.is_empty(), "{wrong_reasons:#?}");
+    // Not one of them took a place in the verified-token cache.
+    assert_eq!(
+        harness.verifier.cached_tokens(),
+        1,
+        "only the control token"
+    );
 
     // Malformed authorization headers, same rules.
     for authorization in ["", "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "Token abc"] {
@@ -634,10 +873,23 @@ async fn tokens_minted_by_the_signer_verify_into_the_tenant() {
     assert_eq!((code, body.as_str()), (0, "Some(Admin)|"));
 }
 
-/// Answers what the test last said of the session, counting the questions.
+/// Answers what the test last said of the session, counting the questions;
+/// `failing` makes the check fail with that code instead (Auth down, or
+/// refusing the token).
 struct ScriptedCheck {
     state: std::sync::Mutex<SessionState>,
+    failing: std::sync::Mutex<Option<tonic::Code>>,
     asked: AtomicUsize,
+}
+
+impl ScriptedCheck {
+    fn answering(state: SessionState) -> Arc<Self> {
+        Arc::new(ScriptedCheck {
+            state: std::sync::Mutex::new(state),
+            failing: std::sync::Mutex::new(None),
+            asked: AtomicUsize::new(0),
+        })
+    }
 }
 
 impl SessionCheck for ScriptedCheck {
@@ -648,17 +900,20 @@ impl SessionCheck for ScriptedCheck {
     ) -> trellis_tenancy::BoxFuture<Result<SessionState, tonic::Status>> {
         self.asked.fetch_add(1, Ordering::SeqCst);
         let state = *self.state.lock().unwrap();
-        Box::pin(async move { Ok(state) })
+        let failing = *self.failing.lock().unwrap();
+        Box::pin(async move {
+            match failing {
+                Some(code) => Err(tonic::Status::new(code, "scripted failure")),
+                None => Ok(state),
+            }
+        })
     }
 }
 
 #[tokio::test]
 async fn the_session_guard_applies_the_current_role_and_ended_sessions() {
     let key = SigningKey::generate("key-a");
-    let check = Arc::new(ScriptedCheck {
-        state: std::sync::Mutex::new(SessionState::Live(Some(Role::Viewer))),
-        asked: AtomicUsize::new(0),
-    });
+    let check = ScriptedCheck::answering(SessionState::Live(Some(Role::Viewer)));
     let fresh_for = Duration::from_millis(200);
     let guard = Arc::new(SessionGuard::new(
         check.clone(),
@@ -697,4 +952,320 @@ async fn the_session_guard_applies_the_current_role_and_ended_sessions() {
     tokio::time::sleep(fresh_for * 2).await;
     assert_eq!(call().await.0, UNAUTHENTICATED);
     assert_eq!(asked(), 3);
+}
+
+#[tokio::test]
+async fn while_auth_cannot_answer_a_live_session_is_served_for_the_grace_then_unavailable() {
+    let key = SigningKey::generate("key-a");
+    let check = ScriptedCheck::answering(SessionState::Live(None));
+    let (fresh_for, grace) = (Duration::from_millis(300), Duration::from_millis(600));
+    let guard = Arc::new(SessionGuard::new(check.clone(), fresh_for, grace, 100));
+    let mut harness = Harness::guarded(&[&key], Some(guard)).await;
+    let token = format!("Bearer {}", key.sign(&admin_claims()).unwrap());
+    assert_eq!(harness.call(&token).await, 0);
+    let started = std::time::Instant::now();
+    *check.failing.lock().unwrap() = Some(tonic::Code::Unavailable);
+    tokio::time::sleep(fresh_for + Duration::from_millis(50)).await;
+    // Stale, Auth down, within the grace: served, and Auth was asked.
+    assert_eq!(harness.call(&token).await, 0);
+    assert_eq!(check.asked.load(Ordering::SeqCst), 2);
+    tokio::time::sleep(
+        (fresh_for + grace).saturating_sub(started.elapsed()) + Duration::from_millis(50),
+    )
+    .await;
+    let (code, _) = harness
+        .call_with(
+            "/trellis.cart.v1.CartService/GetCart",
+            &[("authorization", &token)],
+        )
+        .await;
+    assert_eq!(code, tonic::Code::Unavailable as i32, "past the grace");
+    assert_eq!(harness.calls(), 2);
+    // Auth back: the session was never taken for ended.
+    *check.failing.lock().unwrap() = None;
+    assert_eq!(harness.call(&token).await, 0);
+}
+
+#[tokio::test]
+async fn only_an_explicit_verdict_ends_a_session() {
+    let key = SigningKey::generate("key-a");
+    let check = ScriptedCheck::answering(SessionState::Live(None));
+    let guard = Arc::new(SessionGuard::new(
+        check.clone(),
+        Duration::ZERO,
+        Duration::ZERO,
+        100,
+    ));
+    let mut harness = Harness::guarded(&[&key], Some(guard)).await;
+    let token = format!("Bearer {}", key.sign(&admin_claims()).unwrap());
+    // Auth refusing the token (say, a replica that has not loaded a new key
+    // yet) is a failed check, not an ended session.
+    *check.failing.lock().unwrap() = Some(tonic::Code::Unauthenticated);
+    let (code, _) = harness
+        .call_with(
+            "/trellis.cart.v1.CartService/GetCart",
+            &[("authorization", &token)],
+        )
+        .await;
+    assert_eq!(code, tonic::Code::Unavailable as i32);
+    *check.failing.lock().unwrap() = None;
+    assert_eq!(harness.call(&token).await, 0, "not remembered as ended");
+    *check.state.lock().unwrap() = SessionState::Ended;
+    assert_eq!(harness.call(&token).await, UNAUTHENTICATED);
+}
+
+#[tokio::test]
+async fn a_cached_token_presented_after_it_expires_is_refused() {
+    let key = SigningKey::generate("key-a");
+    let mut harness = Harness::build(&[&key], 0, None).await;
+    let expires = now() + 1;
+    let token = signed(
+        &header("key-a"),
+        &with(claims(), "exp", json!(expires)),
+        &key,
+    );
+    assert_eq!(harness.call(&format!("Bearer {token}")).await, 0);
+    assert!(
+        harness.verifier.cached(&token).is_some(),
+        "a verified token is remembered"
+    );
+    while now() <= expires {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        harness.verifier.cached(&token).is_none(),
+        "the cached verdict ends at exp"
+    );
+    assert_eq!(
+        harness.call(&format!("Bearer {token}")).await,
+        UNAUTHENTICATED
+    );
+    assert_eq!(harness.refusal(&token).await, "expired");
+    assert_eq!(harness.calls(), 1);
+}
+
+#[tokio::test]
+async fn times_inside_the_leeway_pass_and_just_outside_it_do_not() {
+    let key = SigningKey::generate("key-a");
+    let mut harness = Harness::new(&[&key]).await; // 30 s leeway
+    let token = |claim: &str, offset: i64| {
+        let mut claims = with(claims(), claim, json!(now() + offset));
+        if claim == "iat" {
+            claims = with(claims, "exp", json!(now() + offset + 600));
+        }
+        signed(&header("key-a"), &claims, &key)
+    };
+    for (claim, inside, outside, reason) in [
+        ("exp", -25, -35, "expired"),
+        ("nbf", 25, 35, "not_yet_valid"),
+        ("iat", 25, 35, "issued_in_future"),
+    ] {
+        let accepted = token(claim, inside);
+        assert_eq!(
+            harness.call(&format!("Bearer {accepted}")).await,
+            0,
+            "{claim} {inside}"
+        );
+        let refused = token(claim, outside);
+        assert_eq!(
+            harness.call(&format!("Bearer {refused}")).await,
+            UNAUTHENTICATED,
+            "{claim} {outside}"
+        );
+        assert_eq!(harness.refusal(&refused).await, reason);
+    }
+}
+
+#[tokio::test]
+async fn a_new_key_under_the_same_kid_ends_cached_verdicts() {
+    let first = SigningKey::generate("key-a");
+    let second = SigningKey::generate("key-a");
+    let mut harness = Harness::new(&[&first]).await;
+    let token = signed(&header("key-a"), &claims(), &first);
+    assert_eq!(harness.call(&format!("Bearer {token}")).await, 0);
+    assert!(harness.verifier.cached(&token).is_some());
+    harness.jwks_source.set(vec![second.public_jwk()]);
+    harness.jwks.refresh().await.unwrap();
+    assert!(harness.verifier.cached(&token).is_none());
+    assert_eq!(
+        harness.call(&format!("Bearer {token}")).await,
+        UNAUTHENTICATED
+    );
+    assert_eq!(harness.refusal(&token).await, "bad_signature");
+    let fresh = signed(&header("key-a"), &claims(), &second);
+    assert_eq!(harness.call(&format!("Bearer {fresh}")).await, 0);
+}
+
+#[tokio::test]
+async fn unusable_jwks_entries_are_ignored() {
+    let good = SigningKey::generate("key-good");
+    let enc = SigningKey::generate("key-enc");
+    let jwk = |kid: &str, kty: &str, crv: &str, alg: &str, usage: &str, x: String| {
+        trellis::auth::v1::Jwk {
+            kty: kty.into(),
+            crv: crv.into(),
+            alg: alg.into(),
+            kid: kid.into(),
+            r#use: usage.into(),
+            x,
+            y: String::new(),
+        }
+    };
+    let x = |bytes: usize| B64.encode(vec![9u8; bytes]);
+    let mut enc_jwk = enc.public_jwk();
+    enc_jwk.r#use = "enc".into();
+    let source = Arc::new(StaticJwks::new(vec![
+        good.public_jwk(),
+        enc_jwk,
+        jwk("key-oct", "oct", "", "HS256", "sig", x(32)),
+        jwk("key-rsa", "RSA", "", "RS256", "sig", x(256)),
+        jwk("key-ec", "EC", "P-256", "ES256", "sig", x(32)),
+        jwk("key-short", "OKP", "Ed25519", "EdDSA", "sig", x(31)),
+        jwk("key-long", "OKP", "Ed25519", "EdDSA", "sig", x(33)),
+        jwk(
+            "key-x25519",
+            "OKP",
+            "X25519",
+            "",
+            "sig",
+            good.public_jwk().x,
+        ),
+        jwk(
+            "key-es-alg",
+            "OKP",
+            "Ed25519",
+            "ES256",
+            "sig",
+            good.public_jwk().x,
+        ),
+        jwk(
+            "../bad kid",
+            "OKP",
+            "Ed25519",
+            "EdDSA",
+            "sig",
+            good.public_jwk().x,
+        ),
+    ]));
+    let jwks = Arc::new(JwksCache::new(source, Duration::ZERO));
+    assert_eq!(jwks.refresh().await.unwrap(), 1, "only the good key");
+    let verifier = TokenVerifier::new(
+        jwks,
+        VerifierConfig {
+            issuer: ISSUER.into(),
+            audience: AUDIENCE.into(),
+            leeway_secs: 30,
+            max_lifetime_secs: 3600,
+            cache_capacity: 10,
+        },
+    );
+    let token = signed(&header("key-enc"), &claims(), &enc);
+    assert_eq!(verifier.verify(&token).await, Err(AuthError::UnknownKey));
+    let token = signed(&header("key-good"), &claims(), &good);
+    assert!(verifier.verify(&token).await.is_ok());
+}
+
+/// Counts fetches of a fixed key set.
+struct CountingJwks {
+    keys: Vec<trellis::auth::v1::Jwk>,
+    fetches: AtomicUsize,
+}
+
+impl JwksSource for CountingJwks {
+    fn fetch(&self) -> trellis_tenancy::BoxFuture<Result<Vec<trellis::auth::v1::Jwk>, JwksError>> {
+        self.fetches.fetch_add(1, Ordering::SeqCst);
+        let keys = self.keys.clone();
+        Box::pin(async move { Ok(keys) })
+    }
+}
+
+#[tokio::test]
+async fn unknown_kids_refresh_the_jwks_at_most_once_per_interval() {
+    let key = SigningKey::generate("key-a");
+    let source = Arc::new(CountingJwks {
+        keys: vec![key.public_jwk()],
+        fetches: AtomicUsize::new(0),
+    });
+    let jwks = Arc::new(JwksCache::new(source.clone(), Duration::from_secs(60)));
+    jwks.refresh().await.unwrap();
+    let verifier = TokenVerifier::new(
+        jwks,
+        VerifierConfig {
+            issuer: ISSUER.into(),
+            audience: AUDIENCE.into(),
+            leeway_secs: 30,
+            max_lifetime_secs: 3600,
+            cache_capacity: 10,
+        },
+    );
+    for n in 0..50 {
+        let token = signed(&header(&format!("key-unknown-{n}")), &claims(), &key);
+        assert_eq!(verifier.verify(&token).await, Err(AuthError::UnknownKey));
+    }
+    // Implausible kids never even ask.
+    let token = signed(&header("../../etc/passwd"), &claims(), &key);
+    assert_eq!(verifier.verify(&token).await, Err(AuthError::BadKid));
+    assert_eq!(
+        source.fetches.load(Ordering::SeqCst),
+        1,
+        "50 unknown kids within the interval of the last fetch: none more"
+    );
+}
+
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn refused_tokens_are_logged_with_reason_and_address_within_a_budget() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::filter::LevelFilter::INFO)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(move || writer.clone()),
+        );
+    let _default = tracing::subscriber::set_default(subscriber);
+    let key = SigningKey::generate("key-a");
+    let mut harness = Harness::new(&[&key]).await;
+    let expired = signed(
+        &header("key-a"),
+        &with(claims(), "exp", json!(now() - 3600)),
+        &key,
+    );
+    for _ in 0..200 {
+        assert_eq!(
+            harness.call(&format!("Bearer {expired}")).await,
+            UNAUTHENTICATED
+        );
+    }
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains("bearer token refused"))
+        .collect();
+    assert!(
+        (1..=20).contains(&lines.len()),
+        "at most 10 a second: {} lines",
+        lines.len()
+    );
+    for line in &lines {
+        assert!(line.contains(" INFO "), "{line}");
+        assert!(line.contains("reason=\"expired\""), "{line}");
+        assert!(line.contains("client_address=198.51.100.7"), "{line}");
+    }
+    let signature = expired.rsplit('.').next().unwrap();
+    assert!(!text.contains(signature), "never the token");
 }

@@ -31,7 +31,8 @@ pub use password::{HashPriority, Passwords};
 pub use sessions::{LocalLoginSessions, LoginSessions, NewLoginSession, SessionLifetimes};
 pub use store::MIGRATIONS;
 use store::{
-    AuthStore, NewRefreshToken, OrganizationRow, Refreshed, SignUpError, TokenOwner, UserRow,
+    AuthStore, NewRefreshToken, OrganizationRow, PresentedToken, Refreshed, SignUpError,
+    TokenOwner, UserRow,
 };
 pub use throttle::{PublicRpc, PublicRpcLimits, RateLimit, Throttle, ThrottlePolicy};
 use tokens::{new_opaque_token, token_hash};
@@ -579,6 +580,33 @@ impl AuthApi {
         Ok(issued.into())
     }
 
+    /// Someone presented an already-exchanged refresh token, so two parties
+    /// hold copies: end the session for both. The error to answer.
+    async fn reused(
+        &self,
+        caller: &Caller,
+        owner: &TokenOwner,
+    ) -> Result<AuthServiceError, AuthServiceError> {
+        self.sessions
+            .end(
+                &owner.org_id,
+                &owner.user_id,
+                &owner.session_id,
+                "refresh token reused",
+            )
+            .await?;
+        audit(
+            "refresh",
+            caller,
+            &owner.org_id,
+            &owner.user_id,
+            "reused_session_revoked",
+        );
+        Ok(AuthServiceError::Unauthenticated(
+            "refresh token already used; session revoked",
+        ))
+    }
+
     async fn refresh(
         &self,
         request: Request<pb::RefreshRequest>,
@@ -595,11 +623,37 @@ impl AuthApi {
             return Err(AuthServiceError::Unauthenticated("invalid refresh token"));
         }
         let now = now_ms();
+        let presented_hash = token_hash(&presented);
+        // The session slides before the token is exchanged: once the
+        // exchange commits, a racing copy of the same token is reuse and
+        // ends the session, and the exchange that won must still answer.
+        let owner = match self.store.refresh_token(&presented_hash, now).await? {
+            PresentedToken::Unused(owner) => owner,
+            PresentedToken::Used(owner) => return Err(self.reused(&caller, &owner).await?),
+            PresentedToken::Unknown => {
+                audit("refresh", &caller, "", "", "invalid");
+                return Err(AuthServiceError::Unauthenticated("invalid refresh token"));
+            }
+        };
+        if !self
+            .sessions
+            .touch(&owner.org_id, &owner.session_id)
+            .await?
+        {
+            audit(
+                "refresh",
+                &caller,
+                &owner.org_id,
+                &owner.user_id,
+                "session_ended",
+            );
+            return Err(AuthServiceError::Unauthenticated("invalid refresh token"));
+        }
         let new_token = new_opaque_token();
         let outcome = self
             .store
             .rotate_refresh(
-                &token_hash(&presented),
+                &presented_hash,
                 &token_hash(&new_token),
                 now,
                 now + ms(self.settings.refresh_token_ttl),
@@ -611,37 +665,12 @@ impl AuthApi {
             user_id,
         } = match outcome {
             Refreshed::Rotated(owner) => owner,
-            Refreshed::Reused(owner) => {
-                // Someone holds a copy of a used token: end the session for
-                // both holders.
-                self.sessions
-                    .end(
-                        &owner.org_id,
-                        &owner.user_id,
-                        &owner.session_id,
-                        "refresh token reused",
-                    )
-                    .await?;
-                audit(
-                    "refresh",
-                    &caller,
-                    &owner.org_id,
-                    &owner.user_id,
-                    "reused_session_revoked",
-                );
-                return Err(AuthServiceError::Unauthenticated(
-                    "refresh token already used; session revoked",
-                ));
-            }
+            Refreshed::Reused(owner) => return Err(self.reused(&caller, &owner).await?),
             Refreshed::Invalid => {
                 audit("refresh", &caller, "", "", "invalid");
                 return Err(AuthServiceError::Unauthenticated("invalid refresh token"));
             }
         };
-        if !self.sessions.touch(&org_id, &session_id).await? {
-            audit("refresh", &caller, &org_id, &user_id, "session_ended");
-            return Err(AuthServiceError::Unauthenticated("invalid refresh token"));
-        }
         let user = self.store.user(&org_id, &user_id).await?;
         let org = self.store.organization(&org_id).await?;
         let (Some(user), Some(org)) = (user, org) else {

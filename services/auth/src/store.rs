@@ -101,6 +101,17 @@ pub struct TokenOwner {
     pub user_id: String,
 }
 
+/// What a presented refresh token is, before any exchange.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PresentedToken {
+    /// Not exchanged yet and not expired.
+    Unused(TokenOwner),
+    /// Exchanged before: presenting it again is reuse.
+    Used(TokenOwner),
+    /// Unknown or expired.
+    Unknown,
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refreshed {
     /// Exchanged for the new token; its session must still be live.
@@ -290,6 +301,27 @@ impl AuthStore {
                 .await?;
             tx.commit().await?;
             Ok(())
+        })
+    }
+
+    pub async fn refresh_token(&self, hash: &str, now: i64) -> Result<PresentedToken, StoreError> {
+        with_pool!(&self.db, pool => {
+            let row: Option<(String, String, String, i64, Option<i64>)> = sqlx::query_as(
+                "SELECT session_id, org_id, user_id, expires_at, rotated_at \
+                 FROM auth_refresh_tokens WHERE token_hash = $1",
+            )
+            .bind(hash)
+            .fetch_optional(pool)
+            .await?;
+            Ok(match row {
+                Some((session_id, org_id, user_id, _, Some(_))) => {
+                    PresentedToken::Used(TokenOwner { session_id, org_id, user_id })
+                }
+                Some((session_id, org_id, user_id, expires_at, None)) if expires_at > now => {
+                    PresentedToken::Unused(TokenOwner { session_id, org_id, user_id })
+                }
+                _ => PresentedToken::Unknown,
+            })
         })
     }
 
