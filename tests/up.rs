@@ -5,13 +5,14 @@ mod common;
 
 use std::process::Command;
 
+use clap::Parser;
 use common::*;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use trellis::auth::v1::{SignUpRequest, auth_service_client::AuthServiceClient};
 use trellis::cart::v1::{GetCartRequest, cart_service_client::CartServiceClient};
-use trellis_cli::{CliError, ServiceName};
+use trellis_cli::{Cli, CliError, ServiceName};
 
 fn expected_services(service: ServiceName) -> &'static [&'static str] {
     match service {
@@ -264,6 +265,57 @@ async fn bad_configuration_and_busy_ports_fail_with_clear_errors() {
         error.to_string(),
         "invalid configuration: jwt-leeway must be at most 30s, got 120s"
     );
+
+    let error = trellis_cli::start(
+        &[ServiceName::Auth],
+        &up_args(&data_dir, &["--access-token-ttl", "2h"]),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(
+        error
+            .to_string()
+            .contains("access-token-ttl (7200s) must not exceed jwt-max-lifetime (3600s)"),
+        "{error}"
+    );
+    let error = trellis_cli::start(
+        &[ServiceName::Auth],
+        &up_args(&data_dir, &["--session-check-grace", "2h"]),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(
+        error
+            .to_string()
+            .contains("session-check-grace must be at most 1h"),
+        "{error}"
+    );
+    for (flag, value, complaint) in [
+        (
+            "--trusted-proxies",
+            "10.0.0.0/33",
+            "the prefix length must be 0..=32",
+        ),
+        (
+            "--trusted-proxies",
+            "gateway.local",
+            "is not an address or CIDR block",
+        ),
+        ("--sign-up-rate", "10", "expected COUNT/WINDOW"),
+        (
+            "--refresh-rate",
+            "0/1m",
+            "the count must be a positive number",
+        ),
+    ] {
+        let refused = Cli::try_parse_from(["trellis", "up", flag, value]).unwrap_err();
+        assert!(
+            refused.to_string().contains(complaint),
+            "{flag} {value}: {refused}"
+        );
+    }
 
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = busy.local_addr().unwrap().to_string();

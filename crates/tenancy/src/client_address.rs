@@ -14,8 +14,9 @@ use http::HeaderMap;
 pub const FORWARDED_FOR_HEADER: &str = "x-forwarded-for";
 static FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static(FORWARDED_FOR_HEADER);
 
-/// Entries of `x-forwarded-for` examined at most; a longer chain is cut,
-/// so a hostile header costs bounded work.
+/// Entries of `x-forwarded-for` examined at most, nearest first; a longer
+/// chain of trusted proxies ends there, so a hostile header costs bounded
+/// work.
 const MAX_HOPS: usize = 16;
 
 /// An address block, e.g. `10.0.0.0/8` or `fd00::/8`; a bare address is a
@@ -139,22 +140,22 @@ impl TrustedProxies {
         if !self.trusts(peer) {
             return peer;
         }
-        let mut hops = Vec::new();
-        for value in headers.get_all(&FORWARDED_FOR) {
-            let Ok(value) = value.to_str() else {
+        // Nearest hop first: each proxy appends the peer it saw.
+        let hops = headers.get_all(&FORWARDED_FOR).iter().rev().flat_map(
+            |value| -> Box<dyn Iterator<Item = Option<&str>>> {
+                match value.to_str() {
+                    Ok(text) => Box::new(text.rsplit(',').map(Some)),
+                    Err(_) => Box::new(std::iter::once(None)),
+                }
+            },
+        );
+        let mut client = peer;
+        for hop in hops.take(MAX_HOPS) {
+            let Some(address) = hop.and_then(|hop| hop.trim().parse::<IpAddr>().ok()) else {
                 return peer;
             };
-            for hop in value.split(',') {
-                let Ok(address) = hop.trim().parse::<IpAddr>() else {
-                    return peer;
-                };
-                hops.push(canonical(address));
-            }
-        }
-        let mut client = peer;
-        for &hop in hops.iter().rev().take(MAX_HOPS) {
-            client = hop;
-            if !self.trusts(hop) {
+            client = canonical(address);
+            if !self.trusts(client) {
                 break;
             }
         }

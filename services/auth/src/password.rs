@@ -7,15 +7,22 @@
 //! new passwords (sign-up, accepted invitations) a short one: a flood of
 //! sign-ups is refused as busy rather than making logins wait behind it.
 //!
+//! Each hashing thread keeps argon2's 19 MiB of working memory for its
+//! whole life. Allocated per hash, freed blocks that size made glibc raise
+//! its mmap threshold and keep them resident (measured: 50 failed logins
+//! took a release server from 13 to 241 MiB); with the threshold pinned,
+//! every hash faulted its pages in anew (about 40% slower per hash).
+//!
 //! Not `SCHED_IDLE`: measured here (bench/login_load.sh, kernel 6.18 in a
 //! VM), idle-class hashers made woken RPC threads wait a whole 4 ms tick
 //! about twice as often as nice-19 ones, for the same login throughput.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 
-use argon2::password_hash::phc::PasswordHash;
-use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
+use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use tonic_types::FieldViolation;
 
 /// OWASP's argon2id minimum: 19 MiB, 2 passes, 1 lane.
@@ -25,10 +32,91 @@ const LANES: u32 = 1;
 /// Long enough for any passphrase; bounds the work an attacker can ask for.
 pub const MAX_PASSWORD_BYTES: usize = 1024;
 
+fn params() -> Params {
+    Params::new(MEMORY_KIB, PASSES, LANES, None).expect("constant parameters are valid")
+}
+
 fn argon2() -> Argon2<'static> {
-    let params =
-        Params::new(MEMORY_KIB, PASSES, LANES, None).expect("constant parameters are valid");
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params())
+}
+
+thread_local! {
+    /// Argon2's working memory, kept by each hashing thread (see above);
+    /// `None` on every other thread.
+    static WORKING_MEMORY: RefCell<Option<Vec<Block>>> = const { RefCell::new(None) };
+}
+
+/// Runs `work` with `blocks` blocks of working memory: a hashing thread's
+/// own, or, on any other thread and for parameters larger than today's
+/// (never written by this code), a buffer freed afterwards.
+fn with_working_memory<T>(blocks: usize, work: impl FnOnce(&mut [Block]) -> T) -> T {
+    let kept = WORKING_MEMORY.with_borrow(Option::is_some);
+    if !kept || blocks > params().block_count() {
+        return work(&mut vec![Block::default(); blocks]);
+    }
+    WORKING_MEMORY.with_borrow_mut(|memory| {
+        let memory = memory.get_or_insert_with(Vec::new);
+        if memory.len() < blocks {
+            memory.resize(params().block_count(), Block::default());
+        }
+        work(&mut memory[..blocks])
+    })
+}
+
+/// Argon2 output for `password` under `argon2`'s parameters.
+fn raw_hash(
+    argon2: &Argon2<'_>,
+    password: &[u8],
+    salt: &[u8],
+    output_len: usize,
+) -> Result<Output, HashError> {
+    let failed = |e: argon2::Error| HashError::Failed(e.to_string());
+    let mut out = [0u8; Output::MAX_LENGTH];
+    let out = out
+        .get_mut(..output_len)
+        .ok_or_else(|| HashError::Failed("output length".into()))?;
+    let blocks = argon2.params().block_count();
+    with_working_memory(blocks, |memory| {
+        argon2.hash_password_into_with_memory(password, salt, out, memory)
+    })
+    .map_err(failed)?;
+    Output::new(out).map_err(|e| HashError::Failed(e.to_string()))
+}
+
+/// A PHC string (`$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>`) of today's
+/// parameters, with a fresh 128-bit salt.
+fn hash_new(password: &[u8]) -> Result<String, HashError> {
+    let failed = |e: &dyn std::fmt::Display| HashError::Failed(e.to_string());
+    let salt_bytes: [u8; 16] = rand::random();
+    let output = raw_hash(&argon2(), password, &salt_bytes, Params::DEFAULT_OUTPUT_LEN)?;
+    let hash = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params()).map_err(|e| failed(&e))?,
+        salt: Some(Salt::new(&salt_bytes).map_err(|e| failed(&e))?),
+        hash: Some(output),
+    };
+    Ok(hash.to_string())
+}
+
+/// Whether `password` matches the PHC string `stored`, under whatever
+/// argon2 parameters it records.
+fn verify_stored(password: &[u8], stored: &str) -> bool {
+    let Ok(hash) = PasswordHash::new(stored) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else {
+        return false;
+    };
+    let algorithm = Algorithm::try_from(hash.algorithm.as_str());
+    let version = Version::try_from(hash.version.unwrap_or(Version::V0x13.into()));
+    let params = Params::try_from(&hash);
+    let (Ok(algorithm), Ok(version), Ok(params)) = (algorithm, version, params) else {
+        return false;
+    };
+    let argon2 = Argon2::new(algorithm, version, params);
+    // `Output` compares in constant time.
+    raw_hash(&argon2, password, salt, expected.len()).is_ok_and(|computed| computed == *expected)
 }
 
 /// Every way `password` breaks the policy of `API.md`, at once.
@@ -158,6 +246,7 @@ fn lower_priority() {
 
 fn hashing_thread(pool: Arc<Pool>) {
     lower_priority();
+    WORKING_MEMORY.set(Some(Vec::new()));
     while let Some(job) = pool.next() {
         job();
     }
@@ -188,10 +277,7 @@ impl Passwords {
         login_queue: usize,
         new_password_queue: usize,
     ) -> Result<Self, HashError> {
-        let dummy_hash = argon2()
-            .hash_password(b"dummy password for unknown accounts")
-            .map_err(|e| HashError::Failed(e.to_string()))?
-            .to_string();
+        let dummy_hash = hash_new(b"dummy password for unknown accounts")?;
         let pool = Arc::new(Pool {
             queues: Mutex::new(Queues::default()),
             ready: Condvar::new(),
@@ -235,13 +321,8 @@ impl Passwords {
         password: String,
         priority: HashPriority,
     ) -> Result<String, HashError> {
-        self.on_hashing_thread(priority, move || {
-            argon2()
-                .hash_password(password.as_bytes())
-                .map(|h| h.to_string())
-        })
-        .await?
-        .map_err(|e| HashError::Failed(e.to_string()))
+        self.on_hashing_thread(priority, move || hash_new(password.as_bytes()))
+            .await?
     }
 
     /// Whether `password` matches `stored`; with `None` (unknown account) a
@@ -255,9 +336,7 @@ impl Passwords {
         let stored = stored.unwrap_or_else(|| self.dummy_hash.to_string());
         let matches = self
             .on_hashing_thread(HashPriority::Login, move || {
-                PasswordHash::new(&stored)
-                    .map(|hash| argon2().verify_password(password.as_bytes(), &hash).is_ok())
-                    .unwrap_or(false)
+                verify_stored(password.as_bytes(), &stored)
             })
             .await?;
         Ok(known && matches)
@@ -379,6 +458,46 @@ mod tests {
         );
     }
 
+    #[test]
+    fn hashes_agree_with_the_argon2_crates_own_hasher_and_verifier() {
+        use argon2::{PasswordHasher, PasswordVerifier};
+        let ours = hash_new(b"Correct-Horse-9").unwrap();
+        assert!(
+            ours.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{ours}"
+        );
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(
+            argon2()
+                .verify_password(b"Correct-Horse-9", &parsed)
+                .is_ok()
+        );
+        assert!(
+            argon2()
+                .verify_password(b"Correct-Horse-8", &parsed)
+                .is_err()
+        );
+        let theirs = argon2()
+            .hash_password(b"Correct-Horse-9")
+            .unwrap()
+            .to_string();
+        assert!(verify_stored(b"Correct-Horse-9", &theirs));
+        assert!(!verify_stored(b"Correct-Horse-8", &theirs));
+        assert_ne!(
+            hash_new(b"Correct-Horse-9").unwrap(),
+            ours,
+            "a fresh salt each time"
+        );
+        for broken in [
+            "",
+            "not a hash",
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ",
+            "$scrypt$ln=15,r=8,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+        ] {
+            assert!(!verify_stored(b"Correct-Horse-9", broken), "{broken:?}");
+        }
+    }
+
     #[tokio::test]
     async fn hashes_made_with_older_parameters_are_flagged_for_rehash() {
         let passwords = Passwords::new(1).unwrap();
@@ -387,6 +506,7 @@ mod tests {
             .await
             .unwrap();
         assert!(!passwords.needs_rehash(&current));
+        use argon2::PasswordHasher;
         let weaker = Argon2::new(
             Algorithm::Argon2id,
             Version::V0x13,
