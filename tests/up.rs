@@ -266,32 +266,24 @@ async fn bad_configuration_and_busy_ports_fail_with_clear_errors() {
         "invalid configuration: jwt-leeway must be at most 30s, got 120s"
     );
 
-    let error = trellis_cli::start(
-        &[ServiceName::Auth],
-        &up_args(&data_dir, &["--access-token-ttl", "2h"]),
-    )
-    .await
-    .err()
-    .unwrap();
-    assert!(
-        error
-            .to_string()
-            .contains("access-token-ttl (7200s) must not exceed jwt-max-lifetime (3600s)"),
-        "{error}"
-    );
-    let error = trellis_cli::start(
-        &[ServiceName::Auth],
-        &up_args(&data_dir, &["--session-check-grace", "2h"]),
-    )
-    .await
-    .err()
-    .unwrap();
-    assert!(
-        error
-            .to_string()
-            .contains("session-check-grace must be at most 1h"),
-        "{error}"
-    );
+    for (flag, value, complaint) in [
+        (
+            "--access-token-ttl",
+            "2h",
+            "access-token-ttl (7200s) must not exceed jwt-max-lifetime (3600s)",
+        ),
+        (
+            "--session-check-grace",
+            "2h",
+            "session-check-grace must be at most 1h",
+        ),
+    ] {
+        let error = trellis_cli::start(&[ServiceName::Auth], &up_args(&data_dir, &[flag, value]))
+            .await
+            .err()
+            .unwrap();
+        assert!(error.to_string().contains(complaint), "{flag}: {error}");
+    }
     for (flag, value, complaint) in [
         (
             "--trusted-proxies",

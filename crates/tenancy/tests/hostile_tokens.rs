@@ -1096,6 +1096,20 @@ async fn a_new_key_under_the_same_kid_ends_cached_verdicts() {
     assert_eq!(harness.call(&format!("Bearer {fresh}")).await, 0);
 }
 
+/// A verifier with the harness's settings over `jwks`.
+fn verifier_over(jwks: Arc<JwksCache>) -> TokenVerifier {
+    TokenVerifier::new(
+        jwks,
+        VerifierConfig {
+            issuer: ISSUER.into(),
+            audience: AUDIENCE.into(),
+            leeway_secs: 30,
+            max_lifetime_secs: 3600,
+            cache_capacity: 10,
+        },
+    )
+}
+
 #[tokio::test]
 async fn unusable_jwks_entries_are_ignored() {
     let good = SigningKey::generate("key-good");
@@ -1149,16 +1163,7 @@ async fn unusable_jwks_entries_are_ignored() {
     ]));
     let jwks = Arc::new(JwksCache::new(source, Duration::ZERO));
     assert_eq!(jwks.refresh().await.unwrap(), 1, "only the good key");
-    let verifier = TokenVerifier::new(
-        jwks,
-        VerifierConfig {
-            issuer: ISSUER.into(),
-            audience: AUDIENCE.into(),
-            leeway_secs: 30,
-            max_lifetime_secs: 3600,
-            cache_capacity: 10,
-        },
-    );
+    let verifier = verifier_over(jwks);
     let token = signed(&header("key-enc"), &claims(), &enc);
     assert_eq!(verifier.verify(&token).await, Err(AuthError::UnknownKey));
     let token = signed(&header("key-good"), &claims(), &good);
@@ -1188,16 +1193,7 @@ async fn unknown_kids_refresh_the_jwks_at_most_once_per_interval() {
     });
     let jwks = Arc::new(JwksCache::new(source.clone(), Duration::from_secs(60)));
     jwks.refresh().await.unwrap();
-    let verifier = TokenVerifier::new(
-        jwks,
-        VerifierConfig {
-            issuer: ISSUER.into(),
-            audience: AUDIENCE.into(),
-            leeway_secs: 30,
-            max_lifetime_secs: 3600,
-            cache_capacity: 10,
-        },
-    );
+    let verifier = verifier_over(jwks);
     for n in 0..50 {
         let token = signed(&header(&format!("key-unknown-{n}")), &claims(), &key);
         assert_eq!(verifier.verify(&token).await, Err(AuthError::UnknownKey));

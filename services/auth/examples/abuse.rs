@@ -112,6 +112,19 @@ async fn distinct_emails(url: &str, calls: usize) {
     println!("{calls} failed logins with distinct emails from one address: {codes}");
 }
 
+/// How long a successful login of `email` takes.
+async fn timed_login(client: &mut AuthServiceClient<Channel>, email: &str) -> Duration {
+    let sent = Instant::now();
+    client
+        .login(LoginRequest {
+            email: email.to_owned(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap_or_else(|status| fail(&format!("the real user cannot log in: {status:?}")));
+    sent.elapsed()
+}
+
 /// `sign_ups` sign-ups sent at once from one connection while a real user
 /// logs in over another, one login after the other, until the flood is over.
 async fn flood(url: &str, sign_ups: usize) {
@@ -140,15 +153,7 @@ async fn flood(url: &str, sign_ups: usize) {
     };
     let mut idle = Vec::new();
     for _ in 0..10 {
-        let sent = Instant::now();
-        real_user
-            .login(LoginRequest {
-                email: email.to_owned(),
-                password: PASSWORD.into(),
-            })
-            .await
-            .unwrap_or_else(|status| fail(&format!("the real user cannot log in: {status:?}")));
-        idle.push(sent.elapsed());
+        idle.push(timed_login(&mut real_user, email).await);
     }
     println!(
         "10 logins of the real user, no flood: {}",
@@ -176,15 +181,7 @@ async fn flood(url: &str, sign_ups: usize) {
     let mut latencies = Vec::new();
     let mut answers = Vec::new();
     while !flood.is_empty() {
-        let sent = Instant::now();
-        real_user
-            .login(LoginRequest {
-                email: email.to_owned(),
-                password: PASSWORD.into(),
-            })
-            .await
-            .unwrap_or_else(|status| fail(&format!("login during the flood: {status:?}")));
-        latencies.push(sent.elapsed());
+        latencies.push(timed_login(&mut real_user, email).await);
         while let Some(done) = flood.try_join_next() {
             answers.push(done.unwrap_or_else(|e| fail(&format!("sign-up task: {e}"))));
         }

@@ -530,44 +530,28 @@ impl OrganizationService for AuthApi {
             .revoke_invitation(&org.id, &invitation_id, now)
             .await
             .map_err(AuthServiceError::from)?;
-        let caller = Caller::of(&request);
+        let result = match &outcome {
+            RevokeOutcome::Revoked(_) => "ok",
+            RevokeOutcome::NotFound => "not_found",
+            RevokeOutcome::NotPending => "not_pending",
+        };
+        audit_admin(
+            "revoke_invitation",
+            &Caller::of(&request),
+            &org.id,
+            &admin.id,
+            &invitation_id,
+            result,
+        );
         match outcome {
-            RevokeOutcome::Revoked(row) => {
-                audit_admin(
-                    "revoke_invitation",
-                    &caller,
-                    &org.id,
-                    &admin.id,
-                    &invitation_id,
-                    "ok",
-                );
-                Ok(Response::new(pb::RevokeInvitationResponse {
-                    invitation: Some(invitation_message(&row, now, None)),
-                }))
-            }
-            RevokeOutcome::NotFound => {
-                audit_admin(
-                    "revoke_invitation",
-                    &caller,
-                    &org.id,
-                    &admin.id,
-                    &invitation_id,
-                    "not_found",
-                );
-                Err(
-                    AuthServiceError::NotFound(format!("invitation not found: {invitation_id}"))
-                        .into(),
-                )
-            }
+            RevokeOutcome::Revoked(row) => Ok(Response::new(pb::RevokeInvitationResponse {
+                invitation: Some(invitation_message(&row, now, None)),
+            })),
+            RevokeOutcome::NotFound => Err(AuthServiceError::NotFound(format!(
+                "invitation not found: {invitation_id}"
+            ))
+            .into()),
             RevokeOutcome::NotPending => {
-                audit_admin(
-                    "revoke_invitation",
-                    &caller,
-                    &org.id,
-                    &admin.id,
-                    &invitation_id,
-                    "not_pending",
-                );
                 Err(AuthServiceError::FailedPrecondition("invitation is no longer pending").into())
             }
         }

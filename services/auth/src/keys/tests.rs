@@ -105,6 +105,19 @@ fn rotation_publishes_before_signing_and_retires_the_oldest() {
     fs::remove_dir_all(dir).unwrap();
 }
 
+/// A generated key directory and the file of its signing key.
+#[cfg(unix)]
+fn directory_with_a_key() -> (PathBuf, PathBuf) {
+    let dir = temp_dir();
+    let kid = KeyStore::open(&dir, true)
+        .unwrap()
+        .signing_key()
+        .kid()
+        .to_owned();
+    let key = dir.join(format!("{kid}.pk8"));
+    (dir, key)
+}
+
 #[cfg(unix)]
 fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
@@ -114,13 +127,7 @@ fn set_mode(path: &Path, mode: u32) {
 #[cfg(unix)]
 #[test]
 fn modes_that_let_others_in_are_fixed_in_our_own_directory() {
-    let dir = temp_dir();
-    let kid = KeyStore::open(&dir, true)
-        .unwrap()
-        .signing_key()
-        .kid()
-        .to_owned();
-    let key = dir.join(format!("{kid}.pk8"));
+    let (dir, key) = directory_with_a_key();
     // A copy by hand, a lax umask, a write interrupted before its rename.
     let leftover = dir.join("keys.tmp");
     fs::write(&leftover, b"half a manifest").unwrap();
@@ -139,13 +146,7 @@ fn modes_that_let_others_in_are_fixed_in_our_own_directory() {
 #[cfg(unix)]
 #[test]
 fn a_mounted_directory_that_lets_others_in_is_refused() {
-    let dir = temp_dir();
-    let kid = KeyStore::open(&dir, true)
-        .unwrap()
-        .signing_key()
-        .kid()
-        .to_owned();
-    let key = dir.join(format!("{kid}.pk8"));
+    let (dir, key) = directory_with_a_key();
     // What Kubernetes mounts with defaultMode 0440 and an fsGroup: fine.
     set_mode(&key, 0o440);
     set_mode(&dir.join(MANIFEST), 0o440);
