@@ -33,12 +33,15 @@ for group in "${groups[@]}"; do
       run tenancy -p trellis-tenancy --test-package trellis-tenancy \
         -f verifier.rs -f server.rs -f session_guard.rs -f jwks.rs -f claims.rs -f client_address.rs ;;
     auth-modules)
-      run auth-modules -p trellis-auth -f throttle.rs -f keys.rs -f sessions.rs \
-        --test-workspace=true -- "${auth_tests[@]}" ;;
+      run auth-modules --workspace --test-workspace=true \
+        -f services/auth/src/throttle.rs -f services/auth/src/keys.rs \
+        -f services/auth/src/sessions.rs -f 'services/auth/src/**/sessions.rs' \
+        -- "${auth_tests[@]}" ;;
     auth-tokens)
-      run auth-tokens -p trellis-auth -f tokens.rs -f lib.rs -f store.rs \
+      run auth-tokens --workspace --test-workspace=true \
+        -f services/auth/src/tokens.rs -f services/auth/src/lib.rs -f services/auth/src/store.rs \
         -F 'new_opaque_token|token_hash|access_token|AuthApi::refresh|AuthApi::reused|refresh_token|rotate_refresh|record_login' \
-        --test-workspace=true -- "${auth_tests[@]}" ;;
+        -- "${auth_tests[@]}" ;;
     *) echo "unknown group $group (tenancy, auth-modules, auth-tokens)" >&2; exit 2 ;;
   esac
 done
