@@ -72,11 +72,16 @@ pub struct RotateArgs {
     /// sooner than this after it was staged.
     #[arg(long, env = "TRELLIS_JWKS_REFRESH", default_value = "5m", value_parser = trellis_runtime::parse_duration)]
     pub jwks_refresh: Duration,
-    /// Promote now, whenever the key was staged (a compromised signer):
-    /// verifiers that have not fetched it yet refuse its tokens until they
-    /// do (at most --jwks-min-refresh after the first one they see).
-    #[arg(long)]
+    /// Promote the staged key now, however recently it was staged:
+    /// verifiers that have not fetched it yet refetch on its first token,
+    /// at most every --jwks-min-refresh, and refuse it until then.
+    #[arg(long, conflicts_with = "compromised")]
     pub force: bool,
+    /// The signing key leaked: sign with another key now and take the
+    /// leaked one (and every other old key) out of the JWKS at once. Every
+    /// token it signed stops working at each server's next JWKS refresh.
+    #[arg(long)]
+    pub compromised: bool,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -542,12 +547,13 @@ fn keys_command(command: &KeysCommand) -> Result<(), CliError> {
             // Rotating is the operator's explicit act, so an empty directory
             // (preparing a Secret) gets its first key here.
             KeyStore::open(&dir, true)?;
-            let gap = if args.force {
-                Duration::ZERO
+            let rotation = if args.compromised {
+                trellis_auth::replace_compromised_signer(&dir)?
+            } else if args.force {
+                trellis_auth::rotate(&dir, Duration::ZERO)?
             } else {
-                args.jwks_refresh
+                trellis_auth::rotate(&dir, args.jwks_refresh)?
             };
-            let rotation = trellis_auth::rotate(&dir, gap)?;
             println!("signing:  {}", rotation.active);
             println!(
                 "staged:   {} (published now; signs after the next rotation)",

@@ -74,15 +74,18 @@ pub trait Counters: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
-/// Keys one [`MemoryCounters`] holds at most, unless told otherwise: a few
-/// MiB (see [`MemoryCounters::usage`]), far below any server's memory limit.
+/// Keys one group of a [`MemoryCounters`] holds at most, unless told
+/// otherwise: a few MiB (see [`MemoryCounters::usage`]).
 pub const DEFAULT_MAX_KEYS: usize = 50_000;
+
+/// Groups (first key segments) kept apart at most; keys of any further
+/// namespace share the default group.
+const MAX_GROUPS: usize = 16;
 
 struct Entry {
     count: u64,
     expires: Instant,
-    /// Last increment: the least recently counted keys are evicted first,
-    /// so a busy attacker's own counter is the last to go.
+    /// Last counted or read.
     touched: Instant,
 }
 
@@ -97,12 +100,19 @@ pub struct CounterUsage {
     pub bytes: usize,
 }
 
-/// Counters in this process's memory, bounded: expired keys are swept and,
-/// past `max_keys`, the least recently counted keys are evicted. Eviction
-/// forgets counts, so a deployment facing attackers with many addresses
-/// should count in Redis.
+/// Keys by group: the namespace before the first ':' (`login`, `rate`).
+type Groups = HashMap<String, HashMap<String, Entry>>;
+
+/// Counters in this process's memory, bounded. Each namespace (the key's
+/// first segment: `login`, `rate`) holds at most `max_keys` keys, so a flood
+/// of one kind (cheap per-address call counts) cannot push out another
+/// (failed-login counts). Past the cap, expired keys are swept, then the
+/// lowest counts go first, the least recently used among equals: a limit an
+/// attacker has filled is the last thing forgotten. Eviction still forgets
+/// counts, so a deployment facing attackers with many addresses should
+/// count in Redis.
 pub struct MemoryCounters {
-    entries: Mutex<HashMap<String, Entry>>,
+    entries: Mutex<Groups>,
     /// Per gate key: attempt -> until when it may hold its slot.
     in_flight: Mutex<HashMap<String, HashMap<String, Instant>>>,
     max_keys: usize,
@@ -114,7 +124,31 @@ impl Default for MemoryCounters {
     }
 }
 
+fn namespace(key: &str) -> &str {
+    key.split_once(':').map_or("", |(namespace, _)| namespace)
+}
+
+/// The group `key` is kept in, created if there is room for another.
+/// Groups are never removed, so a key's group never changes.
+fn group_mut<'a>(groups: &'a mut Groups, key: &str) -> &'a mut HashMap<String, Entry> {
+    let mut name = namespace(key);
+    if !groups.contains_key(name) && groups.len() >= MAX_GROUPS {
+        name = "";
+    }
+    groups.entry(name.to_owned()).or_default()
+}
+
+fn entry_mut<'a>(groups: &'a mut Groups, key: &str) -> Option<&'a mut Entry> {
+    let name = if groups.contains_key(namespace(key)) {
+        namespace(key)
+    } else {
+        ""
+    };
+    groups.get_mut(name)?.get_mut(key)
+}
+
 impl MemoryCounters {
+    /// At most `max_keys` keys per namespace.
     pub fn with_max_keys(max_keys: usize) -> Self {
         MemoryCounters {
             entries: Mutex::new(HashMap::new()),
@@ -127,7 +161,8 @@ impl MemoryCounters {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         let entry_bytes: usize = entries
-            .keys()
+            .values()
+            .flat_map(HashMap::keys)
             .map(|key| key.capacity() + size_of::<(String, Entry)>())
             .sum();
         let in_flight_bytes: usize = in_flight
@@ -142,7 +177,7 @@ impl MemoryCounters {
             })
             .sum();
         CounterUsage {
-            keys: entries.len(),
+            keys: entries.values().map(HashMap::len).sum(),
             in_flight_keys: in_flight.len(),
             bytes: entry_bytes + in_flight_bytes,
         }
@@ -155,10 +190,14 @@ impl MemoryCounters {
         }
     }
 
+    /// The tally of `key`; reading it counts as a use.
     fn current(&self, key: &str, now: Instant) -> Tally {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        match entries.get(key) {
-            Some(entry) if entry.expires > now => Self::tally(entry.count, entry.expires, now),
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        match entry_mut(&mut entries, key) {
+            Some(entry) if entry.expires > now => {
+                entry.touched = now;
+                Self::tally(entry.count, entry.expires, now)
+            }
             _ => Tally {
                 count: 0,
                 resets_in: Duration::ZERO,
@@ -166,21 +205,24 @@ impl MemoryCounters {
         }
     }
 
-    /// Makes room for one more key: drops expired keys, then the least
-    /// recently counted eighth, so the sweep's cost is spread over many
-    /// inserts rather than paid on each.
-    fn make_room(entries: &mut HashMap<String, Entry>, max_keys: usize, now: Instant) {
-        if entries.len() < max_keys {
+    /// Makes room for one more key in `group`: drops expired keys, then an
+    /// eighth of the rest, lowest counts first and least recently used among
+    /// equals, so the sweep's cost is spread over many inserts.
+    fn make_room(group: &mut HashMap<String, Entry>, max_keys: usize, now: Instant) {
+        if group.len() < max_keys {
             return;
         }
-        entries.retain(|_, entry| entry.expires > now);
-        if entries.len() < max_keys {
+        group.retain(|_, entry| entry.expires > now);
+        if group.len() < max_keys {
             return;
         }
         let evict = (max_keys / 8).max(1);
-        let mut touched: Vec<Instant> = entries.values().map(|entry| entry.touched).collect();
-        let (_, &mut newest_evicted, _) = touched.select_nth_unstable(evict - 1);
-        entries.retain(|_, entry| entry.touched > newest_evicted);
+        let mut ranks: Vec<(u64, Instant)> = group
+            .values()
+            .map(|entry| (entry.count, entry.touched))
+            .collect();
+        let (_, &mut last_evicted, _) = ranks.select_nth_unstable(evict - 1);
+        group.retain(|_, entry| (entry.count, entry.touched) > last_evicted);
     }
 }
 
@@ -192,14 +234,17 @@ impl Counters for MemoryCounters {
     ) -> BoxFuture<'a, Result<Tally, StoreError>> {
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if !entries.contains_key(key) {
-            Self::make_room(&mut entries, self.max_keys, now);
-        }
-        let entry = entries.entry(key.to_owned()).or_insert(Entry {
-            count: 0,
-            expires: now + window,
-            touched: now,
-        });
+        let entry = if entry_mut(&mut entries, key).is_some() {
+            entry_mut(&mut entries, key).expect("found just now")
+        } else {
+            let group = group_mut(&mut entries, key);
+            Self::make_room(group, self.max_keys, now);
+            group.entry(key.to_owned()).or_insert(Entry {
+                count: 0,
+                expires: now + window,
+                touched: now,
+            })
+        };
         if entry.expires <= now {
             entry.count = 0;
             entry.expires = now + window;
@@ -215,10 +260,15 @@ impl Counters for MemoryCounters {
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let name = if entries.contains_key(namespace(key)) {
+            namespace(key)
+        } else {
+            ""
+        };
+        if let Some(group) = entries.get_mut(name) {
+            group.remove(key);
+        }
         Box::pin(std::future::ready(Ok(())))
     }
 
@@ -462,19 +512,71 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn keys_are_capped_and_the_least_recently_counted_go_first() {
+    async fn keys_are_capped_and_the_lowest_counts_go_first() {
         let counters = MemoryCounters::with_max_keys(80);
         let window = Duration::from_secs(600);
-        counters.increment("busy", window).await.unwrap();
+        // A filled limit, not counted for a while but still read.
+        for _ in 0..100 {
+            counters.increment("login:capped", window).await.unwrap();
+        }
+        counters.increment("login:busy", window).await.unwrap();
         for n in 0..1_000 {
-            counters.increment(&format!("k{n}"), window).await.unwrap();
-            // The attacker's own counter keeps being counted.
-            counters.increment("busy", window).await.unwrap();
+            counters
+                .increment(&format!("login:k{n}"), window)
+                .await
+                .unwrap();
+            counters.increment("login:busy", window).await.unwrap();
             assert!(counters.usage().keys <= 80, "at {n}");
         }
-        assert_eq!(count(&counters, "busy"), 1_001, "never evicted");
-        assert_eq!(count(&counters, "k999"), 1, "recent keys stay");
-        assert_eq!(count(&counters, "k0"), 0, "the oldest went first");
+        assert_eq!(count(&counters, "login:capped"), 100, "never evicted");
+        assert_eq!(count(&counters, "login:busy"), 1_001, "never evicted");
+        assert_eq!(count(&counters, "login:k999"), 1, "recent keys stay");
+        assert_eq!(
+            count(&counters, "login:k0"),
+            0,
+            "the oldest of the least went first"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_one_namespace_leaves_another_alone() {
+        let counters = MemoryCounters::with_max_keys(50);
+        let window = Duration::from_secs(600);
+        counters.increment("login:good:ana", window).await.unwrap();
+        for n in 0..5_000 {
+            counters
+                .increment(&format!("rate:{n}"), window)
+                .await
+                .unwrap();
+        }
+        assert_eq!(count(&counters, "login:good:ana"), 1);
+        assert!(counters.usage().keys <= 51);
+        // Namespaces past the 16th share one group, capped all the same.
+        for n in 0..100 {
+            counters
+                .increment(&format!("ns{n}:x"), window)
+                .await
+                .unwrap();
+        }
+        assert!(counters.usage().keys <= 50 * (MAX_GROUPS + 1));
+        assert_eq!(count(&counters, "ns99:x"), 1, "still counted");
+        counters.delete("ns99:x").await.unwrap();
+        assert_eq!(count(&counters, "ns99:x"), 0);
+    }
+
+    #[tokio::test]
+    async fn reading_a_key_keeps_it() {
+        let counters = MemoryCounters::with_max_keys(16);
+        let window = Duration::from_secs(600);
+        counters.increment("login:good", window).await.unwrap();
+        for n in 0..200 {
+            counters
+                .increment(&format!("login:k{n}"), window)
+                .await
+                .unwrap();
+            // Read at each login from that address.
+            assert_eq!(counters.get("login:good").await.unwrap().count, 1, "at {n}");
+        }
     }
 
     #[tokio::test]

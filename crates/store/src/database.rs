@@ -65,31 +65,57 @@ pub fn default_sqlite_url(data_dir: &Path, name: &str) -> String {
 }
 
 /// Query parameters whose values are secrets (`?password=` is how many
-/// PostgreSQL URLs carry theirs).
+/// PostgreSQL URLs carry theirs), by their decoded names.
 fn is_secret_parameter(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
+    let name = percent_decoded(name).to_ascii_lowercase();
     ["pass", "secret", "token", "key"]
         .iter()
         .any(|word| name.contains(word))
 }
 
-/// The URL without its passwords (in the user info or the query), for logs
-/// and errors.
-pub fn redact_url(url: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let mut redacted = match base.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((credentials, host)) => {
-                let user = credentials.split(':').next().unwrap_or("");
-                format!("{scheme}://{user}:***@{host}")
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|pair| std::str::from_utf8(pair).ok())
+            .and_then(|pair| u8::from_str_radix(pair, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
             }
-            None => base.to_owned(),
-        },
-        None => base.to_owned(),
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The URL without its passwords (in the user info or the query), for logs
+/// and errors. The user info ends at the last '@', wherever a '?' or '/'
+/// stands in the password; if a query holds an '@', more is hidden, never
+/// less.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
     };
+    let (user_info, after) = match rest.rsplit_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split(':').next().unwrap_or("");
+            (format!("{user}:***@"), host)
+        }
+        None => (String::new(), rest),
+    };
+    let (location, query) = match after.split_once('?') {
+        Some((location, query)) => (location, Some(query)),
+        None => (after, None),
+    };
+    let mut redacted = format!("{scheme}://{user_info}{location}");
     if let Some(query) = query {
         let parameters: Vec<String> = query
             .split('&')
@@ -207,10 +233,19 @@ mod tests {
             redact_url("redis://:s3cret@cache:6379/0"),
             "redis://:***@cache:6379/0"
         );
-        // An '@' inside the password must not leak its tail.
+        // An '@', '?' or '/' inside the password must not leak any of it.
         assert_eq!(
             redact_url("postgres://app:p@ss@db/x"),
             "postgres://app:***@db/x"
         );
+        assert_eq!(
+            redact_url("postgres://app:p?ss/w@db/x?sslmode=require"),
+            "postgres://app:***@db/x?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://db/x?%70assword=s3cret"),
+            "postgres://db/x?%70assword=***"
+        );
+        assert_eq!(redact_url("not a url"), "not a url");
     }
 }

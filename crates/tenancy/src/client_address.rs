@@ -102,6 +102,19 @@ pub fn rate_limit_key(address: IpAddr) -> String {
     }
 }
 
+/// The wider block an IPv6 client's /64 sits in, a /48 (one site), for a
+/// second, looser limit: one holder of a /48 has 65 536 /64s. `None` for
+/// IPv4, where neighbouring addresses are usually other customers.
+pub fn rate_limit_block(address: IpAddr) -> Option<String> {
+    match canonical(address) {
+        IpAddr::V4(_) => None,
+        IpAddr::V6(v6) => {
+            let network = Ipv6Addr::from(u128::from(v6) & (u128::MAX << 80));
+            Some(format!("{network}/48"))
+        }
+    }
+}
+
 /// Peers whose `x-forwarded-for` is believed (`--trusted-proxies`).
 /// Empty by default: then the TCP peer is the client.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -140,27 +153,44 @@ impl TrustedProxies {
         if !self.trusts(peer) {
             return peer;
         }
-        // Nearest hop first: each proxy appends the peer it saw.
-        let hops = headers.get_all(&FORWARDED_FOR).iter().rev().flat_map(
-            |value| -> Box<dyn Iterator<Item = Option<&str>>> {
-                match value.to_str() {
-                    Ok(text) => Box::new(text.rsplit(',').map(Some)),
-                    Err(_) => Box::new(std::iter::once(None)),
-                }
-            },
-        );
+        // Nearest hop first: each proxy appends the peer it saw. Split on
+        // raw bytes, so a byte a client smuggled into its own part of the
+        // header cannot spoil the part the proxy wrote.
+        let hops = headers
+            .get_all(&FORWARDED_FOR)
+            .iter()
+            .rev()
+            .flat_map(|value| value.as_bytes().rsplit(|&b| b == b','));
         let mut client = peer;
         for hop in hops.take(MAX_HOPS) {
-            let Some(address) = hop.and_then(|hop| hop.trim().parse::<IpAddr>().ok()) else {
+            let Some(address) = parse_hop(hop) else {
                 return peer;
             };
-            client = canonical(address);
+            client = address;
             if !self.trusts(client) {
                 break;
             }
         }
         client
     }
+}
+
+/// One `x-forwarded-for` entry: `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1`,
+/// `[2001:db8::1]` or `[2001:db8::1]:5678`, as proxies write them.
+fn parse_hop(hop: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(hop).ok()?.trim();
+    let address = if let Some(bracketed) = text.strip_prefix('[') {
+        let (inner, rest) = bracketed.split_once(']')?;
+        if !(rest.is_empty() || rest.strip_prefix(':')?.parse::<u16>().is_ok()) {
+            return None;
+        }
+        inner.parse::<Ipv6Addr>().ok().map(IpAddr::V6)?
+    } else if let Ok(address) = text.parse::<IpAddr>() {
+        address
+    } else {
+        IpAddr::V4(*text.parse::<std::net::SocketAddrV4>().ok()?.ip())
+    };
+    Some(canonical(address))
 }
 
 impl fmt::Display for TrustedProxies {
@@ -262,13 +292,43 @@ mod tests {
             proxies.client_address(ip("10.0.0.5"), &internal),
             ip("10.1.1.1")
         );
-        for garbage in ["not-an-ip", "1.2.3.4, ", "1.2.3.4:80", ""] {
+        for garbage in ["not-an-ip", "1.2.3.4, ", "[1.2.3.4]", "2001:db8::1:80:", ""] {
             assert_eq!(
                 proxies.client_address(ip("10.0.0.5"), &forwarded(garbage)),
                 ip("10.0.0.5"),
                 "{garbage:?}"
             );
         }
+    }
+
+    #[test]
+    fn proxies_forms_with_ports_and_brackets_are_read() {
+        let proxies = TrustedProxies::parse("10.0.0.0/8").unwrap();
+        for (header, client) in [
+            ("203.0.113.9:4711", "203.0.113.9"),
+            ("[2001:db8::7]", "2001:db8::7"),
+            ("[2001:db8::7]:443", "2001:db8::7"),
+            ("2001:db8::7", "2001:db8::7"),
+            (" ::ffff:203.0.113.9 ", "203.0.113.9"),
+        ] {
+            assert_eq!(
+                proxies.client_address(ip("10.0.0.5"), &forwarded(header)),
+                ip(client),
+                "{header}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_byte_the_client_smuggled_in_does_not_spoil_the_proxys_entry() {
+        let proxies = TrustedProxies::parse("10.0.0.0/8").unwrap();
+        let mut headers = HeaderMap::new();
+        let value = http::HeaderValue::from_bytes(b"1.2.3.4\xff, 203.0.113.9").unwrap();
+        headers.insert(FORWARDED_FOR_HEADER, value);
+        assert_eq!(
+            proxies.client_address(ip("10.0.0.5"), &headers),
+            ip("203.0.113.9")
+        );
     }
 
     #[test]
@@ -286,6 +346,15 @@ mod tests {
         assert_ne!(
             rate_limit_key(ip("2001:db8:1:2::1")),
             rate_limit_key(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(rate_limit_block(ip("203.0.113.9")), None);
+        assert_eq!(
+            rate_limit_block(ip("2001:db8:1:2::1")).as_deref(),
+            Some("2001:db8:1::/48")
+        );
+        assert_eq!(
+            rate_limit_block(ip("2001:db8:1:ffff::1")),
+            rate_limit_block(ip("2001:db8:1:2::1"))
         );
     }
 }

@@ -19,10 +19,12 @@ mod verifier;
 
 pub use claims::{ACCESS_TOKEN_TYP, AccessClaims, Role, TenantContext};
 pub use client::{DEFAULT_OUTBOUND_TIMEOUT, Propagate, PropagateLayer};
-pub use client_address::{Cidr, FORWARDED_FOR_HEADER, TrustedProxies, rate_limit_key};
+pub use client_address::{
+    Cidr, FORWARDED_FOR_HEADER, TrustedProxies, rate_limit_block, rate_limit_key,
+};
 pub use context::{CallContext, REQUEST_ID_HEADER, RequestContext, RequestContextLayer};
 pub use jwks::{AuthServiceJwks, BoxFuture, JwksCache, JwksError, JwksSource, StaticJwks};
-pub use server::{AuthLayer, Authenticate, ORG_HINT_HEADER, PublicMethods, truncated};
+pub use server::{AuthLayer, Authenticate, LogBudget, ORG_HINT_HEADER, PublicMethods, truncated};
 pub use session_guard::{AuthSessionCheck, SessionCheck, SessionGuard, SessionState};
 pub use signing::{KeyError, SigningKey};
 pub use verifier::{AuthError, MAX_LEEWAY_SECS, MAX_TOKEN_BYTES, TokenVerifier, VerifierConfig};

@@ -115,35 +115,43 @@ pub struct Authenticate<S> {
     refusals: Arc<RefusalLog>,
 }
 
-/// Refused bearer tokens, logged at INFO so an operator sees an attack or a
-/// broken client (reason and address, never the token), at most
-/// [`REFUSALS_LOGGED_PER_SECOND`] lines a second so a flood of bad tokens
-/// cannot fill the disk; the next line logged says how many were not.
-#[derive(Debug, Default)]
-pub(crate) struct RefusalLog {
-    /// `second << 16 | lines logged in that second`, swapped as one.
+/// At most `per_second` lines a second from one kind of event, so a flood
+/// of bad requests cannot fill the disk; the next line written says how
+/// many were left out.
+#[derive(Debug)]
+pub struct LogBudget {
+    /// `second << 16 | lines written in that second`, swapped as one.
     window: AtomicU64,
     suppressed: AtomicU64,
+    per_second: u64,
 }
 
-pub(crate) const REFUSALS_LOGGED_PER_SECOND: u64 = 10;
-/// Longer method paths are cut in the log line.
-const MAX_LOGGED_PATH: usize = 128;
+impl LogBudget {
+    pub const fn new(per_second: u16) -> Self {
+        LogBudget {
+            window: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+            per_second: per_second as u64,
+        }
+    }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+    /// `Some(lines left out since the last one)` if this line may be
+    /// written now.
+    pub fn admit(&self) -> Option<u64> {
+        if self.admit_at(now_secs()) {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
 
-impl RefusalLog {
-    /// Takes one line of this second's budget, if any is left.
-    fn admit(&self, now: u64) -> bool {
+    fn admit_at(&self, now: u64) -> bool {
         let mut current = self.window.load(Ordering::Relaxed);
         loop {
             let (second, lines) = (current >> 16, current & 0xffff);
             let next = if second == now {
-                if lines >= REFUSALS_LOGGED_PER_SECOND {
+                if lines >= self.per_second {
                     return false;
                 }
                 current + 1
@@ -161,13 +169,35 @@ impl RefusalLog {
             }
         }
     }
+}
 
+/// Refused bearer tokens, logged at INFO so an operator sees an attack or a
+/// broken client: the reason and the address, never the token, within a
+/// budget of [`REFUSALS_LOGGED_PER_SECOND`].
+#[derive(Debug)]
+pub(crate) struct RefusalLog(LogBudget);
+
+impl Default for RefusalLog {
+    fn default() -> Self {
+        RefusalLog(LogBudget::new(REFUSALS_LOGGED_PER_SECOND))
+    }
+}
+
+pub(crate) const REFUSALS_LOGGED_PER_SECOND: u16 = 10;
+/// Longer method paths are cut in the log line.
+const MAX_LOGGED_PATH: usize = 128;
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl RefusalLog {
     pub(crate) fn record(&self, reason: &str, path: &str, client: Option<IpAddr>) {
-        if !self.admit(now_secs()) {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
+        let Some(suppressed) = self.0.admit() else {
             return;
-        }
-        let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
+        };
         let method = truncated(path, MAX_LOGGED_PATH);
         match client {
             Some(client) => tracing::info!(
@@ -336,7 +366,6 @@ where
                 None => match verifier.verify(&token).await {
                     Ok(tenant) => tenant,
                     Err(error) => {
-                        tracing::debug!(%error, "access token refused");
                         refusals.record(
                             error.reason(),
                             request.uri().path(),
@@ -402,15 +431,18 @@ mod tests {
     }
 
     #[test]
-    fn refusal_lines_are_budgeted_per_second() {
-        let log = RefusalLog::default();
-        let admitted = (0..50).filter(|_| log.admit(1_000)).count() as u64;
-        assert_eq!(admitted, REFUSALS_LOGGED_PER_SECOND);
-        assert!(log.admit(1_001), "a new second, a new budget");
-        assert_eq!(
-            (0..50).filter(|_| log.admit(1_001)).count() as u64,
-            REFUSALS_LOGGED_PER_SECOND - 1
-        );
+    fn log_lines_are_budgeted_per_second() {
+        let budget = LogBudget::new(10);
+        let admitted = (0..50).filter(|_| budget.admit_at(1_000)).count();
+        assert_eq!(admitted, 10);
+        assert!(budget.admit_at(1_001), "a new second, a new budget");
+        assert_eq!((0..50).filter(|_| budget.admit_at(1_001)).count(), 9);
+        // What was left out is told on the next line written.
+        let budget = LogBudget::new(1);
+        assert_eq!(budget.admit(), Some(0));
+        let left_out = (0..5).filter(|_| budget.admit().is_none()).count();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(budget.admit(), Some(left_out as u64));
     }
 
     #[test]

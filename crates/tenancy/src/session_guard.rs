@@ -95,7 +95,15 @@ impl SessionCheck for AuthSessionCheck {
 struct Verdict {
     state: SessionState,
     checked: Instant,
+    /// When asking again last failed: for a while after, the verdict is
+    /// served without asking, so an unreachable Auth costs one timeout a
+    /// session, not one per call.
+    failed: Option<Instant>,
 }
+
+/// How long after a failed check a recent "live" verdict is served without
+/// asking Auth again.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 /// What a cached verdict allows right now.
 pub(crate) enum Cached {
@@ -140,7 +148,13 @@ impl SessionGuard {
             Some(Verdict {
                 state: SessionState::Live(role),
                 checked,
-            }) if checked.elapsed() < self.fresh_for => Cached::Live(role),
+                failed,
+            }) if checked.elapsed() < self.fresh_for
+                || (failed.is_some_and(|at| at.elapsed() < RETRY_AFTER_FAILURE)
+                    && checked.elapsed() < self.fresh_for + self.stale_grace) =>
+            {
+                Cached::Live(role)
+            }
             _ => Cached::Ask,
         }
     }
@@ -159,6 +173,7 @@ impl SessionGuard {
                     Verdict {
                         state,
                         checked: Instant::now(),
+                        failed: None,
                     },
                 );
                 Ok(state)
@@ -170,6 +185,13 @@ impl SessionGuard {
                 });
                 if let Some(recent) = recent {
                     tracing::warn!(code = ?status.code(), "session check failed; serving from a recent verdict");
+                    self.verdicts.insert(
+                        tenant.session_id,
+                        Verdict {
+                            failed: Some(Instant::now()),
+                            ..recent
+                        },
+                    );
                     Ok(recent.state)
                 } else {
                     tracing::warn!(code = ?status.code(), message = status.message(), "session check failed");

@@ -875,10 +875,11 @@ async fn tokens_minted_by_the_signer_verify_into_the_tenant() {
 
 /// Answers what the test last said of the session, counting the questions;
 /// `failing` makes the check fail with that code instead (Auth down, or
-/// refusing the token).
+/// refusing the token), after `delay` (an Auth that does not answer).
 struct ScriptedCheck {
     state: std::sync::Mutex<SessionState>,
     failing: std::sync::Mutex<Option<tonic::Code>>,
+    delay: std::sync::Mutex<Duration>,
     asked: AtomicUsize,
 }
 
@@ -887,6 +888,7 @@ impl ScriptedCheck {
         Arc::new(ScriptedCheck {
             state: std::sync::Mutex::new(state),
             failing: std::sync::Mutex::new(None),
+            delay: std::sync::Mutex::new(Duration::ZERO),
             asked: AtomicUsize::new(0),
         })
     }
@@ -901,7 +903,9 @@ impl SessionCheck for ScriptedCheck {
         self.asked.fetch_add(1, Ordering::SeqCst);
         let state = *self.state.lock().unwrap();
         let failing = *self.failing.lock().unwrap();
+        let delay = *self.delay.lock().unwrap();
         Box::pin(async move {
+            tokio::time::sleep(delay).await;
             match failing {
                 Some(code) => Err(tonic::Status::new(code, "scripted failure")),
                 None => Ok(state),
@@ -1264,4 +1268,31 @@ async fn refused_tokens_are_logged_with_reason_and_address_within_a_budget() {
     }
     let signature = expired.rsplit('.').next().unwrap();
     assert!(!text.contains(signature), "never the token");
+}
+
+#[tokio::test]
+async fn an_auth_that_hangs_costs_one_wait_a_session_not_one_a_call() {
+    let key = SigningKey::generate("key-a");
+    let check = ScriptedCheck::answering(SessionState::Live(None));
+    let fresh_for = Duration::from_millis(100);
+    let guard = Arc::new(SessionGuard::new(
+        check.clone(),
+        fresh_for,
+        Duration::from_secs(30),
+        100,
+    ));
+    let mut harness = Harness::guarded(&[&key], Some(guard)).await;
+    let token = format!("Bearer {}", key.sign(&admin_claims()).unwrap());
+    assert_eq!(harness.call(&token).await, 0);
+    *check.failing.lock().unwrap() = Some(tonic::Code::DeadlineExceeded);
+    *check.delay.lock().unwrap() = Duration::from_millis(300);
+    tokio::time::sleep(fresh_for * 2).await;
+    // The first call after the verdict went stale waits out the check...
+    assert_eq!(harness.call(&token).await, 0);
+    assert_eq!(check.asked.load(Ordering::SeqCst), 2);
+    // ...the next ones are served from the verdict without asking.
+    for _ in 0..20 {
+        assert_eq!(harness.call(&token).await, 0);
+    }
+    assert_eq!(check.asked.load(Ordering::SeqCst), 2);
 }

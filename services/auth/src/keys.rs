@@ -149,7 +149,7 @@ enum Ownership {
 /// directory and of every key, manifest and temporary file in it.
 #[cfg(unix)]
 fn enforce_modes(dir: &Path, ownership: Ownership) -> Result<(), KeyStoreError> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     let refuse = |path: &Path, mode: u32, rule| KeyStoreError::Permissions {
         path: path.display().to_string(),
@@ -166,11 +166,8 @@ fn enforce_modes(dir: &Path, ownership: Ownership) -> Result<(), KeyStoreError> 
         );
         Ok::<(), KeyStoreError>(())
     };
-    let mode = fs::metadata(dir)
-        .map_err(io_error(dir))?
-        .permissions()
-        .mode()
-        & 0o7777;
+    let dir_metadata = fs::metadata(dir).map_err(io_error(dir))?;
+    let mode = dir_metadata.permissions().mode() & 0o7777;
     match ownership {
         Ownership::Owned if mode & 0o077 != 0 => set_mode(dir, mode, 0o700)?,
         // A sticky directory (a Secret volume's tmpfs) keeps others from
@@ -184,11 +181,28 @@ fn enforce_modes(dir: &Path, ownership: Ownership) -> Result<(), KeyStoreError> 
         let path = entry.map_err(io_error(dir))?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let holds_keys = name == MANIFEST || name.ends_with(".pk8") || name.ends_with(".tmp");
-        // Secret files are symlinks into the volume's data: follow them.
-        let Ok(metadata) = fs::metadata(&path) else {
+        if !holds_keys {
             continue;
-        };
-        if !holds_keys || !metadata.is_file() {
+        }
+        let metadata = match ownership {
+            // Secret files are symlinks into the volume's data: follow them.
+            Ownership::Mounted => fs::metadata(&path),
+            // Ours are written as plain files: a link, or a file someone
+            // else owns, was planted, and changing its mode would change
+            // whatever it points at.
+            Ownership::Owned => fs::symlink_metadata(&path),
+        }
+        .map_err(io_error(dir))?;
+        if ownership == Ownership::Owned
+            && (!metadata.is_file() || metadata.uid() != dir_metadata.uid())
+        {
+            return Err(refuse(
+                &path,
+                metadata.permissions().mode() & 0o7777,
+                "a key directory Trellis owns holds only plain files of its owner",
+            ));
+        }
+        if !metadata.is_file() {
             continue;
         }
         let mode = metadata.permissions().mode() & 0o7777;
@@ -441,6 +455,46 @@ pub fn rotate(dir: &Path, min_gap: Duration) -> Result<Rotation, KeyStoreError> 
     )?;
     for kid in &retired {
         // The manifest no longer names it; a leftover file is harmless.
+        let _ = fs::remove_file(dir.join(format!("{kid}.pk8")));
+    }
+    Ok(Rotation {
+        active,
+        staged: staged.kid().to_owned(),
+        retired,
+    })
+}
+
+/// For a signer that leaked: the staged key (or, with none staged, a new
+/// one) signs from now on, a fresh key is staged, and every other key,
+/// the leaked one first, leaves the JWKS at once. Verifiers drop it at
+/// their next refresh (`--jwks-refresh`), and with it every token it
+/// signed: users refresh (refresh tokens are not signed) or log in again.
+/// A new signer nobody has fetched yet is fetched on its first token.
+pub fn replace_compromised_signer(dir: &Path) -> Result<Rotation, KeyStoreError> {
+    enforce_modes(dir, Ownership::Owned)?;
+    let manifest =
+        read_manifest(dir)?.ok_or_else(|| KeyStoreError::Missing(dir.display().to_string()))?;
+    let active = match manifest.published.first() {
+        Some(newest) if *newest != manifest.active => newest.clone(),
+        _ => generate_key(dir)?.kid().to_owned(),
+    };
+    let staged = generate_key(dir)?;
+    let published = vec![staged.kid().to_owned(), active.clone()];
+    let retired: Vec<String> = manifest
+        .published
+        .iter()
+        .filter(|kid| !published.contains(kid))
+        .cloned()
+        .collect();
+    write_manifest(
+        dir,
+        &Manifest {
+            active: active.clone(),
+            published,
+            staged_at: Some(unix_now()),
+        },
+    )?;
+    for kid in &retired {
         let _ = fs::remove_file(dir.join(format!("{kid}.pk8")));
     }
     Ok(Rotation {

@@ -23,10 +23,10 @@ use trellis::auth::v1::auth_service_server::{AuthService, AuthServiceServer};
 use trellis::auth::v1::organization_service_server::OrganizationServiceServer;
 use trellis_runtime::{ServerLimits, ServiceSet};
 use trellis_store::Database;
-use trellis_tenancy::{AccessClaims, CallContext, Role, TenantContext};
+use trellis_tenancy::{AccessClaims, CallContext, LogBudget, Role, TenantContext};
 
 pub use error::AuthServiceError;
-pub use keys::{KeyStore, KeyStoreError, Rotation, rotate};
+pub use keys::{KeyStore, KeyStoreError, Rotation, replace_compromised_signer, rotate};
 pub use password::{HashPriority, Passwords};
 pub use sessions::{LocalLoginSessions, LoginSessions, NewLoginSession, SessionLifetimes};
 pub use store::MIGRATIONS;
@@ -226,6 +226,24 @@ fn audit_admin(event: &str, caller: &Caller, org: &str, actor: &str, target: &st
         client_address = %caller.address_text(),
         request_id = %caller.request_id,
     );
+}
+
+/// Throttled attempts are refused before any credential is looked at; a
+/// flood of them is summed up rather than written line by line.
+static THROTTLED_AUDIT: LogBudget = LogBudget::new(10);
+
+/// The audit event of a call turned away by a limit.
+fn audit_throttled(event: &str, caller: &Caller) {
+    if let Some(suppressed) = THROTTLED_AUDIT.admit() {
+        tracing::info!(
+            target: "audit",
+            event,
+            result = "throttled",
+            suppressed,
+            client_address = %caller.address_text(),
+            request_id = %caller.request_id,
+        );
+    }
 }
 
 /// One structured event per authentication attempt: never a password or token.
@@ -446,7 +464,7 @@ impl AuthApi {
             }
         };
         if let Err(error) = self.admit_call(PublicRpc::SignUp, &caller).await {
-            audit("sign_up", &caller, "", "", "throttled");
+            audit_throttled("sign_up", &caller);
             return Err(error);
         }
         // Before the costly hash: the answer says no more than the insert's.
@@ -520,7 +538,7 @@ impl AuthApi {
         let attempt = match self.throttle.admit(&email, caller.address).await? {
             Ok(attempt) => attempt,
             Err(retry_after) => {
-                audit("login", &caller, "", "", "throttled");
+                audit_throttled("login", &caller);
                 return Err(AuthServiceError::Throttled(retry_after));
             }
         };
@@ -616,7 +634,7 @@ impl AuthApi {
         validate::opaque_token("refresh_token", &presented)
             .map_err(|violation| AuthServiceError::InvalidArgument(vec![violation]))?;
         if let Err(error) = self.admit_call(PublicRpc::Refresh, &caller).await {
-            audit("refresh", &caller, "", "", "throttled");
+            audit_throttled("refresh", &caller);
             return Err(error);
         }
         if presented.is_empty() {

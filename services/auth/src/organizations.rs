@@ -19,8 +19,8 @@ use crate::throttle::PublicRpc;
 use crate::tokens::{new_opaque_token, token_hash};
 use crate::validate::{self, MAX_PAGE_TOKEN_BYTES};
 use crate::{
-    AuthApi, AuthServiceError, Caller, OrganizationRow, UserRow, audit_admin, now_ms,
-    organization_message, password, role_message, tenant, timestamp, user_message,
+    AuthApi, AuthServiceError, Caller, OrganizationRow, UserRow, audit_admin, audit_throttled,
+    now_ms, organization_message, password, role_message, tenant, timestamp, user_message,
 };
 
 const INVITATION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -56,9 +56,11 @@ fn decode_page_token(token: &str) -> Result<Option<(i64, String)>, AuthServiceEr
     let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
     let (created_at, id) = text.split_once(':').ok_or_else(invalid)?;
+    // Every id is a UUID; anything else did not come from this list.
+    let id = uuid::Uuid::parse_str(id).map_err(|_| invalid())?;
     Ok(Some((
         created_at.parse().map_err(|_| invalid())?,
-        id.to_owned(),
+        id.to_string(),
     )))
 }
 
@@ -208,17 +210,21 @@ impl AuthApi {
                 return Err(AuthServiceError::InvalidArgument(violations));
             }
         };
-        let refused = |result: &str, error: AuthServiceError| {
-            audit_admin("accept_invitation", &caller, "", "", "", result);
+        // The organization and invitation, once the token names them.
+        let refused = |known: Option<&InvitationRow>, result: &str, error: AuthServiceError| {
+            let (org, invitation) = known.map_or(("", ""), |row| (&row.org_id, &row.id));
+            audit_admin("accept_invitation", &caller, org, "", invitation, result);
             error
         };
         if let Err(error) = self.admit_call(PublicRpc::AcceptInvitation, &caller).await {
-            return Err(refused("throttled", error));
+            audit_throttled("accept_invitation", &caller);
+            return Err(error);
         }
         let now = now_ms();
         let hash = token_hash(&input.token);
-        let Some(email) = self.store.pending_invitation_email(&hash, now).await? else {
+        let Some(invitation) = self.store.pending_invitation(&hash, now).await? else {
             return Err(refused(
+                None,
                 "invalid",
                 AuthServiceError::NotFound("invitation not found".into()),
             ));
@@ -226,8 +232,12 @@ impl AuthApi {
         // Emails are unique across Trellis, so an email registered in any
         // organization cannot join another; the answer is sign-up's own,
         // and counts against the same kind of per-address limit.
-        if self.store.user_by_email(&email).await?.is_some() {
-            return Err(refused("email_taken", AuthServiceError::EmailTaken));
+        if self.store.user_by_email(&invitation.email).await?.is_some() {
+            return Err(refused(
+                Some(&invitation),
+                "email_taken",
+                AuthServiceError::EmailTaken,
+            ));
         }
         let template = UserRow {
             id: uuid::Uuid::new_v4().to_string(),
@@ -248,15 +258,21 @@ impl AuthApi {
             AcceptOutcome::Joined(joined) => *joined,
             AcceptOutcome::Invalid => {
                 return Err(refused(
+                    Some(&invitation),
                     "invalid",
                     AuthServiceError::NotFound("invitation not found".into()),
                 ));
             }
             AcceptOutcome::EmailTaken => {
-                return Err(refused("email_taken", AuthServiceError::EmailTaken));
+                return Err(refused(
+                    Some(&invitation),
+                    "email_taken",
+                    AuthServiceError::EmailTaken,
+                ));
             }
             AcceptOutcome::SeatsExhausted => {
                 return Err(refused(
+                    Some(&invitation),
                     "max_users",
                     AuthServiceError::SeatsExhausted(
                         "the organization has no free seats on its plan".into(),

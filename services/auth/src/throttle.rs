@@ -197,21 +197,30 @@ fn address_key(address: Option<IpAddr>) -> String {
     address.map_or_else(|| "unknown".to_owned(), trellis_tenancy::rate_limit_key)
 }
 
+/// An IPv6 client's /48 is also limited, at this many times its /64's
+/// limit: a site holds 65 536 /64s, an attacker with one must not get 65 536
+/// times the tries.
+const BLOCK_FACTOR: u64 = 16;
+
 /// The address comes last in every key: it is the one part that may hold a
 /// ':' (IPv6), and last it cannot make one key look like another.
 struct Keys {
     pair: String,
     address: String,
+    /// The /48 of an IPv6 client.
+    block: Option<String>,
     account: String,
     known_good: String,
 }
 
 impl Keys {
     fn new(email: &str, address: Option<IpAddr>) -> Keys {
+        let block = address.and_then(trellis_tenancy::rate_limit_block);
         let (account, address) = (account_digest(email), address_key(address));
         Keys {
             pair: format!("login:pair:{account}:{address}"),
             address: format!("login:address:{address}"),
+            block: block.map(|block| format!("login:block:{block}")),
             account: format!("login:account:{account}"),
             known_good: format!("login:good:{account}:{address}"),
         }
@@ -235,6 +244,7 @@ pub struct Attempt {
 impl Attempt {
     fn gate_keys(&self) -> Vec<&str> {
         let mut keys = vec![self.keys.pair.as_str(), self.keys.address.as_str()];
+        keys.extend(self.keys.block.as_deref());
         if self.account_gated {
             keys.push(&self.keys.account);
         }
@@ -283,12 +293,21 @@ impl Throttle {
     ) -> Result<Result<(), Duration>, StoreError> {
         let limit = self.policy.public_rpcs.of(rpc);
         let key = format!("rate:{}:{}", rpc.key(), address_key(address));
-        let tally = self.counters.increment(&key, limit.window).await?;
-        Ok(if tally.count > limit.count {
-            Err(tally.resets_in)
-        } else {
-            Ok(())
-        })
+        let mut counted = vec![(key, limit.count)];
+        if let Some(block) = address.and_then(trellis_tenancy::rate_limit_block) {
+            counted.push((
+                format!("rate:{}:{block}", rpc.key()),
+                limit.count.saturating_mul(BLOCK_FACTOR),
+            ));
+        }
+        let mut wait = None;
+        for (key, most) in counted {
+            let tally = self.counters.increment(&key, limit.window).await?;
+            if tally.count > most {
+                wait = wait.max(Some(tally.resets_in));
+            }
+        }
+        Ok(wait.map_or(Ok(()), Err))
     }
 
     /// Before checking a password: the admitted attempt, or how long to wait.
@@ -312,6 +331,12 @@ impl Throttle {
                 limit: self.policy.address_failures,
             },
         ];
+        if let Some(block) = &keys.block {
+            gates.push(Gate {
+                key: block,
+                limit: self.policy.address_failures.saturating_mul(BLOCK_FACTOR),
+            });
+        }
         if account_gated {
             gates.push(Gate {
                 key: &keys.account,
@@ -347,6 +372,11 @@ impl Throttle {
         self.counters
             .increment(&keys.address, self.policy.address_window)
             .await?;
+        if let Some(block) = &keys.block {
+            self.counters
+                .increment(block, self.policy.address_window)
+                .await?;
+        }
         self.counters
             .increment(&keys.account, self.policy.account_window)
             .await?;
@@ -546,6 +576,17 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn failures_from_many_addresses_stay_within_the_cap() {
+        let counters = Arc::new(MemoryCounters::with_max_keys(500));
+        let throttle = Throttle::new(counters.clone(), ThrottlePolicy::default());
+        for n in 0..3_000u32 {
+            let address = std::net::Ipv4Addr::from(0x0a00_0000 + n).to_string();
+            fail(&throttle, &format!("user{n}@example.com"), &address).await;
+        }
+        assert!(counters.usage().keys <= 500, "{:?}", counters.usage());
+    }
+
+    #[tokio::test]
     async fn an_ipv6_client_is_counted_per_64() {
         let throttle = throttle();
         for n in 1..=3 {
@@ -556,6 +597,60 @@ mod tests {
             "the same /64"
         );
         assert!(admitted(&throttle, "ana@x.io", "2001:db8:1:3::1").await);
+    }
+
+    #[tokio::test]
+    async fn an_ipv6_site_is_limited_per_48_too() {
+        let policy = ThrottlePolicy {
+            address_failures: 2,
+            public_rpcs: PublicRpcLimits {
+                sign_up_rate: "1/1h".parse().unwrap(),
+                ..PublicRpcLimits::default()
+            },
+            ..ThrottlePolicy::default()
+        };
+        let throttle = Throttle::new(Arc::new(MemoryCounters::default()), policy);
+        // Sixteen /64s of one /48 each get their own sign-up, then no more.
+        for n in 0..BLOCK_FACTOR {
+            let address = ip(&format!("2001:db8:7:{n:x}::1"));
+            assert_eq!(
+                throttle
+                    .admit_call(PublicRpc::SignUp, address)
+                    .await
+                    .unwrap(),
+                Ok(()),
+                "/64 #{n}"
+            );
+        }
+        assert!(
+            throttle
+                .admit_call(PublicRpc::SignUp, ip("2001:db8:7:ff::1"))
+                .await
+                .unwrap()
+                .is_err(),
+            "a seventeenth /64 of the same /48"
+        );
+        assert_eq!(
+            throttle
+                .admit_call(PublicRpc::SignUp, ip("2001:db8:8::1"))
+                .await
+                .unwrap(),
+            Ok(()),
+            "another /48"
+        );
+        // Failed logins the same way: 2 per /64, 32 per /48.
+        for n in 0..BLOCK_FACTOR {
+            for _ in 0..2 {
+                fail(
+                    &throttle,
+                    &format!("user{n}@x.io"),
+                    &format!("2001:db8:9:{n:x}::1"),
+                )
+                .await;
+            }
+        }
+        assert!(!admitted(&throttle, "someone@x.io", "2001:db8:9:ff::1").await);
+        assert!(admitted(&throttle, "someone@x.io", "2001:db8:a::1").await);
     }
 
     #[tokio::test]

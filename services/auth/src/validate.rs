@@ -28,7 +28,7 @@ pub fn email(field: &str, raw: &str) -> Result<String, FieldViolation> {
     }
     let email = trimmed.to_lowercase();
     let plausible = email.len() <= MAX_EMAIL_BYTES
-        && !email.contains(|c: char| c.is_whitespace() || c.is_control())
+        && !email.contains(|c: char| c.is_whitespace() || is_unprintable(c))
         && email.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty()
                 && domain.contains('.')
@@ -42,17 +42,35 @@ pub fn email(field: &str, raw: &str) -> Result<String, FieldViolation> {
     }
 }
 
-/// An email to look an account up by (Login): only bounded and normalised,
-/// so a malformed one is simply unknown.
+/// An email to look an account up by (Login): bounded, printable and
+/// normalised; otherwise malformed ones are simply unknown.
 pub fn login_email(field: &str, raw: &str) -> Result<String, FieldViolation> {
+    let too_long = || FieldViolation::new(field, "must be at most 254 bytes (RFC 5321)");
     let trimmed = raw.trim();
     if trimmed.len() > MAX_EMAIL_BYTES {
+        return Err(too_long());
+    }
+    // PostgreSQL refuses a NUL in text: it would surface as INTERNAL.
+    if trimmed.chars().any(is_unprintable) {
         return Err(FieldViolation::new(
             field,
-            "must be at most 254 bytes (RFC 5321)",
+            "must not contain control characters",
         ));
     }
-    Ok(trimmed.to_lowercase())
+    // Lower-casing can lengthen a string (some letters take more bytes).
+    let email = trimmed.to_lowercase();
+    if email.len() > MAX_EMAIL_BYTES {
+        return Err(too_long());
+    }
+    Ok(email)
+}
+
+/// Control characters, and the invisible ones that reorder or break lines
+/// where text is shown (bidi overrides and isolates, line and paragraph
+/// separators).
+fn is_unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}')
 }
 
 /// A person's or organization's name: trimmed, 1..=200 characters, no
@@ -67,7 +85,7 @@ pub fn name(field: &str, raw: &str) -> Result<String, FieldViolation> {
         Err(FieldViolation::new(field, "must not be empty"))
     } else if value.chars().count() > MAX_NAME_CHARS {
         Err(FieldViolation::new(field, "must be at most 200 characters"))
-    } else if value.chars().any(char::is_control) {
+    } else if value.chars().any(is_unprintable) {
         Err(FieldViolation::new(
             field,
             "must not contain control characters",
@@ -131,6 +149,11 @@ mod tests {
         assert!(violation.description.contains("254"));
         assert!(login_email("email", &"x".repeat(3 << 20)).is_err());
         assert_eq!(login_email("email", " X@Y ").unwrap(), "x@y");
+        assert!(login_email("email", "ana\u{0}@example.com").is_err());
+        // 127 'İ' are 254 bytes, and 381 once lower-cased.
+        let grows = "İ".repeat(127);
+        assert_eq!(grows.len(), 254);
+        assert!(login_email("email", &grows).is_err());
     }
 
     #[test]
@@ -141,6 +164,11 @@ mod tests {
         assert!(name("name", &"x".repeat(1 << 20)).is_err());
         assert!(name("name", " ").is_err());
         assert!(name("name", "Ana\nadmin=true").is_err());
+        assert!(
+            name("name", "Ana \u{202e}nimda").is_err(),
+            "a bidi override"
+        );
+        assert!(name("name", "Ana\u{2028}Bob").is_err(), "a line separator");
     }
 
     #[test]

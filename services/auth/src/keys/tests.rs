@@ -232,3 +232,44 @@ fn a_staged_key_is_promoted_only_after_the_jwks_refresh_gap() {
     assert_eq!(rotate(&dir, gap).unwrap().active, staged.staged);
     fs::remove_dir_all(dir).unwrap();
 }
+
+#[cfg(unix)]
+#[test]
+fn a_link_planted_in_our_own_directory_is_refused_not_followed() {
+    let (dir, key) = directory_with_a_key();
+    let elsewhere = dir.with_extension("elsewhere");
+    fs::write(&elsewhere, b"someone else's file").unwrap();
+    set_mode(&elsewhere, 0o644);
+    let planted = dir.join("planted.tmp");
+    std::os::unix::fs::symlink(&elsewhere, &planted).unwrap();
+    let error = KeyStore::open(&dir, true).err().unwrap();
+    assert!(error.to_string().contains("only plain files"), "{error}");
+    assert_eq!(mode(&elsewhere), 0o644, "the link's target is left alone");
+    fs::remove_file(&planted).unwrap();
+    assert_eq!(mode(&key), 0o600);
+    KeyStore::open(&dir, true).unwrap();
+    fs::remove_dir_all(dir).unwrap();
+    fs::remove_file(elsewhere).unwrap();
+}
+
+#[test]
+fn a_compromised_signer_is_replaced_and_retired_at_once() {
+    let dir = temp_dir();
+    let store = KeyStore::open(&dir, true)
+        .unwrap()
+        .with_recheck_interval(Duration::ZERO);
+    let leaked = store.signing_key().kid().to_owned();
+    // Nothing staged: a new key signs at once, and the leaked one is gone.
+    let replaced = replace_compromised_signer(&dir).unwrap();
+    assert_ne!(replaced.active, leaked);
+    assert_eq!(replaced.retired, vec![leaked.clone()]);
+    assert_eq!(store.signing_key().kid(), replaced.active);
+    let kids: Vec<String> = store.jwks().into_iter().map(|k| k.kid).collect();
+    assert_eq!(kids, vec![replaced.staged.clone(), replaced.active.clone()]);
+    assert!(!dir.join(format!("{leaked}.pk8")).exists());
+    // With a key staged, that one takes over, and the leaked signer goes.
+    let again = replace_compromised_signer(&dir).unwrap();
+    assert_eq!(again.active, replaced.staged);
+    assert_eq!(again.retired, vec![replaced.active.clone()]);
+    fs::remove_dir_all(dir).unwrap();
+}

@@ -321,22 +321,24 @@ impl AuthStore {
         })
     }
 
-    /// The email of the pending, unexpired invitation `token_hash` names:
-    /// looked up before the costly password hash, so bogus tokens (and
-    /// emails already registered) cost a lookup.
-    pub async fn pending_invitation_email(
+    /// The pending, unexpired invitation `token_hash` names: looked up
+    /// before the costly password hash, so bogus tokens (and emails already
+    /// registered) cost a lookup.
+    pub async fn pending_invitation(
         &self,
         token_hash: &str,
         now: i64,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Option<InvitationRow>, StoreError> {
+        let sql = format!(
+            "SELECT {INVITATION_COLUMNS} FROM auth_invitations \
+             WHERE token_hash = $1 AND status = 'pending' AND expires_at > $2"
+        );
         with_pool!(&self.db, pool => {
-            let email: Option<String> = sqlx::query_scalar(
-                "SELECT email FROM auth_invitations WHERE token_hash = $1 AND status = 'pending' AND expires_at > $2",
-            )
-            .bind(token_hash).bind(now)
-            .fetch_optional(pool)
-            .await?;
-            Ok(email)
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(token_hash).bind(now)
+                .fetch_optional(pool)
+                .await?;
+            Ok(row.as_ref().map(invitation).transpose()?)
         })
     }
 
