@@ -274,3 +274,34 @@ impl std::fmt::Debug for TokenVerifier {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_learn_only_whether_to_log_in_again() {
+        let status = AuthError::Expired.to_status();
+        assert_eq!(
+            (status.code(), status.message()),
+            (tonic::Code::Unauthenticated, "access token expired")
+        );
+        assert_eq!(AuthError::Missing.client_message(), "missing bearer token");
+        assert_eq!(
+            AuthError::MalformedHeader.client_message(),
+            "malformed authorization header"
+        );
+        for hidden in [
+            AuthError::BadSignature,
+            AuthError::UnknownKey,
+            AuthError::IssuedInFuture,
+            AuthError::Malformed("header: {\"alg\": ...}".into()),
+        ] {
+            assert_eq!(
+                hidden.client_message(),
+                "invalid access token",
+                "{hidden:?}"
+            );
+        }
+    }
+}

@@ -1059,6 +1059,19 @@ async fn times_inside_the_leeway_pass_and_just_outside_it_do_not() {
         }
         signed(&header("key-a"), &claims, &key)
     };
+    // A lifetime of exactly the maximum (3600 s) is allowed, a second more is not.
+    let issued = now();
+    let lasting = |seconds: i64| {
+        let claims = with(claims(), "iat", json!(issued));
+        signed(
+            &header("key-a"),
+            &with(claims, "exp", json!(issued + seconds)),
+            &key,
+        )
+    };
+    assert_eq!(harness.call(&format!("Bearer {}", lasting(3600))).await, 0);
+    let longer = lasting(3601);
+    assert_eq!(harness.refusal(&longer).await, "lifetime_too_long");
     for (claim, inside, outside, reason) in [
         ("exp", -25, -35, "expired"),
         ("nbf", 25, 35, "not_yet_valid"),
