@@ -22,8 +22,9 @@ FLOOD=${FLOOD:-200}
 
 cargo build --release --quiet --bin trellis
 cargo build --release --quiet --example abuse -p trellis-auth
-bin=target/release/trellis
-client=target/release/examples/abuse
+target=${CARGO_TARGET_DIR:-target}
+bin=$target/release/trellis
+client=$target/release/examples/abuse
 work=$(mktemp -d)
 server=
 stop() { [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null; server=; true; }

@@ -23,7 +23,7 @@ command -v h2load >/dev/null || { echo "h2load not found: apt-get install nghttp
 command -v taskset >/dev/null || { echo "taskset not found: apt-get install util-linux" >&2; exit 2; }
 
 cargo build --release --quiet --example bench_server -p trellis-runtime
-server=target/release/examples/bench_server
+server=${CARGO_TARGET_DIR:-target}/release/examples/bench_server
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # An empty WhoAmIRequest, gRPC length-prefixed: not compressed, length 0.

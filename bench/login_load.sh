@@ -34,8 +34,9 @@ cargo build --release --quiet --example login_storm -p trellis-auth
 if [ -z "${TRELLIS_BIN:-}" ]; then
   cargo build --release --quiet --bin trellis
 fi
-bin=${TRELLIS_BIN:-target/release/trellis}
-storm_client=target/release/examples/login_storm
+target=${CARGO_TARGET_DIR:-target}
+bin=${TRELLIS_BIN:-$target/release/trellis}
+storm_client=$target/release/examples/login_storm
 work=$(mktemp -d)
 port=$((20000 + RANDOM % 20000))
 # The accounts are signed up from this one address: lift its sign-up limit.

@@ -288,7 +288,7 @@ async fn bad_configuration_and_busy_ports_fail_with_clear_errors() {
         (
             "--trusted-proxies",
             "10.0.0.0/33",
-            "the prefix length must be 0..=32",
+            "the prefix length must be 1..=32",
         ),
         (
             "--trusted-proxies",

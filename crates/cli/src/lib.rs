@@ -77,9 +77,10 @@ pub struct RotateArgs {
     /// at most every --jwks-min-refresh, and refuse it until then.
     #[arg(long, conflicts_with = "compromised")]
     pub force: bool,
-    /// The signing key leaked: sign with another key now and take the
-    /// leaked one (and every other old key) out of the JWKS at once. Every
-    /// token it signed stops working at each server's next JWKS refresh.
+    /// The signing key leaked: sign with a key made now and take every
+    /// older key (the leaked one and the staged one beside it) out of the
+    /// JWKS at once. Tokens they signed stop working at each server's next
+    /// JWKS refresh.
     #[arg(long)]
     pub compromised: bool,
 }
@@ -479,11 +480,11 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
         } else {
             set.with_session_guard(Some(sessions.clone()))
         };
-        println!(
+        say(&format!(
             "{:<10} listening on {bound}  ({})",
             service.as_str(),
             set.service_names().join(", ")
-        );
+        ));
         addresses.push((service, bound));
         let limits = args.limits.clone();
         let verifier = verifier.clone();
@@ -540,6 +541,13 @@ fn build_verifier(
     Ok((verifier, sessions))
 }
 
+/// A line on stdout. A reader that went away (`trellis up | head`) is not
+/// this process's failure: the line is dropped, the servers keep serving.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
 fn keys_command(command: &KeysCommand) -> Result<(), CliError> {
     match command {
         KeysCommand::Rotate(args) => {
@@ -554,25 +562,29 @@ fn keys_command(command: &KeysCommand) -> Result<(), CliError> {
             } else {
                 trellis_auth::rotate(&dir, args.jwks_refresh)?
             };
-            println!("signing:  {}", rotation.active);
-            println!(
+            say(&format!("signing:  {}", rotation.active));
+            say(&format!(
                 "staged:   {} (published now; signs after the next rotation)",
                 rotation.staged
-            );
+            ));
             for kid in rotation.retired {
-                println!("retired:  {kid}");
+                say(&format!("retired:  {kid}"));
             }
         }
         KeysCommand::List(args) => {
-            let keys = args.open()?;
+            // Read only: a mistyped directory is an error, not a new key.
+            let (dir, _) = args.location();
+            let keys = KeyStore::open(&dir, false)?;
             let signing = keys.signing_key().kid().to_owned();
-            for jwk in keys.jwks() {
-                let state = if jwk.kid == signing {
-                    "signing"
-                } else {
-                    "published"
+            for (position, jwk) in keys.jwks().into_iter().enumerate() {
+                // Published newest first: a newest key that does not sign
+                // yet is the staged one.
+                let state = match (jwk.kid == signing, position) {
+                    (true, _) => "signing",
+                    (false, 0) => "staged (published; signs after the next rotation)",
+                    (false, _) => "published (the previous signer)",
                 };
-                println!("{:<40} {state}", jwk.kid);
+                say(&format!("{:<40} {state}", jwk.kid));
             }
         }
     }

@@ -83,9 +83,9 @@ pub struct ServerLimits {
     #[arg(long, env = "TRELLIS_SHUTDOWN_GRACE", default_value = "15s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
     /// Proxies (addresses or CIDR blocks, comma-separated) whose
-    /// `x-forwarded-for` names the real client, e.g. the gateway's and the
-    /// ingress's pod range. Empty: the TCP peer is the client, and the
-    /// header is ignored.
+    /// `x-forwarded-for` names the real client: the gateway's and the
+    /// ingress's own addresses or subnet, never a range where other
+    /// workloads run. Empty: the TCP peer is the client, the header ignored.
     #[arg(long, env = "TRELLIS_TRUSTED_PROXIES", default_value = "", value_parser = TrustedProxies::parse)]
     pub trusted_proxies: TrustedProxies,
 }

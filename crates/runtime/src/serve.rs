@@ -106,6 +106,10 @@ pub async fn serve(
         let mut builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(trellis::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // google.rpc.RetryInfo, BadRequest, ...: so reflection clients
+            // (grpcurl) can decode the details of an error, not only show
+            // them as bytes.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .with_service_name("grpc.health.v1.Health")
             .with_service_name("grpc.reflection.v1.ServerReflection")
             .with_service_name("grpc.reflection.v1alpha.ServerReflection");
@@ -165,7 +169,16 @@ pub async fn serve(
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, stop_accepting);
 
-    tracing::info!(server = name, address = ?address, "serving");
+    if limits.trusted_proxies.is_empty() {
+        tracing::info!(server = name, address = ?address, "serving");
+    } else {
+        tracing::info!(
+            server = name,
+            address = ?address,
+            trusted_proxies = %limits.trusted_proxies,
+            "serving; x-forwarded-for believed from the trusted proxies"
+        );
+    }
     let mut deadline = shutdown;
     let bound = limits.shutdown_drain + limits.shutdown_grace;
     tokio::select! {

@@ -144,8 +144,26 @@ impl Database {
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
             {
-                std::fs::create_dir_all(parent).map_err(|source| StoreError::DataDir {
-                    path: parent.display().to_string(),
+                let mut builder = std::fs::DirBuilder::new();
+                builder.recursive(true);
+                #[cfg(unix)]
+                std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+                builder
+                    .create(parent)
+                    .map_err(|source| StoreError::DataDir {
+                        path: parent.display().to_string(),
+                        source,
+                    })?;
+            }
+            // Password and token hashes live here: readable by the owner
+            // only (SQLite gives its -wal and -shm files the same mode).
+            #[cfg(unix)]
+            if !file.is_empty() && !file.starts_with(':') {
+                let mut options = std::fs::OpenOptions::new();
+                options.write(true).create(true);
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                options.open(file).map_err(|source| StoreError::DataDir {
+                    path: file.to_owned(),
                     source,
                 })?;
             }

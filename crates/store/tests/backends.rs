@@ -98,6 +98,16 @@ async fn sqlite_creates_its_file_and_migrates_per_service() {
             .unwrap();
         assert_eq!(mode, "wal");
     }
+    // Hashes of passwords and tokens: the owner's alone.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: std::path::PathBuf| {
+            std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+        };
+        assert_eq!(mode(dir.join("nested/probe.db")), 0o600);
+        assert_eq!(mode(dir.join("nested")), 0o700);
+    }
     database.close().await;
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -28,6 +28,24 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// The first address of the block.
+    fn lowest(&self) -> IpAddr {
+        match self.network {
+            IpAddr::V4(network) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V4((u32::from(network) & mask).into())
+            }
+            IpAddr::V6(network) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V6((u128::from(network) & mask).into())
+            }
+        }
+    }
+
     pub fn contains(&self, address: IpAddr) -> bool {
         match (self.network, canonical(address)) {
             (IpAddr::V4(network), IpAddr::V4(address)) => {
@@ -67,10 +85,21 @@ impl FromStr for Cidr {
             Some(prefix) => prefix
                 .parse::<u8>()
                 .ok()
-                .filter(|prefix| *prefix <= most)
-                .ok_or_else(|| format!("{text:?}: the prefix length must be 0..={most}"))?,
+                .filter(|prefix| (1..=most).contains(prefix))
+                .ok_or_else(|| {
+                    format!(
+                        "{text:?}: the prefix length must be 1..={most} (trusting every address would let anyone claim any)"
+                    )
+                })?,
         };
-        Ok(Cidr { network, prefix })
+        let block = Cidr { network, prefix };
+        let lowest = block.lowest();
+        if lowest != network {
+            return Err(format!(
+                "{text:?} has bits set past its prefix: did you mean {lowest}/{prefix}?"
+            ));
+        }
+        Ok(block)
     }
 }
 
@@ -225,15 +254,14 @@ mod tests {
         assert!(!proxies.trusts(ip("fe80::1")));
         assert!(!proxies.trusts(ip("11.0.0.1")));
         assert!(TrustedProxies::parse("").unwrap().is_empty());
+        let half = TrustedProxies::parse("0.0.0.0/1").unwrap();
+        assert!(half.trusts(ip("8.8.8.8")));
+        assert!(!half.trusts(ip("200.0.0.1")));
+        assert!(!half.trusts(ip("::2")));
         assert!(
-            TrustedProxies::parse("0.0.0.0/0")
-                .unwrap()
-                .trusts(ip("8.8.8.8"))
-        );
-        assert!(
-            !TrustedProxies::parse("0.0.0.0/0")
-                .unwrap()
-                .trusts(ip("::2"))
+            TrustedProxies::parse("10.0.0.1/8")
+                .unwrap_err()
+                .contains("did you mean 10.0.0.0/8?")
         );
         for bad in [
             "10.0.0.0/33",
@@ -241,6 +269,9 @@ mod tests {
             "proxy.local",
             "10.0.0.0/x",
             "10.0.0/8",
+            "0.0.0.0/0",
+            "::/0",
+            "fd00::1/8",
         ] {
             assert!(TrustedProxies::parse(bad).is_err(), "{bad}");
         }

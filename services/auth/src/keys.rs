@@ -304,6 +304,9 @@ impl KeyStore {
         generate_if_missing: bool,
     ) -> Result<KeyStore, KeyStoreError> {
         let dir = dir.into();
+        if !generate_if_missing && !dir.is_dir() {
+            return Err(KeyStoreError::Missing(dir.display().to_string()));
+        }
         let ownership = if generate_if_missing {
             Ownership::Owned
         } else {
@@ -464,20 +467,18 @@ pub fn rotate(dir: &Path, min_gap: Duration) -> Result<Rotation, KeyStoreError> 
     })
 }
 
-/// For a signer that leaked: the staged key (or, with none staged, a new
-/// one) signs from now on, a fresh key is staged, and every other key,
-/// the leaked one first, leaves the JWKS at once. Verifiers drop it at
-/// their next refresh (`--jwks-refresh`), and with it every token it
-/// signed: users refresh (refresh tokens are not signed) or log in again.
-/// A new signer nobody has fetched yet is fetched on its first token.
+/// For a signer that leaked: a key made now signs from now on, another new
+/// one is staged, and every older key, the leaked one and the staged one
+/// (which sat beside it in the same directory or Secret) alike, leaves the
+/// JWKS at once. Verifiers drop them at their next refresh
+/// (`--jwks-refresh`), and with them every token they signed: users
+/// refresh (refresh tokens are not signed) or log in again. The new signer
+/// is fetched by each verifier on its first token.
 pub fn replace_compromised_signer(dir: &Path) -> Result<Rotation, KeyStoreError> {
     enforce_modes(dir, Ownership::Owned)?;
     let manifest =
         read_manifest(dir)?.ok_or_else(|| KeyStoreError::Missing(dir.display().to_string()))?;
-    let active = match manifest.published.first() {
-        Some(newest) if *newest != manifest.active => newest.clone(),
-        _ => generate_key(dir)?.kid().to_owned(),
-    };
+    let active = generate_key(dir)?.kid().to_owned();
     let staged = generate_key(dir)?;
     let published = vec![staged.kid().to_owned(), active.clone()];
     let retired: Vec<String> = manifest
