@@ -99,3 +99,51 @@ impl TenantContext {
             .ok_or_else(|| tonic::Status::unauthenticated("missing bearer token"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_are_named_as_the_token_writes_them_and_only_viewers_are_read_only() {
+        for (role, name, writes) in [
+            (Role::Admin, "admin", true),
+            (Role::Developer, "developer", true),
+            (Role::Viewer, "viewer", false),
+        ] {
+            assert_eq!(role.as_str(), name);
+            assert_eq!(role.to_string(), name);
+            assert_eq!(serde_json::to_value(role).unwrap(), name);
+            assert_eq!(role.can_write(), writes, "{name}");
+        }
+    }
+
+    #[test]
+    fn only_the_worker_scope_makes_a_worker() {
+        let claims = |scope: Option<&str>| AccessClaims {
+            iss: "trellis".into(),
+            aud: "trellis".into(),
+            sub: Uuid::new_v4(),
+            org: Uuid::new_v4(),
+            role: Role::Viewer,
+            sid: Uuid::new_v4(),
+            iat: 0,
+            nbf: 0,
+            exp: 60,
+            jti: Uuid::new_v4(),
+            scope: scope.map(str::to_owned),
+        };
+        for (scope, worker) in [
+            (None, false),
+            (Some("worker"), true),
+            (Some("read worker"), true),
+            (Some("workers"), false),
+            (Some("coworker"), false),
+            (Some(""), false),
+        ] {
+            let tenant = TenantContext::from_claims(&claims(scope));
+            assert_eq!(tenant.worker, worker, "{scope:?}");
+            assert_eq!(tenant.expires_at, 60);
+        }
+    }
+}

@@ -254,6 +254,8 @@ mod tests {
         assert!(!proxies.trusts(ip("fe80::1")));
         assert!(!proxies.trusts(ip("11.0.0.1")));
         assert!(TrustedProxies::parse("").unwrap().is_empty());
+        assert!(!proxies.is_empty());
+        assert!(TrustedProxies::parse("fd00::/64").is_ok());
         let half = TrustedProxies::parse("0.0.0.0/1").unwrap();
         assert!(half.trusts(ip("8.8.8.8")));
         assert!(!half.trusts(ip("200.0.0.1")));
@@ -272,6 +274,8 @@ mod tests {
             "0.0.0.0/0",
             "::/0",
             "fd00::1/8",
+            "10.1.0.4/16",
+            "fd00::4/64",
         ] {
             assert!(TrustedProxies::parse(bad).is_err(), "{bad}");
         }
