@@ -214,3 +214,43 @@ impl JwksCache {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[test]
+    fn plausible_kids_are_short_and_plain() {
+        for kid in ["k-1", "k_1", "k.1", "K9", "k-019a2b3c.d_e", &"k".repeat(64)] {
+            assert!(is_plausible_kid(kid), "{kid}");
+        }
+        for kid in ["", "..", "a..b", "a/b", "a b", "a\0", "é", &"k".repeat(65)] {
+            assert!(!is_plausible_kid(kid), "{kid:?}");
+        }
+    }
+
+    struct Counting(AtomicUsize);
+
+    impl JwksSource for Counting {
+        fn fetch(&self) -> BoxFuture<Result<Vec<Jwk>, JwksError>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Ok(Vec::new()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_are_refreshed_in_the_background_until_the_cache_goes() {
+        let source = Arc::new(Counting(AtomicUsize::new(0)));
+        let cache = Arc::new(JwksCache::new(source.clone(), Duration::ZERO));
+        cache.spawn_background_refresh(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(source.0.load(Ordering::SeqCst) >= 3);
+        drop(cache);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let stopped_at = source.0.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(source.0.load(Ordering::SeqCst), stopped_at, "it stops");
+    }
+}

@@ -445,6 +445,102 @@ mod tests {
         assert_eq!(budget.admit(), Some(left_out as u64));
     }
 
+    /// Ready only every other poll, counting the polls.
+    #[derive(Clone, Default)]
+    struct Reluctant(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl tower::Service<http::Request<()>> for Reluctant {
+        type Response = http::Response<String>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            let polls = self.0.fetch_add(1, Ordering::SeqCst);
+            if polls % 2 == 0 {
+                Poll::Pending
+            } else {
+                Poll::Ready(Ok(()))
+            }
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            std::future::ready(Ok(http::Response::new(String::new())))
+        }
+    }
+
+    #[test]
+    fn readiness_is_the_inner_services() {
+        use tower::Layer;
+        let jwks = Arc::new(crate::JwksCache::new(
+            Arc::new(crate::StaticJwks::default()),
+            std::time::Duration::ZERO,
+        ));
+        let verifier = Arc::new(TokenVerifier::new(
+            jwks,
+            crate::VerifierConfig {
+                issuer: "trellis".into(),
+                audience: "trellis".into(),
+                leeway_secs: 0,
+                max_lifetime_secs: 60,
+                cache_capacity: 1,
+            },
+        ));
+        let inner = Reluctant::default();
+        let polls = inner.0.clone();
+        let mut service = AuthLayer::new(verifier, PublicMethods::standard()).layer(inner);
+        let waker = std::task::Waker::noop();
+        let mut context = Context::from_waker(waker);
+        assert!(tower::Service::poll_ready(&mut service, &mut context).is_pending());
+        assert!(tower::Service::poll_ready(&mut service, &mut context).is_ready());
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn the_caller_is_recorded_on_the_rpc_span() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let captured = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(move || Captured(writer.clone())),
+        );
+        let tenant = TenantContext {
+            org_id: uuid::Uuid::new_v4(),
+            user_id: uuid::Uuid::new_v4(),
+            role: crate::Role::Viewer,
+            session_id: uuid::Uuid::new_v4(),
+            token_id: uuid::Uuid::new_v4(),
+            expires_at: 0,
+            worker: false,
+        };
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(
+                "rpc",
+                org = tracing::field::Empty,
+                user = tracing::field::Empty
+            );
+            let _entered = span.enter();
+            record_caller(&tenant);
+            tracing::info!("handled");
+        });
+        let text = String::from_utf8(captured.lock().unwrap().clone()).unwrap();
+        assert!(text.contains(&format!("org={}", tenant.org_id)), "{text}");
+        assert!(text.contains(&format!("user={}", tenant.user_id)), "{text}");
+    }
+
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     #[test]
     fn logged_paths_are_cut_on_a_character_boundary() {
         assert_eq!(truncated("/a/b", 128), "/a/b");
