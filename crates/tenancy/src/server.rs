@@ -456,7 +456,7 @@ mod tests {
 
         fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
             let polls = self.0.fetch_add(1, Ordering::SeqCst);
-            if polls % 2 == 0 {
+            if polls.is_multiple_of(2) {
                 Poll::Pending
             } else {
                 Poll::Ready(Ok(()))
