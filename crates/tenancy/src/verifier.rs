@@ -97,9 +97,6 @@ impl AuthError {
             ErrorKind::ImmatureSignature => AuthError::NotYetValid,
             ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
             ErrorKind::InvalidAudience => AuthError::WrongAudience,
-            ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => {
-                AuthError::AlgorithmNotAllowed(error.to_string())
-            }
             ErrorKind::MissingRequiredClaim(_)
             | ErrorKind::InvalidClaimFormat(_)
             | ErrorKind::InvalidSubject

@@ -772,6 +772,13 @@ async fn hostile_tokens_never_reach_the_handler() {
         .await;
     assert_eq!(code, UNAUTHENTICATED, "no authorization header at all");
     assert_eq!(harness.calls(), handled);
+    let another = signed(
+        &header("key-a"),
+        &with(claims(), "jti", json!(uuid::Uuid::new_v4())),
+        &key,
+    );
+    assert_eq!(harness.call(&format!("Bearer {another}")).await, 0);
+    assert_eq!(harness.verifier.cached_tokens(), 2);
 }
 
 #[tokio::test]
@@ -1083,6 +1090,11 @@ async fn times_inside_the_leeway_pass_and_just_outside_it_do_not() {
             0,
             "{claim} {inside}"
         );
+        // And remembered: a verdict inside the leeway is served from the cache.
+        assert!(
+            harness.verifier.cached(&accepted).is_some(),
+            "{claim} {inside}"
+        );
         let refused = token(claim, outside);
         assert_eq!(
             harness.call(&format!("Bearer {refused}")).await,
@@ -1091,6 +1103,31 @@ async fn times_inside_the_leeway_pass_and_just_outside_it_do_not() {
         );
         assert_eq!(harness.refusal(&refused).await, reason);
     }
+}
+
+#[tokio::test]
+async fn a_token_of_exactly_the_size_limit_passes_and_one_byte_more_does_not() {
+    let key = SigningKey::generate("key-a");
+    let mut harness = Harness::new(&[&key]).await;
+    // Base64 lengths skip some values; padding both parts reaches them all.
+    let of_length = |target: usize| {
+        (0..4)
+            .flat_map(|head| (0..8192).map(move |body| (head, body)))
+            .map(|(head, body)| {
+                let header = with(header("key-a"), "x-pad", json!("h".repeat(head)));
+                signed(
+                    &header,
+                    &with(claims(), "pad", json!("x".repeat(body))),
+                    &key,
+                )
+            })
+            .find(|token| token.len() == target)
+            .expect("some padding hits the length")
+    };
+    let largest = of_length(trellis_tenancy::MAX_TOKEN_BYTES);
+    assert_eq!(harness.call(&format!("Bearer {largest}")).await, 0);
+    let over = of_length(trellis_tenancy::MAX_TOKEN_BYTES + 1);
+    assert_eq!(harness.refusal(&over).await, "too_large");
 }
 
 #[tokio::test]
