@@ -779,6 +779,11 @@ async fn hostile_tokens_never_reach_the_handler() {
     );
     assert_eq!(harness.call(&format!("Bearer {another}")).await, 0);
     assert_eq!(harness.verifier.cached_tokens(), 2);
+    assert_eq!(
+        format!("{:?}", harness.verifier),
+        "TokenVerifier { cached_tokens: 2 }",
+        "no key material, no tokens"
+    );
 }
 
 #[tokio::test]
