@@ -27,7 +27,7 @@ run() { # $1 = group; the rest are cargo-mutants arguments
   mkdir -p "$out"
   echo "=== $group"
   # Exit code 2 means some mutants were missed: reported below, not fatal.
-  cargo mutants -j 1 -o "$out" "$@" || [ $? -eq 2 ]
+  cargo mutants -j "${JOBS:-1}" -o "$out" "$@" || [ $? -eq 2 ]
 }
 
 for group in "${groups[@]}"; do

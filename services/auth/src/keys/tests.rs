@@ -275,3 +275,31 @@ fn a_compromised_signer_is_replaced_and_retired_at_once() {
     assert!(!dir.join(format!("{staged}.pk8")).exists());
     fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn an_unreadable_manifest_is_an_error_never_a_reason_to_make_new_keys() {
+    let dir = temp_dir();
+    fs::create_dir_all(dir.join(MANIFEST)).unwrap();
+    let error = KeyStore::open(&dir, true).err().unwrap();
+    assert!(matches!(error, KeyStoreError::Io { .. }), "{error}");
+    let made: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.path().extension().is_some_and(|e| e == "pk8"))
+        .collect();
+    assert!(made.is_empty(), "no key was generated");
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn the_key_directory_is_read_again_only_after_the_recheck_interval() {
+    let dir = temp_dir();
+    let store = KeyStore::open(&dir, true)
+        .unwrap()
+        .with_recheck_interval(Duration::from_secs(3600));
+    let first = store.signing_key().kid().to_owned();
+    rotate(&dir, Duration::ZERO).unwrap();
+    rotate(&dir, Duration::ZERO).unwrap();
+    assert_eq!(store.signing_key().kid(), first, "not read again yet");
+    fs::remove_dir_all(dir).unwrap();
+}
