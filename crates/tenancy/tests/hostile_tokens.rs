@@ -974,7 +974,7 @@ async fn the_session_guard_applies_the_current_role_and_ended_sessions() {
 async fn while_auth_cannot_answer_a_live_session_is_served_for_the_grace_then_unavailable() {
     let key = SigningKey::generate("key-a");
     let check = ScriptedCheck::answering(SessionState::Live(None));
-    let (fresh_for, grace) = (Duration::from_millis(300), Duration::from_millis(600));
+    let (fresh_for, grace) = (Duration::from_millis(300), Duration::from_millis(1500));
     let guard = Arc::new(SessionGuard::new(check.clone(), fresh_for, grace, 100));
     let mut harness = Harness::guarded(&[&key], Some(guard)).await;
     let token = format!("Bearer {}", key.sign(&admin_claims()).unwrap());
