@@ -127,6 +127,7 @@ async fn sign_up_and_sessions(extra: &[&str]) {
     );
     assert_eq!(wrong_password.message(), "invalid credentials");
 
+    let logging_in = std::time::SystemTime::now();
     let login = auth
         .login(LoginRequest {
             email: email.clone(),
@@ -146,7 +147,11 @@ async fn sign_up_and_sessions(extra: &[&str]) {
         org.organization_id
     );
     assert_eq!(me.session_id, login.session_id);
-    assert!(login.user.unwrap().last_login_at.is_some());
+    // This login, not the sign-up's.
+    let last_login = login.user.unwrap().last_login_at.unwrap();
+    let last_login = std::time::UNIX_EPOCH
+        + std::time::Duration::new(last_login.seconds as u64, last_login.nanos as u32);
+    assert!(last_login >= logging_in - std::time::Duration::from_millis(1));
 
     // Other servers trust Auth's tokens through the JWKS.
     let mut cart =
