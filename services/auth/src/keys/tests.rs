@@ -210,6 +210,15 @@ fn a_staged_key_is_promoted_only_after_the_jwks_refresh_gap() {
     KeyStore::open(&dir, true).unwrap();
     let gap = Duration::from_secs(300);
     let staged = rotate(&dir, gap).unwrap();
+    let staged_at = read_manifest(&dir).unwrap().unwrap().staged_at.unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        now.abs_diff(staged_at) <= 5,
+        "staged at {staged_at}, now {now}"
+    );
     let error = rotate(&dir, gap).unwrap_err();
     assert!(
         matches!(&error, KeyStoreError::TooSoon { staged: kid, wait, .. } if *kid == staged.staged && *wait > 290),
@@ -302,4 +311,42 @@ fn the_key_directory_is_read_again_only_after_the_recheck_interval() {
     rotate(&dir, Duration::ZERO).unwrap();
     assert_eq!(store.signing_key().kid(), first, "not read again yet");
     fs::remove_dir_all(dir).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn right_modes_are_left_alone_without_a_warning() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let (dir, _) = directory_with_a_key();
+    let captured = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::registry().with(
+        tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(move || CapturedLog(writer.clone())),
+    );
+    tracing::subscriber::with_default(subscriber, || {
+        KeyStore::open(&dir, true).unwrap();
+        set_mode(&dir, 0o750);
+        KeyStore::open(&dir, true).unwrap();
+    });
+    let text = String::from_utf8(captured.lock().unwrap().clone()).unwrap();
+    assert_eq!(
+        text.matches("fixed a mode").count(),
+        1,
+        "one warning, for the one lax mode: {text}"
+    );
+    fs::remove_dir_all(dir).unwrap();
+}
+
+struct CapturedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
