@@ -15,11 +15,11 @@ use trellis::auth::v1::{
     CheckSessionRequest, LogoutRequest, RefreshRequest, SignUpRequest, WhoAmIRequest,
 };
 use trellis_auth::{
-    AuthDeps, AuthServiceError, AuthSettings, KeyStore, LoginSessions, NewLoginSession, Passwords,
-    Throttle, ThrottlePolicy,
+    AuthDeps, AuthSettings, KeyStore, LoginSessions, NewLoginSession, Passwords, Throttle,
+    ThrottlePolicy,
 };
 use trellis_runtime::ServerLimits;
-use trellis_store::{Database, DatabaseOptions, MemoryCounters};
+use trellis_store::{Database, DatabaseOptions, MemoryCounters, StoreError};
 
 #[derive(Default)]
 struct Recorded {
@@ -54,7 +54,7 @@ impl RecordingSessions {
 
 #[tonic::async_trait]
 impl LoginSessions for RecordingSessions {
-    async fn open(&self, session: &NewLoginSession) -> Result<(), AuthServiceError> {
+    async fn open(&self, session: &NewLoginSession) -> Result<(), StoreError> {
         let mut recorded = self.0.lock().unwrap();
         recorded.calls.push("open".into());
         recorded.sessions.insert(
@@ -64,11 +64,11 @@ impl LoginSessions for RecordingSessions {
         Ok(())
     }
 
-    async fn is_live(&self, org_id: &str, session_id: &str) -> Result<bool, AuthServiceError> {
+    async fn is_live(&self, org_id: &str, session_id: &str) -> Result<bool, StoreError> {
         Ok(self.ask("is_live", org_id, session_id))
     }
 
-    async fn touch(&self, org_id: &str, session_id: &str) -> Result<bool, AuthServiceError> {
+    async fn touch(&self, org_id: &str, session_id: &str) -> Result<bool, StoreError> {
         Ok(self.ask("touch", org_id, session_id))
     }
 
@@ -78,7 +78,7 @@ impl LoginSessions for RecordingSessions {
         user_id: &str,
         session_id: &str,
         reason: &str,
-    ) -> Result<bool, AuthServiceError> {
+    ) -> Result<bool, StoreError> {
         let mut recorded = self.0.lock().unwrap();
         recorded.calls.push(format!("end: {reason}"));
         Ok(match recorded.sessions.get_mut(session_id) {
@@ -89,12 +89,7 @@ impl LoginSessions for RecordingSessions {
         })
     }
 
-    async fn end_all(
-        &self,
-        org_id: &str,
-        user_id: &str,
-        reason: &str,
-    ) -> Result<u64, AuthServiceError> {
+    async fn end_all(&self, org_id: &str, user_id: &str, reason: &str) -> Result<u64, StoreError> {
         let mut recorded = self.0.lock().unwrap();
         recorded.calls.push(format!("end_all: {reason}"));
         let mut ended = 0;

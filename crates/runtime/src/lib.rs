@@ -4,12 +4,14 @@
 
 mod access_log;
 mod config;
+mod error;
 mod serve;
 mod shutdown;
 mod telemetry;
 
 pub use access_log::{AccessLog, AccessLogLayer};
 pub use config::{ConfigError, JwtArgs, LogFormat, ServerLimits, TelemetryArgs, parse_duration};
+pub use error::{ServiceError, grpc_result, status_of};
 pub use serve::{ServeError, ServiceSet, serve};
 pub use shutdown::{Shutdown, ShutdownTrigger, wait_for_signal};
 pub use telemetry::init_tracing;

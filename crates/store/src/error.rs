@@ -1,5 +1,5 @@
-/// A storage failure. Connection trouble is `UNAVAILABLE` (the caller may
-/// retry); anything else is `INTERNAL` with details kept in the log.
+/// A storage failure. What clients see of one is decided in
+/// `trellis_runtime::ServiceError` (unavailable or internal, never details).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://...")]
@@ -55,18 +55,6 @@ impl StoreError {
             StoreError::RedisPool(_) => true,
             StoreError::Connect { .. } | StoreError::RedisConnect { .. } => true,
             _ => false,
-        }
-    }
-}
-
-impl From<StoreError> for tonic::Status {
-    fn from(error: StoreError) -> Self {
-        if error.is_unavailable() {
-            tracing::warn!(%error, "storage unavailable");
-            tonic::Status::unavailable("storage temporarily unavailable, retry later")
-        } else {
-            tracing::error!(%error, "storage error");
-            tonic::Status::internal("internal error")
         }
     }
 }

@@ -159,7 +159,10 @@ async fn unreachable_or_unknown_backends_fail_clearly() {
     );
     assert!(!message.contains("s3cret"));
     assert!(error.is_unavailable());
-    assert_eq!(tonic::Status::from(error).code(), tonic::Code::Unavailable);
+    assert_eq!(
+        trellis_runtime::status_of(error).code(),
+        tonic::Code::Unavailable
+    );
 
     let error = Database::connect("mysql://localhost/x", &options)
         .await

@@ -1,46 +1,79 @@
-use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+//! Everything Auth can answer besides success. Variants say what went wrong
+//! in Auth's terms; [`ServiceError`] below is the one place they become
+//! status codes, messages and error details.
+
+use std::time::Duration;
+
+use tonic::Code;
+use tonic_types::{ErrorDetails, FieldViolation};
+use trellis_runtime::ServiceError;
 use trellis_store::StoreError;
 
 use crate::password::HashError;
 use crate::throttle::PublicRpc;
 
-/// Everything Auth can answer besides success, mapped to a status in one place.
+pub type Result<T, E = AuthServiceError> = std::result::Result<T, E>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuthServiceError {
-    #[error("invalid {}", .0.iter().map(|v| v.field.as_str()).collect::<Vec<_>>().join(", "))]
-    InvalidArgument(Vec<FieldViolation>),
-    #[error("{0}")]
-    AlreadyExists(&'static str),
+    /// Request fields out of bounds or malformed, each named.
+    #[error("{}", violations_text(.0))]
+    InvalidFields(Vec<FieldViolation>),
     /// Emails are unique across Trellis: sign-up (and accepting an
     /// invitation) says so, which reveals no more than a sign-up attempt.
     #[error("email already registered")]
     EmailTaken,
+    #[error("a member of this organization has this email")]
+    MemberExists,
+    #[error("a pending invitation for this email exists")]
+    InvitationPending,
     /// Wrong email and wrong password alike.
     #[error("invalid credentials")]
     InvalidCredentials,
     #[error("user is suspended")]
     Suspended,
-    #[error("{0}")]
-    Unauthenticated(&'static str),
-    #[error("{0}")]
-    PermissionDenied(&'static str),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    FailedPrecondition(&'static str),
-    /// The plan's seat limit (users plus pending invitations).
-    #[error("{0}")]
-    SeatsExhausted(String),
-    /// Lost to concurrent writes; retrying the call can succeed.
-    #[error("{0}")]
-    Aborted(&'static str),
+    /// An authenticated RPC reached without the tenancy layer's caller.
+    #[error("missing bearer token")]
+    MissingToken,
+    /// The caller's login session ended, or its user or organization is gone.
+    #[error("session ended")]
+    SessionEnded,
+    /// Unknown, expired or no longer usable refresh token.
+    #[error("invalid refresh token")]
+    InvalidRefreshToken,
+    /// An already-exchanged refresh token came back: its session was ended.
+    #[error("refresh token already used; session revoked")]
+    RefreshTokenReused,
+    #[error("requires role admin")]
+    AdminRequired,
+    #[error("user not found: {0}")]
+    UserNotFound(String),
+    /// The invitation token names no pending invitation.
+    #[error("invitation not found")]
+    UnknownInvitationToken,
+    #[error("invitation not found: {0}")]
+    InvitationNotFound(String),
+    #[error("invitation is no longer pending")]
+    InvitationNotPending,
+    #[error("an organization must keep at least one active admin")]
+    LastAdmin,
+    #[error("user is not suspended")]
+    NotSuspended,
+    /// Inviting: the plan's seats are taken, counting pending invitations.
+    #[error("the {plan} plan allows {max_users} users, counting pending invitations")]
+    SeatsExhausted { plan: String, max_users: i64 },
+    /// Accepting: the seats filled up since the invitation was sent.
+    #[error("the organization has no free seats on its plan")]
+    NoFreeSeats,
+    /// Lost to concurrent sign-ups; retrying the call can succeed.
+    #[error("too many concurrent sign-ups for this organization name; retry")]
+    SlugContended,
     /// Too many failed (or in-flight) logins; the caller may retry after the delay.
-    #[error("too many login attempts")]
-    Throttled(std::time::Duration),
+    #[error("too many login attempts; retry later")]
+    Throttled(Duration),
     /// Too many calls of a public RPC from one client address.
     #[error("{}", .0.throttled_message())]
-    RateLimited(PublicRpc, std::time::Duration),
+    RateLimited(PublicRpc, Duration),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -49,60 +82,102 @@ pub enum AuthServiceError {
     Internal(String),
 }
 
-/// What to suggest when every hashing thread is busy and the queue is full.
-const BUSY_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
-
-fn retry_later(message: &str, retry_after: std::time::Duration) -> Status {
-    Status::with_error_details(
-        Code::ResourceExhausted,
-        message,
-        // Whole seconds, rounded up, so clients never retry early.
-        ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(
-            retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
-        ))),
-    )
+impl AuthServiceError {
+    /// One field's violation.
+    pub fn invalid(violation: FieldViolation) -> Self {
+        AuthServiceError::InvalidFields(vec![violation])
+    }
 }
 
-impl From<AuthServiceError> for Status {
-    fn from(error: AuthServiceError) -> Status {
-        match error {
-            AuthServiceError::InvalidArgument(violations) => {
-                let message = violations
-                    .iter()
-                    .map(|v| format!("{}: {}", v.field, v.description))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                Status::with_error_details(
-                    Code::InvalidArgument,
-                    message,
-                    ErrorDetails::with_bad_request(violations),
-                )
+fn violations_text(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// What to suggest when every hashing thread is busy and the queue is full.
+const BUSY_RETRY: Duration = Duration::from_secs(1);
+
+/// Whole seconds, rounded up, so clients never retry early.
+fn retry_info(retry_after: Duration) -> ErrorDetails {
+    ErrorDetails::with_retry_info(Some(Duration::from_secs(
+        retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
+    )))
+}
+
+impl ServiceError for AuthServiceError {
+    const DOMAIN: &'static str = "auth.trellis";
+
+    fn code(&self) -> Code {
+        use AuthServiceError::*;
+        match self {
+            InvalidFields(_) => Code::InvalidArgument,
+            EmailTaken | MemberExists | InvitationPending => Code::AlreadyExists,
+            InvalidCredentials | MissingToken | SessionEnded | InvalidRefreshToken
+            | RefreshTokenReused => Code::Unauthenticated,
+            Suspended | AdminRequired => Code::PermissionDenied,
+            UserNotFound(_) | UnknownInvitationToken | InvitationNotFound(_) => Code::NotFound,
+            InvitationNotPending | LastAdmin | NotSuspended => Code::FailedPrecondition,
+            SeatsExhausted { .. } | NoFreeSeats | Throttled(_) | RateLimited(..) => {
+                Code::ResourceExhausted
             }
-            AuthServiceError::AlreadyExists(what) => Status::already_exists(what),
-            AuthServiceError::EmailTaken => Status::already_exists("email already registered"),
-            AuthServiceError::InvalidCredentials => Status::unauthenticated("invalid credentials"),
-            AuthServiceError::Suspended => Status::permission_denied("user is suspended"),
-            AuthServiceError::Unauthenticated(why) => Status::unauthenticated(why),
-            AuthServiceError::PermissionDenied(why) => Status::permission_denied(why),
-            AuthServiceError::NotFound(what) => Status::not_found(what),
-            AuthServiceError::FailedPrecondition(why) => Status::failed_precondition(why),
-            AuthServiceError::SeatsExhausted(why) => Status::resource_exhausted(why),
-            AuthServiceError::Aborted(why) => Status::aborted(why),
-            AuthServiceError::Throttled(retry_after) => {
-                retry_later("too many login attempts; retry later", retry_after)
-            }
-            AuthServiceError::RateLimited(rpc, retry_after) => {
-                retry_later(rpc.throttled_message(), retry_after)
-            }
+            Hash(HashError::Busy) => Code::ResourceExhausted,
+            SlugContended => Code::Aborted,
+            Store(error) => error.code(),
+            Hash(HashError::Failed(_)) | Internal(_) => Code::Internal,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        use AuthServiceError::*;
+        match self {
+            InvalidFields(_) => "INVALID_FIELDS",
+            EmailTaken => "EMAIL_TAKEN",
+            MemberExists => "MEMBER_EXISTS",
+            InvitationPending => "INVITATION_PENDING",
+            InvalidCredentials => "INVALID_CREDENTIALS",
+            Suspended => "USER_SUSPENDED",
+            MissingToken => "MISSING_TOKEN",
+            SessionEnded => "SESSION_ENDED",
+            InvalidRefreshToken => "INVALID_REFRESH_TOKEN",
+            RefreshTokenReused => "REFRESH_TOKEN_REUSED",
+            AdminRequired => "ADMIN_REQUIRED",
+            UserNotFound(_) => "USER_NOT_FOUND",
+            UnknownInvitationToken | InvitationNotFound(_) => "INVITATION_NOT_FOUND",
+            InvitationNotPending => "INVITATION_NOT_PENDING",
+            LastAdmin => "LAST_ADMIN",
+            NotSuspended => "NOT_SUSPENDED",
+            SeatsExhausted { .. } | NoFreeSeats => "SEATS_EXHAUSTED",
+            SlugContended => "SLUG_CONTENDED",
+            Throttled(_) => "LOGIN_THROTTLED",
+            RateLimited(..) => "RATE_LIMITED",
+            Hash(HashError::Busy) => "HASHING_BUSY",
+            Store(error) => error.reason(),
+            Hash(HashError::Failed(_)) | Internal(_) => "INTERNAL",
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
             AuthServiceError::Hash(HashError::Busy) => {
-                retry_later("too many logins in progress; retry later", BUSY_RETRY)
+                "too many logins in progress; retry later".into()
             }
-            AuthServiceError::Store(error) => error.into(),
-            error @ (AuthServiceError::Hash(HashError::Failed(_))
-            | AuthServiceError::Internal(_)) => {
-                tracing::error!(%error, "auth internal error");
-                Status::internal("internal error")
+            AuthServiceError::Store(error) => error.message(),
+            other => other.to_string(),
+        }
+    }
+
+    fn details(&self) -> ErrorDetails {
+        match self {
+            AuthServiceError::InvalidFields(violations) => {
+                ErrorDetails::with_bad_request(violations.clone())
             }
+            AuthServiceError::Throttled(retry_after)
+            | AuthServiceError::RateLimited(_, retry_after) => retry_info(*retry_after),
+            AuthServiceError::Hash(HashError::Busy) => retry_info(BUSY_RETRY),
+            _ => ErrorDetails::new(),
         }
     }
 }

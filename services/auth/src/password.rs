@@ -406,7 +406,7 @@ mod tests {
             }
         }
         assert!(busy >= 4, "one running, one queued, the rest busy: {busy}");
-        let status = tonic::Status::from(crate::AuthServiceError::Hash(HashError::Busy));
+        let status = trellis_runtime::status_of(crate::AuthServiceError::Hash(HashError::Busy));
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
     }
 

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::AuthServiceError;
+use trellis_store::StoreError;
 
 pub use crate::store::LocalLoginSessions;
 
@@ -44,14 +44,14 @@ impl Default for SessionLifetimes {
 #[tonic::async_trait]
 pub trait LoginSessions: Send + Sync + 'static {
     /// Starts a session for a user who has just authenticated.
-    async fn open(&self, session: &NewLoginSession) -> Result<(), AuthServiceError>;
+    async fn open(&self, session: &NewLoginSession) -> Result<(), StoreError>;
 
     /// Whether the session has neither ended nor expired.
-    async fn is_live(&self, org_id: &str, session_id: &str) -> Result<bool, AuthServiceError>;
+    async fn is_live(&self, org_id: &str, session_id: &str) -> Result<bool, StoreError>;
 
     /// Records a use (a token refresh), sliding the idle expiry; `false` when
     /// the session is no longer live.
-    async fn touch(&self, org_id: &str, session_id: &str) -> Result<bool, AuthServiceError>;
+    async fn touch(&self, org_id: &str, session_id: &str) -> Result<bool, StoreError>;
 
     /// Ends one session of a user; whether it was live.
     async fn end(
@@ -60,13 +60,8 @@ pub trait LoginSessions: Send + Sync + 'static {
         user_id: &str,
         session_id: &str,
         reason: &str,
-    ) -> Result<bool, AuthServiceError>;
+    ) -> Result<bool, StoreError>;
 
     /// Ends every live session of a user; how many there were.
-    async fn end_all(
-        &self,
-        org_id: &str,
-        user_id: &str,
-        reason: &str,
-    ) -> Result<u64, AuthServiceError>;
+    async fn end_all(&self, org_id: &str, user_id: &str, reason: &str) -> Result<u64, StoreError>;
 }

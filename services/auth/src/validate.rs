@@ -2,7 +2,11 @@
 //! it reaches a throttle key, the database, a hash or a log line. A
 //! violation names its field (`INVALID_ARGUMENT` with `BadRequest`).
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tonic_types::FieldViolation;
+use trellis::auth::v1 as pb;
+use trellis_tenancy::Role;
 
 /// RFC 5321's limit on a forward path.
 pub const MAX_EMAIL_BYTES: usize = 254;
@@ -119,6 +123,94 @@ pub fn user_agent(raw: &str) -> String {
         .collect()
 }
 
+/// Another organization's id and a missing one must look the same, so only
+/// the format is checked here; the scoped query decides NOT_FOUND.
+pub fn id(field: &str, value: &str) -> Result<String, FieldViolation> {
+    uuid::Uuid::parse_str(value)
+        .map(|id| id.to_string())
+        .map_err(|_| FieldViolation::new(field, "must be a UUID"))
+}
+
+/// A role a member may be given.
+pub fn role(field: &str, role: i32) -> Result<Role, FieldViolation> {
+    match pb::Role::try_from(role) {
+        Ok(pb::Role::Admin) => Ok(Role::Admin),
+        Ok(pb::Role::Developer) => Ok(Role::Developer),
+        Ok(pb::Role::Viewer) => Ok(Role::Viewer),
+        _ => Err(FieldViolation::new(
+            field,
+            "must be ROLE_ADMIN, ROLE_DEVELOPER or ROLE_VIEWER",
+        )),
+    }
+}
+
+const DEFAULT_PAGE: i64 = 50;
+const MAX_PAGE: i64 = 500;
+
+pub fn page_size(requested: i32) -> Result<i64, FieldViolation> {
+    match requested {
+        0 => Ok(DEFAULT_PAGE),
+        n if (1..=MAX_PAGE as i32).contains(&n) => Ok(i64::from(n)),
+        _ => Err(FieldViolation::new(
+            "page_size",
+            "must be between 0 (default 50) and 500",
+        )),
+    }
+}
+
+/// Page tokens are opaque to clients: `created_at:id` of the last item.
+pub fn page_token(token: &str) -> Result<Option<(i64, String)>, FieldViolation> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || FieldViolation::new("page_token", "is not a token from this list");
+    if token.len() > MAX_PAGE_TOKEN_BYTES {
+        return Err(invalid());
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let (created_at, id) = text.split_once(':').ok_or_else(invalid)?;
+    // Every id is a UUID; anything else did not come from this list.
+    let id = uuid::Uuid::parse_str(id).map_err(|_| invalid())?;
+    Ok(Some((
+        created_at.parse().map_err(|_| invalid())?,
+        id.to_string(),
+    )))
+}
+
+/// The token of the page after one ending at `created_at`/`id`, if the page
+/// was full.
+pub fn next_page_token(created_at: i64, id: &str, full_page: bool) -> String {
+    if full_page {
+        URL_SAFE_NO_PAD.encode(format!("{created_at}:{id}"))
+    } else {
+        String::new()
+    }
+}
+
+/// An organization's slug: lower-case ASCII letters and digits joined by
+/// single dashes.
+pub fn slug_of(name: &str) -> String {
+    let mut slug = String::new();
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c.to_ascii_lowercase());
+        } else if !slug.ends_with('-') && !slug.is_empty() {
+            slug.push('-');
+        }
+    }
+    let slug = slug.trim_end_matches('-');
+    if slug.is_empty() {
+        "org".to_owned()
+    } else {
+        slug.chars()
+            .take(48)
+            .collect::<String>()
+            .trim_end_matches('-')
+            .to_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +269,13 @@ mod tests {
         assert_eq!(user_agent("a\nb\u{1b}[31m"), "a?b?[31m");
         assert_eq!(user_agent(&"x".repeat(5000)).len(), 256);
         assert_eq!(user_agent("ñ"), "?");
+    }
+
+    #[test]
+    fn slugs_are_lowercase_dashed_and_never_empty() {
+        assert_eq!(slug_of("Taco Palace, Inc."), "taco-palace-inc");
+        assert_eq!(slug_of("  ¡Hola!  "), "hola");
+        assert_eq!(slug_of("***"), "org");
     }
 
     #[test]

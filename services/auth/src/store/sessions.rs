@@ -2,8 +2,8 @@
 
 use trellis_store::{Database, StoreError};
 
+use crate::clock::{ms, now_ms};
 use crate::sessions::{LoginSessions, NewLoginSession, SessionLifetimes};
-use crate::{AuthServiceError, ms, now_ms};
 
 #[derive(Clone, Debug)]
 pub struct LocalLoginSessions {
@@ -19,7 +19,7 @@ impl LocalLoginSessions {
 
 #[tonic::async_trait]
 impl LoginSessions for LocalLoginSessions {
-    async fn open(&self, session: &NewLoginSession) -> Result<(), AuthServiceError> {
+    async fn open(&self, session: &NewLoginSession) -> Result<(), StoreError> {
         let now = now_ms();
         let idle_expires_at = now + ms(self.lifetimes.idle);
         let absolute_expires_at = now + ms(self.lifetimes.absolute);
@@ -38,7 +38,7 @@ impl LoginSessions for LocalLoginSessions {
         Ok(())
     }
 
-    async fn is_live(&self, org_id: &str, session_id: &str) -> Result<bool, AuthServiceError> {
+    async fn is_live(&self, org_id: &str, session_id: &str) -> Result<bool, StoreError> {
         let now = now_ms();
         with_pool!(&self.db, pool => {
             let found: Option<String> = sqlx::query_scalar(
@@ -53,7 +53,7 @@ impl LoginSessions for LocalLoginSessions {
         })
     }
 
-    async fn touch(&self, org_id: &str, session_id: &str) -> Result<bool, AuthServiceError> {
+    async fn touch(&self, org_id: &str, session_id: &str) -> Result<bool, StoreError> {
         let now = now_ms();
         let idle_expires_at = now + ms(self.lifetimes.idle);
         with_pool!(&self.db, pool => {
@@ -75,7 +75,7 @@ impl LoginSessions for LocalLoginSessions {
         user_id: &str,
         session_id: &str,
         reason: &str,
-    ) -> Result<bool, AuthServiceError> {
+    ) -> Result<bool, StoreError> {
         with_pool!(&self.db, pool => {
             let done = sqlx::query(
                 "UPDATE auth_login_sessions SET revoked_at = $1, revoke_reason = $2 \
@@ -89,12 +89,7 @@ impl LoginSessions for LocalLoginSessions {
         })
     }
 
-    async fn end_all(
-        &self,
-        org_id: &str,
-        user_id: &str,
-        reason: &str,
-    ) -> Result<u64, AuthServiceError> {
+    async fn end_all(&self, org_id: &str, user_id: &str, reason: &str) -> Result<u64, StoreError> {
         with_pool!(&self.db, pool => {
             let done = sqlx::query(
                 "UPDATE auth_login_sessions SET revoked_at = $1, revoke_reason = $2 \
