@@ -4,8 +4,7 @@
 
 /// Encoded `FileDescriptorSet` of every Trellis proto (and its imports), for
 /// gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/trellis_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("trellis_descriptor");
 
 pub mod common {
     pub mod v1 {

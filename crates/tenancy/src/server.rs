@@ -12,7 +12,7 @@ use tonic::Status;
 
 use crate::claims::TenantContext;
 use crate::context::CallContext;
-use crate::session_guard::{Cached, SessionGuard, SessionState};
+use crate::session_guard::{SessionGuard, SessionState};
 use crate::verifier::{AuthError, TokenVerifier};
 
 /// Optional tenant hint from clients; checked against the token, never
@@ -319,36 +319,22 @@ where
             }
         };
 
-        // Fast path: a token verified before, of a session known to be live,
-        // costs two cache lookups.
+        // Fast path: a token verified before, of a session whose state is
+        // cached, costs two cache lookups.
         let cached = self.verifier.cached(token);
         if let Some(tenant) = &cached {
             if let Err(status) = check_org_hint(hint.as_ref(), tenant) {
                 return Box::pin(std::future::ready(Ok(reject(status))));
             }
-            let session = self
-                .sessions
-                .as_ref()
-                .map(|guard| guard.cached(&tenant.session_id));
-            match session {
-                None | Some(Cached::Live(_)) => {
-                    let mut tenant = tenant.clone();
-                    if let Some(Cached::Live(Some(role))) = session {
-                        tenant.role = role;
-                    }
-                    record_caller(&tenant);
-                    request.extensions_mut().insert(tenant);
-                    return Box::pin(self.inner.call(request));
-                }
-                Some(Cached::Ended) => {
-                    self.refusals.record(
-                        "session_ended",
-                        request.uri().path(),
-                        client_address(&request),
-                    );
-                    return Box::pin(std::future::ready(Ok(reject(session_ended()))));
-                }
-                Some(Cached::Ask) => {}
+            let session = match &self.sessions {
+                None => Some(None),
+                Some(guard) => guard.cached(&tenant.session_id).known().map(Some),
+            };
+            if let Some(session) = session {
+                return match admit(&mut request, tenant.clone(), session, &self.refusals) {
+                    Ok(()) => Box::pin(self.inner.call(request)),
+                    Err(status) => Box::pin(std::future::ready(Ok(reject(status)))),
+                };
             }
         }
 
@@ -361,7 +347,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let mut tenant = match cached {
+            let tenant = match cached {
                 Some(tenant) => tenant,
                 None => match verifier.verify(&token).await {
                     Ok(tenant) => tenant,
@@ -378,31 +364,50 @@ where
             if let Err(status) = check_org_hint(hint.as_ref(), &tenant) {
                 return Ok(reject(status));
             }
-            if let (Some(guard), Some(authorization)) = (sessions, authorization) {
-                let state = match guard.cached(&tenant.session_id) {
-                    Cached::Live(role) => Ok(SessionState::Live(role)),
-                    Cached::Ended => Ok(SessionState::Ended),
-                    Cached::Ask => guard.ask(&tenant, authorization).await,
-                };
-                match state {
-                    // The role now, not as the token remembers it.
-                    Ok(SessionState::Live(role)) => tenant.role = role.unwrap_or(tenant.role),
-                    Ok(SessionState::Ended) => {
-                        refusals.record(
-                            "session_ended",
-                            request.uri().path(),
-                            client_address(&request),
-                        );
-                        return Ok(reject(session_ended()));
+            let session = match (sessions, authorization) {
+                (Some(guard), Some(authorization)) => {
+                    match guard.cached(&tenant.session_id).known() {
+                        Some(known) => Some(known),
+                        None => match guard.ask(&tenant, authorization).await {
+                            Ok(answer) => Some(answer),
+                            Err(status) => return Ok(reject(status)),
+                        },
                     }
-                    Err(status) => return Ok(reject(status)),
                 }
+                _ => None,
+            };
+            match admit(&mut request, tenant, session, &refusals) {
+                Ok(()) => inner.call(request).await,
+                Err(status) => Ok(reject(status)),
             }
-            record_caller(&tenant);
-            request.extensions_mut().insert(tenant);
-            inner.call(request).await
         })
     }
+}
+
+/// The last step of both paths, once the session's state is known (`None`:
+/// no session guard): an ended session is refused; otherwise the handler
+/// gets the caller, with its role as of now when Auth said it.
+fn admit<B>(
+    request: &mut http::Request<B>,
+    mut tenant: TenantContext,
+    session: Option<SessionState>,
+    refusals: &RefusalLog,
+) -> Result<(), Status> {
+    match session {
+        Some(SessionState::Ended) => {
+            refusals.record(
+                "session_ended",
+                request.uri().path(),
+                client_address(request),
+            );
+            return Err(session_ended());
+        }
+        Some(SessionState::Live(Some(role))) => tenant.role = role,
+        Some(SessionState::Live(None)) | None => {}
+    }
+    record_caller(&tenant);
+    request.extensions_mut().insert(tenant);
+    Ok(())
 }
 
 fn session_ended() -> Status {

@@ -113,6 +113,17 @@ pub(crate) enum Cached {
     Ask,
 }
 
+impl Cached {
+    /// The verdict, unless Auth must be asked.
+    pub(crate) fn known(self) -> Option<SessionState> {
+        match self {
+            Cached::Live(role) => Some(SessionState::Live(role)),
+            Cached::Ended => Some(SessionState::Ended),
+            Cached::Ask => None,
+        }
+    }
+}
+
 pub struct SessionGuard {
     check: Arc<dyn SessionCheck>,
     verdicts: quick_cache::sync::Cache<Uuid, Verdict>,
