@@ -1,12 +1,14 @@
 //! Storage backends chosen by URL: SQLite (embedded default) or PostgreSQL
 //! through sqlx, Redis through bb8-redis, each service's migrations kept in
-//! its own history table, and one mapping of storage failures to statuses.
+//! its own history table, keyset paging, and the helpers every service's
+//! SQL shares.
 #![forbid(unsafe_code)]
 
 mod counters;
 mod database;
 mod error;
 mod migrate;
+mod page;
 mod redis_pool;
 
 pub use counters::{
@@ -15,4 +17,22 @@ pub use counters::{
 pub use database::{BeginWrite, Database, DatabaseOptions, default_sqlite_url, redact_url};
 pub use error::StoreError;
 pub use migrate::{EmbeddedMigration, ServiceMigrations, migrate};
+pub use page::{MAX_PAGE_TOKEN_BYTES, Page, PageError, newest_first};
 pub use redis_pool::{RedisPool, connect_redis};
+
+/// Runs `$body` with `$pool` bound to whichever pool `$db` holds: the body
+/// (one SQL text for both backends) is compiled once per backend.
+#[macro_export]
+macro_rules! with_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::Database::Sqlite($pool) => $body,
+            $crate::Database::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Whether `error` is a unique-constraint violation, on either backend.
+pub fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.is_unique_violation())
+}

@@ -2,7 +2,10 @@
 //! query after login is scoped by organization.
 
 use sqlx::Row;
-use trellis_store::{BeginWrite, Database, EmbeddedMigration, ServiceMigrations, StoreError};
+use trellis_store::{
+    BeginWrite, Database, EmbeddedMigration, ServiceMigrations, StoreError, is_unique_violation,
+    with_pool,
+};
 
 const ACCOUNTS: EmbeddedMigration = EmbeddedMigration {
     version: 1,
@@ -37,17 +40,6 @@ pub const MIGRATIONS: ServiceMigrations = ServiceMigrations {
         },
     ],
 };
-
-/// Runs `$body` with `$pool` bound to whichever pool `$db` holds; the body
-/// is compiled once per backend.
-macro_rules! with_pool {
-    ($db:expr, $pool:ident => $body:expr) => {
-        match $db {
-            Database::Sqlite($pool) => $body,
-            Database::Postgres($pool) => $body,
-        }
-    };
-}
 
 mod organizations;
 mod sessions;
@@ -136,10 +128,6 @@ pub enum SignUpError {
 
 /// One sign-up's view of the slugs can go stale before it inserts.
 const SLUG_TRIES: u32 = 5;
-
-pub(crate) fn is_unique_violation(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(e) if e.is_unique_violation())
-}
 
 pub(crate) fn organization<R: Row>(row: &R) -> Result<OrganizationRow, sqlx::Error>
 where

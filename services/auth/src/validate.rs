@@ -2,10 +2,9 @@
 //! it reaches a throttle key, the database, a hash or a log line. A
 //! violation names its field (`INVALID_ARGUMENT` with `BadRequest`).
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tonic_types::FieldViolation;
 use trellis::auth::v1 as pb;
+use trellis_store::Page;
 use trellis_tenancy::Role;
 
 /// RFC 5321's limit on a forward path.
@@ -15,8 +14,6 @@ pub const MAX_NAME_CHARS: usize = 200;
 /// Refresh and invitation tokens are 43 characters; anything much longer is
 /// not one of ours.
 pub const MAX_OPAQUE_TOKEN_BYTES: usize = 256;
-/// Page tokens encode a timestamp and an id.
-pub const MAX_PAGE_TOKEN_BYTES: usize = 512;
 /// User agents are kept with sessions and audit events, cut to this.
 pub const MAX_USER_AGENT_BYTES: usize = 256;
 
@@ -131,6 +128,12 @@ pub fn id(field: &str, value: &str) -> Result<String, FieldViolation> {
         .map_err(|_| FieldViolation::new(field, "must be a UUID"))
 }
 
+/// `page_size` and `page_token` of a list request.
+pub fn page(page_size: i32, page_token: &str) -> Result<Page, FieldViolation> {
+    Page::parse(page_size, page_token)
+        .map_err(|error| FieldViolation::new(error.field(), error.to_string()))
+}
+
 /// A role a member may be given.
 pub fn role(field: &str, role: i32) -> Result<Role, FieldViolation> {
     match pb::Role::try_from(role) {
@@ -141,50 +144,6 @@ pub fn role(field: &str, role: i32) -> Result<Role, FieldViolation> {
             field,
             "must be ROLE_ADMIN, ROLE_DEVELOPER or ROLE_VIEWER",
         )),
-    }
-}
-
-const DEFAULT_PAGE: i64 = 50;
-const MAX_PAGE: i64 = 500;
-
-pub fn page_size(requested: i32) -> Result<i64, FieldViolation> {
-    match requested {
-        0 => Ok(DEFAULT_PAGE),
-        n if (1..=MAX_PAGE as i32).contains(&n) => Ok(i64::from(n)),
-        _ => Err(FieldViolation::new(
-            "page_size",
-            "must be between 0 (default 50) and 500",
-        )),
-    }
-}
-
-/// Page tokens are opaque to clients: `created_at:id` of the last item.
-pub fn page_token(token: &str) -> Result<Option<(i64, String)>, FieldViolation> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let invalid = || FieldViolation::new("page_token", "is not a token from this list");
-    if token.len() > MAX_PAGE_TOKEN_BYTES {
-        return Err(invalid());
-    }
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
-    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-    let (created_at, id) = text.split_once(':').ok_or_else(invalid)?;
-    // Every id is a UUID; anything else did not come from this list.
-    let id = uuid::Uuid::parse_str(id).map_err(|_| invalid())?;
-    Ok(Some((
-        created_at.parse().map_err(|_| invalid())?,
-        id.to_string(),
-    )))
-}
-
-/// The token of the page after one ending at `created_at`/`id`, if the page
-/// was full.
-pub fn next_page_token(created_at: i64, id: &str, full_page: bool) -> String {
-    if full_page {
-        URL_SAFE_NO_PAD.encode(format!("{created_at}:{id}"))
-    } else {
-        String::new()
     }
 }
 

@@ -69,18 +69,12 @@ impl AuthApi {
         input: pb::ListUsersRequest,
     ) -> Result<pb::ListUsersResponse> {
         let (_, org) = self.live_caller(tenant).await?;
-        let limit = validate::page_size(input.page_size).map_err(AuthServiceError::invalid)?;
-        let after = validate::page_token(&input.page_token).map_err(AuthServiceError::invalid)?;
-        let users = self.store.list_users(&org.id, limit, &after).await?;
-        let next_page_token = users
-            .last()
-            .map(|last| {
-                validate::next_page_token(last.created_at, &last.id, users.len() as i64 == limit)
-            })
-            .unwrap_or_default();
+        let page = validate::page(input.page_size, &input.page_token)
+            .map_err(AuthServiceError::invalid)?;
+        let users = self.store.list_users(&org.id, &page).await?;
         Ok(pb::ListUsersResponse {
+            next_page_token: page.next_token(&users, |user| (user.created_at, &user.id)),
             users: users.iter().map(user_message).collect(),
-            next_page_token,
         })
     }
 
@@ -241,22 +235,16 @@ impl AuthApi {
         input: pb::ListInvitationsRequest,
     ) -> Result<pb::ListInvitationsResponse> {
         let (_, org) = self.admin(tenant).await?;
-        let limit = validate::page_size(input.page_size).map_err(AuthServiceError::invalid)?;
-        let after = validate::page_token(&input.page_token).map_err(AuthServiceError::invalid)?;
-        let rows = self.store.list_invitations(&org.id, limit, &after).await?;
+        let page = validate::page(input.page_size, &input.page_token)
+            .map_err(AuthServiceError::invalid)?;
+        let rows = self.store.list_invitations(&org.id, &page).await?;
         let now = now_ms();
-        let next_page_token = rows
-            .last()
-            .map(|last| {
-                validate::next_page_token(last.created_at, &last.id, rows.len() as i64 == limit)
-            })
-            .unwrap_or_default();
         Ok(pb::ListInvitationsResponse {
+            next_page_token: page.next_token(&rows, |row| (row.created_at, &row.id)),
             invitations: rows
                 .iter()
                 .map(|row| invitation_message(row, now, None))
                 .collect(),
-            next_page_token,
         })
     }
 

@@ -4,11 +4,9 @@
 //! seat limit hold under concurrent requests.
 
 use sqlx::Row;
-use trellis_store::{BeginWrite, Database, StoreError};
+use trellis_store::{BeginWrite, Page, StoreError, is_unique_violation, newest_first, with_pool};
 
-use super::{
-    AuthStore, OrganizationRow, USER_COLUMNS, UserRow, is_unique_violation, organization, user,
-};
+use super::{AuthStore, OrganizationRow, USER_COLUMNS, UserRow, organization, user};
 
 const LOCK_ORG: &str = "UPDATE auth_organizations SET name = name WHERE id = $1";
 
@@ -88,33 +86,10 @@ pub enum AcceptOutcome {
     SeatsExhausted,
 }
 
-/// Keyset paging, newest first: strictly after `(created_at, id)`.
-pub type Cursor = Option<(i64, String)>;
-
-/// One page of an organization's rows, newest first, after the cursor.
-/// Binds: org id, cursor created_at, cursor id, 1 on the first page, limit.
-fn newest_first_page(columns: &str, table: &str) -> String {
-    format!(
-        "SELECT {columns} FROM {table} WHERE org_id = $1 \
-         AND (created_at < $2 OR (created_at = $2 AND id < $3) OR $4 = 1) \
-         ORDER BY created_at DESC, id DESC LIMIT $5"
-    )
-}
-
-fn cursor_bounds(after: &Cursor) -> (i64, String) {
-    after.clone().unwrap_or((i64::MAX, String::new()))
-}
-
 impl AuthStore {
-    pub async fn list_users(
-        &self,
-        org_id: &str,
-        limit: i64,
-        after: &Cursor,
-    ) -> Result<Vec<UserRow>, StoreError> {
-        let (created_at, id) = cursor_bounds(after);
-        let sql = newest_first_page(USER_COLUMNS, "auth_users");
-        let first_page = i64::from(after.is_none());
+    pub async fn list_users(&self, org_id: &str, page: &Page) -> Result<Vec<UserRow>, StoreError> {
+        let (created_at, id, first_page, limit) = page.binds();
+        let sql = newest_first(USER_COLUMNS, "auth_users");
         with_pool!(&self.db, pool => {
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(org_id).bind(created_at).bind(id).bind(first_page).bind(limit)
@@ -274,12 +249,10 @@ impl AuthStore {
     pub async fn list_invitations(
         &self,
         org_id: &str,
-        limit: i64,
-        after: &Cursor,
+        page: &Page,
     ) -> Result<Vec<InvitationRow>, StoreError> {
-        let (created_at, id) = cursor_bounds(after);
-        let sql = newest_first_page(INVITATION_COLUMNS, "auth_invitations");
-        let first_page = i64::from(after.is_none());
+        let (created_at, id, first_page, limit) = page.binds();
+        let sql = newest_first(INVITATION_COLUMNS, "auth_invitations");
         with_pool!(&self.db, pool => {
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(org_id).bind(created_at).bind(id).bind(first_page).bind(limit)

@@ -1,6 +1,6 @@
 //! [`LoginSessions`] in Auth's own `auth_login_sessions` table.
 
-use trellis_store::{Database, StoreError};
+use trellis_store::{Database, StoreError, with_pool};
 
 use crate::clock::{ms, now_ms};
 use crate::sessions::{LoginSessions, NewLoginSession, SessionLifetimes};
