@@ -10,6 +10,7 @@ mod error;
 mod migrate;
 mod page;
 mod redis_pool;
+mod row;
 
 pub use counters::{
     CounterUsage, Counters, DEFAULT_MAX_KEYS, Full, Gate, MemoryCounters, RedisCounters, Tally,
@@ -19,6 +20,9 @@ pub use error::StoreError;
 pub use migrate::{EmbeddedMigration, ServiceMigrations, migrate};
 pub use page::{MAX_PAGE_TOKEN_BYTES, Page, PageError, newest_first};
 pub use redis_pool::{RedisPool, connect_redis};
+/// For [`row!`]: the sqlx its expansions name.
+#[doc(hidden)]
+pub use sqlx;
 
 /// Runs `$body` with `$pool` bound to whichever pool `$db` holds: the body
 /// (one SQL text for both backends) is compiled once per backend.

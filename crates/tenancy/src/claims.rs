@@ -32,6 +32,24 @@ impl Role {
     }
 }
 
+/// A stored role name that is none of ours.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown role {0:?}")]
+pub struct UnknownRole(pub String);
+
+impl TryFrom<String> for Role {
+    type Error = UnknownRole;
+
+    fn try_from(name: String) -> Result<Role, UnknownRole> {
+        match name.as_str() {
+            "admin" => Ok(Role::Admin),
+            "developer" => Ok(Role::Developer),
+            "viewer" => Ok(Role::Viewer),
+            _ => Err(UnknownRole(name)),
+        }
+    }
+}
+
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -105,6 +123,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn unknown_role_names_are_errors_not_viewers() {
+        for name in ["", "Admin", "owner"] {
+            assert!(Role::try_from(name.to_owned()).is_err(), "{name:?}");
+        }
+    }
+
+    #[test]
     fn roles_are_named_as_the_token_writes_them_and_only_viewers_are_read_only() {
         for (role, name, writes) in [
             (Role::Admin, "admin", true),
@@ -112,6 +137,7 @@ mod tests {
             (Role::Viewer, "viewer", false),
         ] {
             assert_eq!(role.as_str(), name);
+            assert_eq!(Role::try_from(name.to_owned()).unwrap(), role);
             assert_eq!(role.to_string(), name);
             assert_eq!(serde_json::to_value(role).unwrap(), name);
             assert_eq!(role.can_write(), writes, "{name}");

@@ -17,7 +17,7 @@ mod session_guard;
 mod signing;
 mod verifier;
 
-pub use claims::{ACCESS_TOKEN_TYP, AccessClaims, Role, TenantContext};
+pub use claims::{ACCESS_TOKEN_TYP, AccessClaims, Role, TenantContext, UnknownRole};
 pub use client::{DEFAULT_OUTBOUND_TIMEOUT, Propagate, PropagateLayer};
 pub use client_address::{
     Cidr, FORWARDED_FOR_HEADER, TrustedProxies, rate_limit_block, rate_limit_key,

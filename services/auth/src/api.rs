@@ -11,13 +11,13 @@ use trellis_tenancy::{AccessClaims, TenantContext};
 
 use crate::audit::Caller;
 use crate::clock::{ms, now_ms};
-use crate::convert::{Issued, claims_role, organization_message, user_message};
+use crate::convert::{Issued, organization_message, user_message};
 use crate::error::{AuthServiceError, Result};
 use crate::keys::KeyStore;
 use crate::password::Passwords;
 use crate::sessions::{LoginSessions, NewLoginSession};
 use crate::settings::AuthSettings;
-use crate::store::{AuthStore, NewRefreshToken, OrganizationRow, UserRow};
+use crate::store::{AuthStore, NewRefreshToken, OrganizationRow, UserRow, UserStatus};
 use crate::throttle::{PublicRpc, Throttle};
 use crate::tokens::{new_opaque_token, token_hash};
 
@@ -51,7 +51,7 @@ impl AuthApi {
             aud: self.settings.audience.clone(),
             sub: parse(&user.id)?,
             org: parse(&user.org_id)?,
-            role: claims_role(&user.role),
+            role: user.role,
             sid: parse(session_id)?,
             iat: now,
             nbf: now,
@@ -143,7 +143,7 @@ impl AuthApi {
             .user(&org_id, &tenant.user_id.to_string())
             .await?
         {
-            Some(user) if user.status == "active" => Ok(user),
+            Some(user) if user.status == UserStatus::Active => Ok(user),
             _ => Err(AuthServiceError::SessionEnded),
         }
     }

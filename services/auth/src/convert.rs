@@ -4,7 +4,7 @@
 use trellis::auth::v1 as pb;
 use trellis_tenancy::Role;
 
-use crate::store::{InvitationRow, OrganizationRow, UserRow};
+use crate::store::{InvitationRow, InvitationStatus, OrganizationRow, Plan, UserRow, UserStatus};
 
 pub fn timestamp(ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -13,20 +13,11 @@ pub fn timestamp(ms: i64) -> prost_types::Timestamp {
     }
 }
 
-/// A stored role as the token's claim.
-pub fn claims_role(role: &str) -> Role {
+pub fn role_message(role: Role) -> pb::Role {
     match role {
-        "admin" => Role::Admin,
-        "developer" => Role::Developer,
-        _ => Role::Viewer,
-    }
-}
-
-pub fn role_message(role: &str) -> pb::Role {
-    match role {
-        "admin" => pb::Role::Admin,
-        "developer" => pb::Role::Developer,
-        _ => pb::Role::Viewer,
+        Role::Admin => pb::Role::Admin,
+        Role::Developer => pb::Role::Developer,
+        Role::Viewer => pb::Role::Viewer,
     }
 }
 
@@ -36,11 +27,11 @@ pub fn user_message(user: &UserRow) -> pb::User {
         organization_id: user.org_id.clone(),
         email: user.email.clone(),
         name: user.name.clone(),
-        role: role_message(&user.role) as i32,
-        status: match user.status.as_str() {
-            "active" => pb::UserStatus::Active,
-            "invited" => pb::UserStatus::Invited,
-            _ => pb::UserStatus::Suspended,
+        role: role_message(user.role) as i32,
+        status: match user.status {
+            UserStatus::Active => pb::UserStatus::Active,
+            UserStatus::Invited => pb::UserStatus::Invited,
+            UserStatus::Suspended => pb::UserStatus::Suspended,
         } as i32,
         created_at: Some(timestamp(user.created_at)),
         last_login_at: user.last_login_at.map(timestamp),
@@ -52,10 +43,10 @@ pub fn organization_message(org: &OrganizationRow) -> pb::Organization {
         organization_id: org.id.clone(),
         name: org.name.clone(),
         slug: org.slug.clone(),
-        plan: match org.plan.as_str() {
-            "free" => pb::Plan::Free,
-            "team" => pb::Plan::Team,
-            _ => pb::Plan::Enterprise,
+        plan: match org.plan {
+            Plan::Free => pb::Plan::Free,
+            Plan::Team => pb::Plan::Team,
+            Plan::Enterprise => pb::Plan::Enterprise,
         } as i32,
         limits: Some(pb::PlanLimits {
             max_users: org.max_users as i32,
@@ -68,17 +59,17 @@ pub fn organization_message(org: &OrganizationRow) -> pb::Organization {
 
 /// An invitation as of `now`; `token` only in the answer that created it.
 pub fn invitation_message(row: &InvitationRow, now: i64, token: Option<String>) -> pb::Invitation {
-    let status = match row.status.as_str() {
-        "pending" if row.expires_at <= now => pb::InvitationStatus::Expired,
-        "pending" => pb::InvitationStatus::Pending,
-        "accepted" => pb::InvitationStatus::Accepted,
-        _ => pb::InvitationStatus::Revoked,
+    let status = match row.status {
+        InvitationStatus::Pending if row.expires_at <= now => pb::InvitationStatus::Expired,
+        InvitationStatus::Pending => pb::InvitationStatus::Pending,
+        InvitationStatus::Accepted => pb::InvitationStatus::Accepted,
+        InvitationStatus::Revoked => pb::InvitationStatus::Revoked,
     };
     pb::Invitation {
         invitation_id: row.id.clone(),
         organization_id: row.org_id.clone(),
         email: row.email.clone(),
-        role: role_message(&row.role) as i32,
+        role: role_message(row.role) as i32,
         status: status as i32,
         token: token.unwrap_or_default(),
         invited_by: row.invited_by.clone(),

@@ -61,7 +61,7 @@ pub enum AuthServiceError {
     NotSuspended,
     /// Inviting: the plan's seats are taken, counting pending invitations.
     #[error("the {plan} plan allows {max_users} users, counting pending invitations")]
-    SeatsExhausted { plan: String, max_users: i64 },
+    SeatsExhausted { plan: &'static str, max_users: i64 },
     /// Accepting: the seats filled up since the invitation was sent.
     #[error("the organization has no free seats on its plan")]
     NoFreeSeats,

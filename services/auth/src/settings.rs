@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::sessions::SessionLifetimes;
+use crate::store::Plan;
 
 /// Token lifetimes.
 #[derive(Clone, Debug)]
@@ -27,16 +28,16 @@ impl Default for AuthSettings {
 }
 
 /// What an organization's plan allows.
-pub struct Plan {
-    pub name: &'static str,
+pub struct PlanLimits {
+    pub plan: Plan,
     pub max_users: i64,
     pub max_concurrent_runs: i64,
     pub max_runs_per_month: i64,
 }
 
 /// Every sign-up starts here.
-pub const FREE: Plan = Plan {
-    name: "free",
+pub const FREE: PlanLimits = PlanLimits {
+    plan: Plan::Free,
     max_users: 3,
     max_concurrent_runs: 1,
     max_runs_per_month: 100,

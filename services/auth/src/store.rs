@@ -1,7 +1,7 @@
 //! Auth's tables, on SQLite or PostgreSQL with the same SQL text. Every
 //! query after login is scoped by organization.
 
-use sqlx::Row;
+use sqlx::FromRow;
 use trellis_store::{
     BeginWrite, Database, EmbeddedMigration, ServiceMigrations, StoreError, is_unique_violation,
     with_pool,
@@ -42,37 +42,12 @@ pub const MIGRATIONS: ServiceMigrations = ServiceMigrations {
 };
 
 mod organizations;
+mod rows;
 mod sessions;
 
-pub use organizations::{
-    AcceptOutcome, InvitationRow, InviteOutcome, MemberChange, MemberOutcome, RevokeOutcome,
-};
+pub use organizations::{AcceptOutcome, InviteOutcome, MemberChange, MemberOutcome, RevokeOutcome};
+pub use rows::{InvitationRow, InvitationStatus, OrganizationRow, Plan, Role, UserRow, UserStatus};
 pub use sessions::LocalLoginSessions;
-
-#[derive(Clone, Debug)]
-pub struct OrganizationRow {
-    pub id: String,
-    pub name: String,
-    pub slug: String,
-    pub plan: String,
-    pub max_users: i64,
-    pub max_concurrent_runs: i64,
-    pub max_runs_per_month: i64,
-    pub created_at: i64,
-}
-
-#[derive(Clone, Debug)]
-pub struct UserRow {
-    pub id: String,
-    pub org_id: String,
-    pub email: String,
-    pub name: String,
-    pub password_hash: String,
-    pub role: String,
-    pub status: String,
-    pub created_at: i64,
-    pub last_login_at: Option<i64>,
-}
 
 /// The first refresh token of a login session.
 #[derive(Clone, Debug)]
@@ -128,44 +103,6 @@ pub enum SignUpError {
 
 /// One sign-up's view of the slugs can go stale before it inserts.
 const SLUG_TRIES: u32 = 5;
-
-pub(crate) fn organization<R: Row>(row: &R) -> Result<OrganizationRow, sqlx::Error>
-where
-    for<'a> &'a str: sqlx::ColumnIndex<R>,
-    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    Ok(OrganizationRow {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        slug: row.try_get("slug")?,
-        plan: row.try_get("plan")?,
-        max_users: row.try_get("max_users")?,
-        max_concurrent_runs: row.try_get("max_concurrent_runs")?,
-        max_runs_per_month: row.try_get("max_runs_per_month")?,
-        created_at: row.try_get("created_at")?,
-    })
-}
-
-pub(crate) fn user<R: Row>(row: &R) -> Result<UserRow, sqlx::Error>
-where
-    for<'a> &'a str: sqlx::ColumnIndex<R>,
-    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Option<i64>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    Ok(UserRow {
-        id: row.try_get("id")?,
-        org_id: row.try_get("org_id")?,
-        email: row.try_get("email")?,
-        name: row.try_get("name")?,
-        password_hash: row.try_get("password_hash")?,
-        role: row.try_get("role")?,
-        status: row.try_get("status")?,
-        created_at: row.try_get("created_at")?,
-        last_login_at: row.try_get("last_login_at")?,
-    })
-}
 
 pub(crate) const ORG_COLUMNS: &str =
     "id, name, slug, plan, max_users, max_concurrent_runs, max_runs_per_month, created_at";
@@ -223,7 +160,7 @@ impl AuthStore {
                 "INSERT INTO auth_organizations (id, name, slug, plan, max_users, max_concurrent_runs, max_runs_per_month, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
-            .bind(&org.id).bind(&org.name).bind(&org.slug).bind(&org.plan)
+            .bind(&org.id).bind(&org.name).bind(&org.slug).bind(org.plan.as_str())
             .bind(org.max_users).bind(org.max_concurrent_runs).bind(org.max_runs_per_month).bind(org.created_at)
             .execute(&mut *tx)
             .await;
@@ -236,7 +173,7 @@ impl AuthStore {
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(&admin.id).bind(&org.id).bind(&admin.email).bind(&admin.name)
-            .bind(&admin.password_hash).bind(&admin.role).bind(&admin.status).bind(admin.created_at)
+            .bind(&admin.password_hash).bind(admin.role.as_str()).bind(admin.status.as_str()).bind(admin.created_at)
             .execute(&mut *tx)
             .await
             .map_err(|e| if is_unique_violation(&e) { SignUpError::EmailTaken } else { StoreError::from(e).into() })?;
@@ -251,7 +188,7 @@ impl AuthStore {
         let sql = format!("SELECT {USER_COLUMNS} FROM auth_users WHERE email = $1");
         with_pool!(&self.db, pool => {
             let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(email).fetch_optional(pool).await?;
-            Ok(row.as_ref().map(user).transpose()?)
+            Ok(row.as_ref().map(UserRow::from_row).transpose()?)
         })
     }
 
@@ -259,7 +196,7 @@ impl AuthStore {
         let sql = format!("SELECT {USER_COLUMNS} FROM auth_users WHERE org_id = $1 AND id = $2");
         with_pool!(&self.db, pool => {
             let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(org_id).bind(user_id).fetch_optional(pool).await?;
-            Ok(row.as_ref().map(user).transpose()?)
+            Ok(row.as_ref().map(UserRow::from_row).transpose()?)
         })
     }
 
@@ -267,7 +204,7 @@ impl AuthStore {
         let sql = format!("SELECT {ORG_COLUMNS} FROM auth_organizations WHERE id = $1");
         with_pool!(&self.db, pool => {
             let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(org_id).fetch_optional(pool).await?;
-            Ok(row.as_ref().map(organization).transpose()?)
+            Ok(row.as_ref().map(OrganizationRow::from_row).transpose()?)
         })
     }
 

@@ -12,7 +12,9 @@ use crate::convert::{Issued, organization_message, role_message, user_message};
 use crate::error::{AuthServiceError, Result};
 use crate::password::{self, HashPriority};
 use crate::settings::FREE;
-use crate::store::{OrganizationRow, PresentedToken, Refreshed, SignUpError, TokenOwner, UserRow};
+use crate::store::{
+    OrganizationRow, PresentedToken, Refreshed, Role, SignUpError, TokenOwner, UserRow, UserStatus,
+};
 use crate::throttle::PublicRpc;
 use crate::tokens::{new_opaque_token, token_hash};
 use crate::validate;
@@ -53,7 +55,7 @@ impl AuthApi {
             id: uuid::Uuid::new_v4().to_string(),
             slug: validate::slug_of(&organization_name),
             name: organization_name,
-            plan: FREE.name.into(),
+            plan: FREE.plan,
             max_users: FREE.max_users,
             max_concurrent_runs: FREE.max_concurrent_runs,
             max_runs_per_month: FREE.max_runs_per_month,
@@ -68,8 +70,8 @@ impl AuthApi {
                 .passwords
                 .hash(input.password, HashPriority::NewPassword)
                 .await?,
-            role: "admin".into(),
-            status: "active".into(),
+            role: Role::Admin,
+            status: UserStatus::Active,
             created_at: now,
             last_login_at: None,
         };
@@ -149,7 +151,7 @@ impl AuthApi {
             }
         }
         // Checked after the password, so guessers learn nothing about status.
-        if user.status != "active" {
+        if user.status != UserStatus::Active {
             audit("login", caller, &user.org_id, &user.id, "suspended");
             return Err(AuthServiceError::Suspended);
         }
@@ -250,7 +252,7 @@ impl AuthApi {
         let (Some(user), Some(org)) = (user, org) else {
             return Err(AuthServiceError::InvalidRefreshToken);
         };
-        if user.status != "active" {
+        if user.status != UserStatus::Active {
             self.sessions
                 .end_all(&org_id, &user_id, "user suspended")
                 .await?;
@@ -299,7 +301,7 @@ impl AuthApi {
     /// guards ask); an ended session is an answer, not an error.
     pub async fn check_session(&self, tenant: &TenantContext) -> Result<pb::CheckSessionResponse> {
         let role = match self.live_user(tenant).await {
-            Ok(user) => role_message(&user.role),
+            Ok(user) => role_message(user.role),
             Err(AuthServiceError::SessionEnded) => pb::Role::Unspecified,
             Err(error) => return Err(error),
         };

@@ -15,8 +15,8 @@ use crate::convert::{Issued, invitation_message, organization_message, user_mess
 use crate::error::{AuthServiceError, Result};
 use crate::password::{self, HashPriority};
 use crate::store::{
-    AcceptOutcome, InvitationRow, InviteOutcome, MemberChange, MemberOutcome, OrganizationRow,
-    RevokeOutcome, UserRow,
+    AcceptOutcome, InvitationRow, InvitationStatus, InviteOutcome, MemberChange, MemberOutcome,
+    OrganizationRow, RevokeOutcome, Role, UserRow, UserStatus,
 };
 use crate::throttle::PublicRpc;
 use crate::tokens::{new_opaque_token, token_hash};
@@ -28,7 +28,7 @@ impl AuthApi {
     /// The caller, live and an admin of its organization.
     async fn admin(&self, tenant: &TenantContext) -> Result<(UserRow, OrganizationRow)> {
         let (caller, org) = self.live_caller(tenant).await?;
-        if caller.role != "admin" {
+        if caller.role != Role::Admin {
             return Err(AuthServiceError::AdminRequired);
         }
         Ok((caller, org))
@@ -86,7 +86,7 @@ impl AuthApi {
     ) -> Result<pb::User> {
         // The role is checked before the caller's rights.
         let role = validate::role("role", input.role).map_err(AuthServiceError::invalid)?;
-        let change = MemberChange::Role(role.as_str().into());
+        let change = MemberChange::Role(role);
         let user = self
             .change_member(caller, tenant, "update_user_role", &input.user_id, change)
             .await?;
@@ -193,8 +193,8 @@ impl AuthApi {
             id: uuid::Uuid::new_v4().to_string(),
             org_id: org.id.clone(),
             email,
-            role: role.as_str().into(),
-            status: "pending".into(),
+            role,
+            status: InvitationStatus::Pending,
             invited_by: admin.id.clone(),
             created_at: now,
             expires_at: now + ms(INVITATION_TTL),
@@ -219,7 +219,7 @@ impl AuthApi {
                 return refused(
                     "max_users",
                     AuthServiceError::SeatsExhausted {
-                        plan: org.plan.clone(),
+                        plan: org.plan.as_str(),
                         max_users: org.max_users,
                     },
                 );
@@ -341,8 +341,9 @@ impl AuthApi {
                 .passwords
                 .hash(input.password, HashPriority::NewPassword)
                 .await?,
-            role: String::new(),
-            status: String::new(),
+            // Both taken from the invitation.
+            role: Role::Viewer,
+            status: UserStatus::Active,
             created_at: now,
             last_login_at: None,
         };

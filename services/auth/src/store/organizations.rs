@@ -3,49 +3,19 @@
 //! write lock on SQLite), so invariants such as "one active admin" and the
 //! seat limit hold under concurrent requests.
 
-use sqlx::Row;
+use sqlx::FromRow;
 use trellis_store::{BeginWrite, Page, StoreError, is_unique_violation, newest_first, with_pool};
 
-use super::{AuthStore, OrganizationRow, USER_COLUMNS, UserRow, organization, user};
+use super::{AuthStore, InvitationRow, OrganizationRow, Role, USER_COLUMNS, UserRow, UserStatus};
 
 const LOCK_ORG: &str = "UPDATE auth_organizations SET name = name WHERE id = $1";
-
-#[derive(Clone, Debug)]
-pub struct InvitationRow {
-    pub id: String,
-    pub org_id: String,
-    pub email: String,
-    pub role: String,
-    pub status: String,
-    pub invited_by: String,
-    pub created_at: i64,
-    pub expires_at: i64,
-}
 
 const INVITATION_COLUMNS: &str =
     "id, org_id, email, role, status, invited_by, created_at, expires_at";
 
-fn invitation<R: Row>(row: &R) -> Result<InvitationRow, sqlx::Error>
-where
-    for<'a> &'a str: sqlx::ColumnIndex<R>,
-    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    Ok(InvitationRow {
-        id: row.try_get("id")?,
-        org_id: row.try_get("org_id")?,
-        email: row.try_get("email")?,
-        role: row.try_get("role")?,
-        status: row.try_get("status")?,
-        invited_by: row.try_get("invited_by")?,
-        created_at: row.try_get("created_at")?,
-        expires_at: row.try_get("expires_at")?,
-    })
-}
-
 #[derive(Clone, Debug)]
 pub enum MemberChange {
-    Role(String),
+    Role(Role),
     Suspend,
     Reactivate,
     Remove,
@@ -95,7 +65,7 @@ impl AuthStore {
                 .bind(org_id).bind(created_at).bind(id).bind(first_page).bind(limit)
                 .fetch_all(pool)
                 .await?;
-            Ok(rows.iter().map(user).collect::<Result<_, _>>()?)
+            Ok(rows.iter().map(UserRow::from_row).collect::<Result<_, _>>()?)
         })
     }
 
@@ -112,7 +82,7 @@ impl AuthStore {
             .bind(name).bind(org_id)
             .fetch_optional(pool)
             .await?;
-            Ok(row.as_ref().map(organization).transpose()?)
+            Ok(row.as_ref().map(OrganizationRow::from_row).transpose()?)
         })
     }
 
@@ -130,12 +100,12 @@ impl AuthStore {
                 .bind(org_id).bind(user_id)
                 .fetch_optional(&mut *tx)
                 .await?;
-            let Some(current) = current.as_ref().map(user).transpose()? else {
+            let Some(current) = current.as_ref().map(UserRow::from_row).transpose()? else {
                 return Ok(MemberOutcome::NotFound);
             };
-            let active_admin = current.role == "admin" && current.status == "active";
+            let active_admin = current.role == Role::Admin && current.status == UserStatus::Active;
             let stops_being_active_admin = match change {
-                MemberChange::Role(role) => role != "admin",
+                MemberChange::Role(role) => *role != Role::Admin,
                 MemberChange::Suspend | MemberChange::Remove => true,
                 MemberChange::Reactivate => false,
             };
@@ -153,7 +123,7 @@ impl AuthStore {
             match change {
                 MemberChange::Role(role) => {
                     sqlx::query("UPDATE auth_users SET role = $1 WHERE org_id = $2 AND id = $3")
-                        .bind(role).bind(org_id).bind(user_id)
+                        .bind(role.as_str()).bind(org_id).bind(user_id)
                         .execute(&mut *tx).await?;
                 }
                 MemberChange::Suspend => {
@@ -162,7 +132,7 @@ impl AuthStore {
                         .execute(&mut *tx).await?;
                 }
                 MemberChange::Reactivate => {
-                    if current.status != "suspended" {
+                    if current.status != UserStatus::Suspended {
                         return Ok(MemberOutcome::NotSuspended);
                     }
                     sqlx::query("UPDATE auth_users SET status = 'active' WHERE org_id = $1 AND id = $2")
@@ -184,7 +154,7 @@ impl AuthStore {
                 .bind(org_id).bind(user_id)
                 .fetch_optional(&mut *tx)
                 .await?;
-            let updated = updated.as_ref().map(user).transpose()?;
+            let updated = updated.as_ref().map(UserRow::from_row).transpose()?;
             tx.commit().await?;
             Ok(MemberOutcome::Done(updated))
         })
@@ -235,10 +205,11 @@ impl AuthStore {
             }
             sqlx::query(
                 "INSERT INTO auth_invitations (id, org_id, email, role, status, token_hash, invited_by, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8)",
+                 VALUES ($1, $2, $3, $4, $9, $5, $6, $7, $8)",
             )
-            .bind(&invitation.id).bind(&invitation.org_id).bind(&invitation.email).bind(&invitation.role)
+            .bind(&invitation.id).bind(&invitation.org_id).bind(&invitation.email).bind(invitation.role.as_str())
             .bind(token_hash).bind(&invitation.invited_by).bind(invitation.created_at).bind(invitation.expires_at)
+            .bind(invitation.status.as_str())
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -258,7 +229,7 @@ impl AuthStore {
                 .bind(org_id).bind(created_at).bind(id).bind(first_page).bind(limit)
                 .fetch_all(pool)
                 .await?;
-            Ok(rows.iter().map(invitation).collect::<Result<_, _>>()?)
+            Ok(rows.iter().map(InvitationRow::from_row).collect::<Result<_, _>>()?)
         })
     }
 
@@ -284,7 +255,7 @@ impl AuthStore {
                 .bind(org_id).bind(invitation_id)
                 .fetch_optional(&mut *tx)
                 .await?;
-            let row = row.as_ref().map(invitation).transpose()?;
+            let row = row.as_ref().map(InvitationRow::from_row).transpose()?;
             tx.commit().await?;
             Ok(match (row, done.rows_affected()) {
                 (None, _) => RevokeOutcome::NotFound,
@@ -311,7 +282,7 @@ impl AuthStore {
                 .bind(token_hash).bind(now)
                 .fetch_optional(pool)
                 .await?;
-            Ok(row.as_ref().map(invitation).transpose()?)
+            Ok(row.as_ref().map(InvitationRow::from_row).transpose()?)
         })
     }
 
@@ -332,7 +303,7 @@ impl AuthStore {
             .bind(token_hash).bind(now)
             .fetch_optional(&mut *tx)
             .await?;
-            let Some(invite) = found.as_ref().map(invitation).transpose()? else {
+            let Some(invite) = found.as_ref().map(InvitationRow::from_row).transpose()? else {
                 return Ok(AcceptOutcome::Invalid);
             };
             sqlx::query(LOCK_ORG).bind(&invite.org_id).execute(&mut *tx).await?;
@@ -344,7 +315,7 @@ impl AuthStore {
                 return Ok(AcceptOutcome::Invalid);
             }
             let org_row = sqlx::query(org_select).bind(&invite.org_id).fetch_one(&mut *tx).await?;
-            let org = organization(&org_row)?;
+            let org = OrganizationRow::from_row(&org_row)?;
             let members: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM auth_users WHERE org_id = $1")
                 .bind(&invite.org_id)
                 .fetch_one(&mut *tx)
@@ -355,8 +326,8 @@ impl AuthStore {
             let joined = UserRow {
                 org_id: invite.org_id.clone(),
                 email: invite.email.clone(),
-                role: invite.role.clone(),
-                status: "active".into(),
+                role: invite.role,
+                status: UserStatus::Active,
                 created_at: now,
                 ..new_user.clone()
             };
@@ -365,7 +336,7 @@ impl AuthStore {
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(&joined.id).bind(&joined.org_id).bind(&joined.email).bind(&joined.name)
-            .bind(&joined.password_hash).bind(&joined.role).bind(&joined.status).bind(joined.created_at)
+            .bind(&joined.password_hash).bind(joined.role.as_str()).bind(joined.status.as_str()).bind(joined.created_at)
             .execute(&mut *tx)
             .await;
             match inserted {
