@@ -25,10 +25,11 @@ pub use redis_pool::{RedisPool, connect_redis};
 pub use sqlx;
 
 /// Runs `$body` with `$pool` bound to whichever pool `$db` holds: the body
-/// (one SQL text for both backends) is compiled once per backend.
+/// (one SQL text for both backends) is compiled once per backend. Written
+/// like a closure, `with_pool!(&db, |pool| { ... })`, so rustfmt formats it.
 #[macro_export]
 macro_rules! with_pool {
-    ($db:expr, $pool:ident => $body:expr) => {
+    ($db:expr, |$pool:ident| $body:expr) => {
         match $db {
             $crate::Database::Sqlite($pool) => $body,
             $crate::Database::Postgres($pool) => $body,

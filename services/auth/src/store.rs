@@ -44,6 +44,7 @@ pub const MIGRATIONS: ServiceMigrations = ServiceMigrations {
 mod organizations;
 mod rows;
 mod sessions;
+mod sql;
 
 pub use organizations::{AcceptOutcome, InviteOutcome, MemberChange, MemberOutcome, RevokeOutcome};
 pub use rows::{InvitationRow, InvitationStatus, OrganizationRow, Plan, Role, UserRow, UserStatus};
@@ -141,7 +142,7 @@ impl AuthStore {
         org: &OrganizationRow,
         admin: &UserRow,
     ) -> Result<Option<OrganizationRow>, SignUpError> {
-        with_pool!(&self.db, pool => {
+        with_pool!(&self.db, |pool| {
             let mut tx = pool.begin_write().await.map_err(StoreError::from)?;
             let taken: Vec<String> = sqlx::query_scalar(
                 "SELECT slug FROM auth_organizations WHERE slug = $1 OR slug LIKE $2",
@@ -152,31 +153,54 @@ impl AuthStore {
             .await
             .map_err(StoreError::from)?;
             let slug = (1..)
-                .map(|n| if n == 1 { org.slug.clone() } else { format!("{}-{n}", org.slug) })
+                .map(|n| {
+                    if n == 1 {
+                        org.slug.clone()
+                    } else {
+                        format!("{}-{n}", org.slug)
+                    }
+                })
                 .find(|candidate| !taken.contains(candidate))
                 .expect("some suffix is free");
-            let org = OrganizationRow { slug, ..org.clone() };
-            let inserted = sqlx::query(
-                "INSERT INTO auth_organizations (id, name, slug, plan, max_users, max_concurrent_runs, max_runs_per_month, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(&org.id).bind(&org.name).bind(&org.slug).bind(org.plan.as_str())
-            .bind(org.max_users).bind(org.max_concurrent_runs).bind(org.max_runs_per_month).bind(org.created_at)
-            .execute(&mut *tx)
-            .await;
+            let org = OrganizationRow {
+                slug,
+                ..org.clone()
+            };
+            let inserted = sqlx::query(sql::INSERT_ORGANIZATION)
+                .bind(&org.id)
+                .bind(&org.name)
+                .bind(&org.slug)
+                .bind(org.plan.as_str())
+                .bind(org.max_users)
+                .bind(org.max_concurrent_runs)
+                .bind(org.max_runs_per_month)
+                .bind(org.created_at)
+                .execute(&mut *tx)
+                .await;
             match inserted {
                 Err(error) if is_unique_violation(&error) => return Ok(None),
-                other => { other.map_err(StoreError::from)?; }
+                other => {
+                    other.map_err(StoreError::from)?;
+                }
             }
-            sqlx::query(
-                "INSERT INTO auth_users (id, org_id, email, name, password_hash, role, status, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(&admin.id).bind(&org.id).bind(&admin.email).bind(&admin.name)
-            .bind(&admin.password_hash).bind(admin.role.as_str()).bind(admin.status.as_str()).bind(admin.created_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| if is_unique_violation(&e) { SignUpError::EmailTaken } else { StoreError::from(e).into() })?;
+            sqlx::query(sql::INSERT_USER)
+                .bind(&admin.id)
+                .bind(&org.id)
+                .bind(&admin.email)
+                .bind(&admin.name)
+                .bind(&admin.password_hash)
+                .bind(admin.role.as_str())
+                .bind(admin.status.as_str())
+                .bind(admin.created_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| {
+                    if is_unique_violation(&e) {
+                        SignUpError::EmailTaken
+                    } else {
+                        StoreError::from(e).into()
+                    }
+                })?;
             tx.commit().await.map_err(StoreError::from)?;
             Ok(Some(org))
         })
@@ -186,42 +210,55 @@ impl AuthStore {
     /// across Trellis and the organization is what it finds.
     pub async fn user_by_email(&self, email: &str) -> Result<Option<UserRow>, StoreError> {
         let sql = format!("SELECT {USER_COLUMNS} FROM auth_users WHERE email = $1");
-        with_pool!(&self.db, pool => {
-            let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(email).fetch_optional(pool).await?;
+        with_pool!(&self.db, |pool| {
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(email)
+                .fetch_optional(pool)
+                .await?;
             Ok(row.as_ref().map(UserRow::from_row).transpose()?)
         })
     }
 
     pub async fn user(&self, org_id: &str, user_id: &str) -> Result<Option<UserRow>, StoreError> {
         let sql = format!("SELECT {USER_COLUMNS} FROM auth_users WHERE org_id = $1 AND id = $2");
-        with_pool!(&self.db, pool => {
-            let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(org_id).bind(user_id).fetch_optional(pool).await?;
+        with_pool!(&self.db, |pool| {
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(org_id)
+                .bind(user_id)
+                .fetch_optional(pool)
+                .await?;
             Ok(row.as_ref().map(UserRow::from_row).transpose()?)
         })
     }
 
     pub async fn organization(&self, org_id: &str) -> Result<Option<OrganizationRow>, StoreError> {
         let sql = format!("SELECT {ORG_COLUMNS} FROM auth_organizations WHERE id = $1");
-        with_pool!(&self.db, pool => {
-            let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(org_id).fetch_optional(pool).await?;
+        with_pool!(&self.db, |pool| {
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(org_id)
+                .fetch_optional(pool)
+                .await?;
             Ok(row.as_ref().map(OrganizationRow::from_row).transpose()?)
         })
     }
 
     /// Stores a login's first refresh token and records the login on the user.
     pub async fn record_login(&self, token: &NewRefreshToken) -> Result<(), StoreError> {
-        with_pool!(&self.db, pool => {
+        with_pool!(&self.db, |pool| {
             let mut tx = pool.begin_write().await?;
-            sqlx::query(
-                "INSERT INTO auth_refresh_tokens (token_hash, session_id, org_id, user_id, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(&token.hash).bind(&token.session_id).bind(&token.org_id).bind(&token.user_id)
-            .bind(token.now).bind(token.expires_at)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(sql::INSERT_REFRESH_TOKEN)
+                .bind(&token.hash)
+                .bind(&token.session_id)
+                .bind(&token.org_id)
+                .bind(&token.user_id)
+                .bind(token.now)
+                .bind(token.expires_at)
+                .execute(&mut *tx)
+                .await?;
             sqlx::query("UPDATE auth_users SET last_login_at = $1 WHERE org_id = $2 AND id = $3")
-                .bind(token.now).bind(&token.org_id).bind(&token.user_id)
+                .bind(token.now)
+                .bind(&token.org_id)
+                .bind(&token.user_id)
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
@@ -230,7 +267,7 @@ impl AuthStore {
     }
 
     pub async fn refresh_token(&self, hash: &str, now: i64) -> Result<PresentedToken, StoreError> {
-        with_pool!(&self.db, pool => {
+        with_pool!(&self.db, |pool| {
             let row: Option<(String, String, String, i64, Option<i64>)> = sqlx::query_as(
                 "SELECT session_id, org_id, user_id, expires_at, rotated_at \
                  FROM auth_refresh_tokens WHERE token_hash = $1",
@@ -240,10 +277,18 @@ impl AuthStore {
             .await?;
             Ok(match row {
                 Some((session_id, org_id, user_id, _, Some(_))) => {
-                    PresentedToken::Used(TokenOwner { session_id, org_id, user_id })
+                    PresentedToken::Used(TokenOwner {
+                        session_id,
+                        org_id,
+                        user_id,
+                    })
                 }
                 Some((session_id, org_id, user_id, expires_at, None)) if expires_at > now => {
-                    PresentedToken::Unused(TokenOwner { session_id, org_id, user_id })
+                    PresentedToken::Unused(TokenOwner {
+                        session_id,
+                        org_id,
+                        user_id,
+                    })
                 }
                 _ => PresentedToken::Unknown,
             })
@@ -259,7 +304,7 @@ impl AuthStore {
         now: i64,
         new_expires_at: i64,
     ) -> Result<Refreshed, StoreError> {
-        with_pool!(&self.db, pool => {
+        with_pool!(&self.db, |pool| {
             let mut tx = pool.begin_write().await?;
             // Only one of two concurrent exchanges can match `rotated_at IS NULL`.
             let claimed: Option<(String, String, String)> = sqlx::query_as(
@@ -267,32 +312,40 @@ impl AuthStore {
                  WHERE token_hash = $2 AND rotated_at IS NULL AND expires_at > $1 \
                  RETURNING session_id, org_id, user_id",
             )
-            .bind(now).bind(presented_hash)
+            .bind(now)
+            .bind(presented_hash)
             .fetch_optional(&mut *tx)
             .await?;
             let Some((session_id, org_id, user_id)) = claimed else {
-                let rotated: Option<(String, String, String, Option<i64>)> = sqlx::query_as(
-                    "SELECT session_id, org_id, user_id, rotated_at FROM auth_refresh_tokens WHERE token_hash = $1",
-                )
-                .bind(presented_hash)
-                .fetch_optional(&mut *tx)
-                .await?;
+                let rotated: Option<(String, String, String, Option<i64>)> =
+                    sqlx::query_as(sql::REFRESH_TOKEN_OWNER)
+                        .bind(presented_hash)
+                        .fetch_optional(&mut *tx)
+                        .await?;
                 return Ok(match rotated {
-                    Some((session_id, org_id, user_id, Some(_))) => {
-                        Refreshed::Reused(TokenOwner { session_id, org_id, user_id })
-                    }
+                    Some((session_id, org_id, user_id, Some(_))) => Refreshed::Reused(TokenOwner {
+                        session_id,
+                        org_id,
+                        user_id,
+                    }),
                     _ => Refreshed::Invalid,
                 });
             };
-            sqlx::query(
-                "INSERT INTO auth_refresh_tokens (token_hash, session_id, org_id, user_id, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(new_hash).bind(&session_id).bind(&org_id).bind(&user_id).bind(now).bind(new_expires_at)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(sql::INSERT_REFRESH_TOKEN)
+                .bind(new_hash)
+                .bind(&session_id)
+                .bind(&org_id)
+                .bind(&user_id)
+                .bind(now)
+                .bind(new_expires_at)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
-            Ok(Refreshed::Rotated(TokenOwner { session_id, org_id, user_id }))
+            Ok(Refreshed::Rotated(TokenOwner {
+                session_id,
+                org_id,
+                user_id,
+            }))
         })
     }
 
@@ -302,9 +355,11 @@ impl AuthStore {
         user_id: &str,
         hash: &str,
     ) -> Result<(), StoreError> {
-        with_pool!(&self.db, pool => {
+        with_pool!(&self.db, |pool| {
             sqlx::query("UPDATE auth_users SET password_hash = $1 WHERE org_id = $2 AND id = $3")
-                .bind(hash).bind(org_id).bind(user_id)
+                .bind(hash)
+                .bind(org_id)
+                .bind(user_id)
                 .execute(pool)
                 .await?;
             Ok(())

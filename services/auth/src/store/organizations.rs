@@ -6,7 +6,9 @@
 use sqlx::FromRow;
 use trellis_store::{BeginWrite, Page, StoreError, is_unique_violation, newest_first, with_pool};
 
-use super::{AuthStore, InvitationRow, OrganizationRow, Role, USER_COLUMNS, UserRow, UserStatus};
+use super::{
+    AuthStore, InvitationRow, OrganizationRow, Role, USER_COLUMNS, UserRow, UserStatus, sql,
+};
 
 const LOCK_ORG: &str = "UPDATE auth_organizations SET name = name WHERE id = $1";
 
@@ -60,12 +62,19 @@ impl AuthStore {
     pub async fn list_users(&self, org_id: &str, page: &Page) -> Result<Vec<UserRow>, StoreError> {
         let (created_at, id, first_page, limit) = page.binds();
         let sql = newest_first(USER_COLUMNS, "auth_users");
-        with_pool!(&self.db, pool => {
+        with_pool!(&self.db, |pool| {
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(org_id).bind(created_at).bind(id).bind(first_page).bind(limit)
+                .bind(org_id)
+                .bind(created_at)
+                .bind(id)
+                .bind(first_page)
+                .bind(limit)
                 .fetch_all(pool)
                 .await?;
-            Ok(rows.iter().map(UserRow::from_row).collect::<Result<_, _>>()?)
+            Ok(rows
+                .iter()
+                .map(UserRow::from_row)
+                .collect::<Result<_, _>>()?)
         })
     }
 
@@ -74,14 +83,12 @@ impl AuthStore {
         org_id: &str,
         name: &str,
     ) -> Result<Option<OrganizationRow>, StoreError> {
-        with_pool!(&self.db, pool => {
-            let row = sqlx::query(
-                "UPDATE auth_organizations SET name = $1 WHERE id = $2 \
-                 RETURNING id, name, slug, plan, max_users, max_concurrent_runs, max_runs_per_month, created_at",
-            )
-            .bind(name).bind(org_id)
-            .fetch_optional(pool)
-            .await?;
+        with_pool!(&self.db, |pool| {
+            let row = sqlx::query(sql::RENAME_ORGANIZATION)
+                .bind(name)
+                .bind(org_id)
+                .fetch_optional(pool)
+                .await?;
             Ok(row.as_ref().map(OrganizationRow::from_row).transpose()?)
         })
     }
@@ -93,11 +100,12 @@ impl AuthStore {
         change: &MemberChange,
     ) -> Result<MemberOutcome, StoreError> {
         let select = format!("SELECT {USER_COLUMNS} FROM auth_users WHERE org_id = $1 AND id = $2");
-        with_pool!(&self.db, pool => {
+        with_pool!(&self.db, |pool| {
             let mut tx = pool.begin_write().await?;
             sqlx::query(LOCK_ORG).bind(org_id).execute(&mut *tx).await?;
             let current = sqlx::query(sqlx::AssertSqlSafe(select.clone()))
-                .bind(org_id).bind(user_id)
+                .bind(org_id)
+                .bind(user_id)
                 .fetch_optional(&mut *tx)
                 .await?;
             let Some(current) = current.as_ref().map(UserRow::from_row).transpose()? else {
@@ -110,12 +118,11 @@ impl AuthStore {
                 MemberChange::Reactivate => false,
             };
             if active_admin && stops_being_active_admin {
-                let others: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM auth_users WHERE org_id = $1 AND role = 'admin' AND status = 'active' AND id <> $2",
-                )
-                .bind(org_id).bind(user_id)
-                .fetch_one(&mut *tx)
-                .await?;
+                let others: i64 = sqlx::query_scalar(sql::COUNT_OTHER_ACTIVE_ADMINS)
+                    .bind(org_id)
+                    .bind(user_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
                 if others == 0 {
                     return Ok(MemberOutcome::LastAdmin);
                 }
@@ -123,35 +130,53 @@ impl AuthStore {
             match change {
                 MemberChange::Role(role) => {
                     sqlx::query("UPDATE auth_users SET role = $1 WHERE org_id = $2 AND id = $3")
-                        .bind(role.as_str()).bind(org_id).bind(user_id)
-                        .execute(&mut *tx).await?;
+                        .bind(role.as_str())
+                        .bind(org_id)
+                        .bind(user_id)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 MemberChange::Suspend => {
-                    sqlx::query("UPDATE auth_users SET status = 'suspended' WHERE org_id = $1 AND id = $2")
-                        .bind(org_id).bind(user_id)
-                        .execute(&mut *tx).await?;
+                    sqlx::query(
+                        "UPDATE auth_users SET status = 'suspended' WHERE org_id = $1 AND id = $2",
+                    )
+                    .bind(org_id)
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 MemberChange::Reactivate => {
                     if current.status != UserStatus::Suspended {
                         return Ok(MemberOutcome::NotSuspended);
                     }
-                    sqlx::query("UPDATE auth_users SET status = 'active' WHERE org_id = $1 AND id = $2")
-                        .bind(org_id).bind(user_id)
-                        .execute(&mut *tx).await?;
+                    sqlx::query(
+                        "UPDATE auth_users SET status = 'active' WHERE org_id = $1 AND id = $2",
+                    )
+                    .bind(org_id)
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 MemberChange::Remove => {
-                    sqlx::query("DELETE FROM auth_refresh_tokens WHERE org_id = $1 AND user_id = $2")
-                        .bind(org_id).bind(user_id)
-                        .execute(&mut *tx).await?;
+                    sqlx::query(
+                        "DELETE FROM auth_refresh_tokens WHERE org_id = $1 AND user_id = $2",
+                    )
+                    .bind(org_id)
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?;
                     sqlx::query("DELETE FROM auth_users WHERE org_id = $1 AND id = $2")
-                        .bind(org_id).bind(user_id)
-                        .execute(&mut *tx).await?;
+                        .bind(org_id)
+                        .bind(user_id)
+                        .execute(&mut *tx)
+                        .await?;
                     tx.commit().await?;
                     return Ok(MemberOutcome::Done(None));
                 }
             }
             let updated = sqlx::query(sqlx::AssertSqlSafe(select))
-                .bind(org_id).bind(user_id)
+                .bind(org_id)
+                .bind(user_id)
                 .fetch_optional(&mut *tx)
                 .await?;
             let updated = updated.as_ref().map(UserRow::from_row).transpose()?;
@@ -167,51 +192,52 @@ impl AuthStore {
         token_hash: &str,
         now: i64,
     ) -> Result<InviteOutcome, StoreError> {
-        with_pool!(&self.db, pool => {
+        with_pool!(&self.db, |pool| {
             let mut tx = pool.begin_write().await?;
-            sqlx::query(LOCK_ORG).bind(&invitation.org_id).execute(&mut *tx).await?;
+            sqlx::query(LOCK_ORG)
+                .bind(&invitation.org_id)
+                .execute(&mut *tx)
+                .await?;
             // Only this organization's members: whether the email is
             // registered elsewhere is none of the inviting admin's business.
-            let member: Option<String> = sqlx::query_scalar(
-                "SELECT id FROM auth_users WHERE org_id = $1 AND email = $2",
-            )
-            .bind(&invitation.org_id).bind(&invitation.email)
-            .fetch_optional(&mut *tx)
-            .await?;
+            let member: Option<String> =
+                sqlx::query_scalar("SELECT id FROM auth_users WHERE org_id = $1 AND email = $2")
+                    .bind(&invitation.org_id)
+                    .bind(&invitation.email)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             if member.is_some() {
                 return Ok(InviteOutcome::MemberExists);
             }
-            let pending: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM auth_invitations WHERE org_id = $1 AND email = $2 AND status = 'pending' AND expires_at > $3",
-            )
-            .bind(&invitation.org_id).bind(&invitation.email).bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
+            let pending: i64 = sqlx::query_scalar(sql::COUNT_PENDING_INVITATIONS_FOR_EMAIL)
+                .bind(&invitation.org_id)
+                .bind(&invitation.email)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
             if pending > 0 {
                 return Ok(InviteOutcome::PendingExists);
             }
-            let seats: (i64, i64, i64) = sqlx::query_as(
-                "SELECT o.max_users, \
-                   (SELECT COUNT(*) FROM auth_users u WHERE u.org_id = o.id), \
-                   (SELECT COUNT(*) FROM auth_invitations i WHERE i.org_id = o.id AND i.status = 'pending' AND i.expires_at > $1) \
-                 FROM auth_organizations o WHERE o.id = $2",
-            )
-            // Numbered in order of first appearance, as SQLite counts them.
-            .bind(now).bind(&invitation.org_id)
-            .fetch_one(&mut *tx)
-            .await?;
+            let seats: (i64, i64, i64) = sqlx::query_as(sql::SEATS)
+                .bind(now)
+                .bind(&invitation.org_id)
+                .fetch_one(&mut *tx)
+                .await?;
             if seats.1 + seats.2 >= seats.0 {
                 return Ok(InviteOutcome::SeatsExhausted);
             }
-            sqlx::query(
-                "INSERT INTO auth_invitations (id, org_id, email, role, status, token_hash, invited_by, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $9, $5, $6, $7, $8)",
-            )
-            .bind(&invitation.id).bind(&invitation.org_id).bind(&invitation.email).bind(invitation.role.as_str())
-            .bind(token_hash).bind(&invitation.invited_by).bind(invitation.created_at).bind(invitation.expires_at)
-            .bind(invitation.status.as_str())
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(sql::INSERT_INVITATION)
+                .bind(&invitation.id)
+                .bind(&invitation.org_id)
+                .bind(&invitation.email)
+                .bind(invitation.role.as_str())
+                .bind(token_hash)
+                .bind(&invitation.invited_by)
+                .bind(invitation.created_at)
+                .bind(invitation.expires_at)
+                .bind(invitation.status.as_str())
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             Ok(InviteOutcome::Created(invitation.clone()))
         })
@@ -224,12 +250,19 @@ impl AuthStore {
     ) -> Result<Vec<InvitationRow>, StoreError> {
         let (created_at, id, first_page, limit) = page.binds();
         let sql = newest_first(INVITATION_COLUMNS, "auth_invitations");
-        with_pool!(&self.db, pool => {
+        with_pool!(&self.db, |pool| {
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(org_id).bind(created_at).bind(id).bind(first_page).bind(limit)
+                .bind(org_id)
+                .bind(created_at)
+                .bind(id)
+                .bind(first_page)
+                .bind(limit)
                 .fetch_all(pool)
                 .await?;
-            Ok(rows.iter().map(InvitationRow::from_row).collect::<Result<_, _>>()?)
+            Ok(rows
+                .iter()
+                .map(InvitationRow::from_row)
+                .collect::<Result<_, _>>()?)
         })
     }
 
@@ -242,17 +275,20 @@ impl AuthStore {
         let select = format!(
             "SELECT {INVITATION_COLUMNS} FROM auth_invitations WHERE org_id = $1 AND id = $2"
         );
-        with_pool!(&self.db, pool => {
+        with_pool!(&self.db, |pool| {
             let mut tx = pool.begin_write().await?;
             let done = sqlx::query(
                 "UPDATE auth_invitations SET status = 'revoked' \
                  WHERE org_id = $1 AND id = $2 AND status = 'pending' AND expires_at > $3",
             )
-            .bind(org_id).bind(invitation_id).bind(now)
+            .bind(org_id)
+            .bind(invitation_id)
+            .bind(now)
             .execute(&mut *tx)
             .await?;
             let row = sqlx::query(sqlx::AssertSqlSafe(select))
-                .bind(org_id).bind(invitation_id)
+                .bind(org_id)
+                .bind(invitation_id)
                 .fetch_optional(&mut *tx)
                 .await?;
             let row = row.as_ref().map(InvitationRow::from_row).transpose()?;
@@ -277,9 +313,10 @@ impl AuthStore {
             "SELECT {INVITATION_COLUMNS} FROM auth_invitations \
              WHERE token_hash = $1 AND status = 'pending' AND expires_at > $2"
         );
-        with_pool!(&self.db, pool => {
+        with_pool!(&self.db, |pool| {
             let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(token_hash).bind(now)
+                .bind(token_hash)
+                .bind(now)
                 .fetch_optional(pool)
                 .await?;
             Ok(row.as_ref().map(InvitationRow::from_row).transpose()?)
@@ -293,33 +330,37 @@ impl AuthStore {
         new_user: &UserRow,
         now: i64,
     ) -> Result<AcceptOutcome, StoreError> {
-        let org_select = "SELECT id, name, slug, plan, max_users, max_concurrent_runs, max_runs_per_month, created_at \
-                          FROM auth_organizations WHERE id = $1";
-        with_pool!(&self.db, pool => {
+        with_pool!(&self.db, |pool| {
             let mut tx = pool.begin_write().await?;
-            let found = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {INVITATION_COLUMNS} FROM auth_invitations WHERE token_hash = $1 AND status = 'pending' AND expires_at > $2"
-            )))
-            .bind(token_hash).bind(now)
-            .fetch_optional(&mut *tx)
-            .await?;
+            let found = sqlx::query(sql::PENDING_INVITATION_BY_TOKEN)
+                .bind(token_hash)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
             let Some(invite) = found.as_ref().map(InvitationRow::from_row).transpose()? else {
                 return Ok(AcceptOutcome::Invalid);
             };
-            sqlx::query(LOCK_ORG).bind(&invite.org_id).execute(&mut *tx).await?;
-            let claimed = sqlx::query("UPDATE auth_invitations SET status = 'accepted' WHERE id = $1 AND status = 'pending'")
+            sqlx::query(LOCK_ORG)
+                .bind(&invite.org_id)
+                .execute(&mut *tx)
+                .await?;
+            let claimed = sqlx::query(sql::CLAIM_INVITATION)
                 .bind(&invite.id)
                 .execute(&mut *tx)
                 .await?;
             if claimed.rows_affected() != 1 {
                 return Ok(AcceptOutcome::Invalid);
             }
-            let org_row = sqlx::query(org_select).bind(&invite.org_id).fetch_one(&mut *tx).await?;
-            let org = OrganizationRow::from_row(&org_row)?;
-            let members: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM auth_users WHERE org_id = $1")
+            let org_row = sqlx::query(sql::ORGANIZATION)
                 .bind(&invite.org_id)
                 .fetch_one(&mut *tx)
                 .await?;
+            let org = OrganizationRow::from_row(&org_row)?;
+            let members: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM auth_users WHERE org_id = $1")
+                    .bind(&invite.org_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
             if members >= org.max_users {
                 return Ok(AcceptOutcome::SeatsExhausted);
             }
@@ -331,17 +372,22 @@ impl AuthStore {
                 created_at: now,
                 ..new_user.clone()
             };
-            let inserted = sqlx::query(
-                "INSERT INTO auth_users (id, org_id, email, name, password_hash, role, status, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(&joined.id).bind(&joined.org_id).bind(&joined.email).bind(&joined.name)
-            .bind(&joined.password_hash).bind(joined.role.as_str()).bind(joined.status.as_str()).bind(joined.created_at)
-            .execute(&mut *tx)
-            .await;
+            let inserted = sqlx::query(sql::INSERT_USER)
+                .bind(&joined.id)
+                .bind(&joined.org_id)
+                .bind(&joined.email)
+                .bind(&joined.name)
+                .bind(&joined.password_hash)
+                .bind(joined.role.as_str())
+                .bind(joined.status.as_str())
+                .bind(joined.created_at)
+                .execute(&mut *tx)
+                .await;
             match inserted {
                 Err(error) if is_unique_violation(&error) => return Ok(AcceptOutcome::EmailTaken),
-                other => { other?; }
+                other => {
+                    other?;
+                }
             }
             tx.commit().await?;
             Ok(AcceptOutcome::Joined(Box::new((joined, org))))

@@ -2,6 +2,7 @@
 
 use trellis_store::{Database, StoreError, with_pool};
 
+use super::sql;
 use crate::clock::{ms, now_ms};
 use crate::sessions::{LoginSessions, NewLoginSession, SessionLifetimes};
 
@@ -23,32 +24,33 @@ impl LoginSessions for LocalLoginSessions {
         let now = now_ms();
         let idle_expires_at = now + ms(self.lifetimes.idle);
         let absolute_expires_at = now + ms(self.lifetimes.absolute);
-        with_pool!(&self.db, pool => {
-            sqlx::query(
-                "INSERT INTO auth_login_sessions (id, org_id, user_id, created_at, last_used_at, idle_expires_at, absolute_expires_at, user_agent, client_address) \
-                 VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8)",
-            )
-            .bind(&session.id).bind(&session.org_id).bind(&session.user_id).bind(now)
-            .bind(idle_expires_at).bind(absolute_expires_at)
-            .bind(&session.user_agent).bind(&session.client_address)
-            .execute(pool)
-            .await
-            .map_err(StoreError::from)?;
+        with_pool!(&self.db, |pool| {
+            sqlx::query(sql::OPEN_LOGIN_SESSION)
+                .bind(&session.id)
+                .bind(&session.org_id)
+                .bind(&session.user_id)
+                .bind(now)
+                .bind(idle_expires_at)
+                .bind(absolute_expires_at)
+                .bind(&session.user_agent)
+                .bind(&session.client_address)
+                .execute(pool)
+                .await
+                .map_err(StoreError::from)?;
         });
         Ok(())
     }
 
     async fn is_live(&self, org_id: &str, session_id: &str) -> Result<bool, StoreError> {
         let now = now_ms();
-        with_pool!(&self.db, pool => {
-            let found: Option<String> = sqlx::query_scalar(
-                "SELECT id FROM auth_login_sessions \
-                 WHERE org_id = $1 AND id = $2 AND revoked_at IS NULL AND idle_expires_at > $3 AND absolute_expires_at > $3",
-            )
-            .bind(org_id).bind(session_id).bind(now)
-            .fetch_optional(pool)
-            .await
-            .map_err(StoreError::from)?;
+        with_pool!(&self.db, |pool| {
+            let found: Option<String> = sqlx::query_scalar(sql::LIVE_LOGIN_SESSION)
+                .bind(org_id)
+                .bind(session_id)
+                .bind(now)
+                .fetch_optional(pool)
+                .await
+                .map_err(StoreError::from)?;
             Ok(found.is_some())
         })
     }
@@ -56,15 +58,15 @@ impl LoginSessions for LocalLoginSessions {
     async fn touch(&self, org_id: &str, session_id: &str) -> Result<bool, StoreError> {
         let now = now_ms();
         let idle_expires_at = now + ms(self.lifetimes.idle);
-        with_pool!(&self.db, pool => {
-            let done = sqlx::query(
-                "UPDATE auth_login_sessions SET last_used_at = $1, idle_expires_at = $2 \
-                 WHERE org_id = $3 AND id = $4 AND revoked_at IS NULL AND idle_expires_at > $1 AND absolute_expires_at > $1",
-            )
-            .bind(now).bind(idle_expires_at).bind(org_id).bind(session_id)
-            .execute(pool)
-            .await
-            .map_err(StoreError::from)?;
+        with_pool!(&self.db, |pool| {
+            let done = sqlx::query(sql::TOUCH_LOGIN_SESSION)
+                .bind(now)
+                .bind(idle_expires_at)
+                .bind(org_id)
+                .bind(session_id)
+                .execute(pool)
+                .await
+                .map_err(StoreError::from)?;
             Ok(done.rows_affected() == 1)
         })
     }
@@ -76,12 +78,16 @@ impl LoginSessions for LocalLoginSessions {
         session_id: &str,
         reason: &str,
     ) -> Result<bool, StoreError> {
-        with_pool!(&self.db, pool => {
+        with_pool!(&self.db, |pool| {
             let done = sqlx::query(
                 "UPDATE auth_login_sessions SET revoked_at = $1, revoke_reason = $2 \
                  WHERE org_id = $3 AND user_id = $4 AND id = $5 AND revoked_at IS NULL",
             )
-            .bind(now_ms()).bind(reason).bind(org_id).bind(user_id).bind(session_id)
+            .bind(now_ms())
+            .bind(reason)
+            .bind(org_id)
+            .bind(user_id)
+            .bind(session_id)
             .execute(pool)
             .await
             .map_err(StoreError::from)?;
@@ -90,12 +96,15 @@ impl LoginSessions for LocalLoginSessions {
     }
 
     async fn end_all(&self, org_id: &str, user_id: &str, reason: &str) -> Result<u64, StoreError> {
-        with_pool!(&self.db, pool => {
+        with_pool!(&self.db, |pool| {
             let done = sqlx::query(
                 "UPDATE auth_login_sessions SET revoked_at = $1, revoke_reason = $2 \
                  WHERE org_id = $3 AND user_id = $4 AND revoked_at IS NULL",
             )
-            .bind(now_ms()).bind(reason).bind(org_id).bind(user_id)
+            .bind(now_ms())
+            .bind(reason)
+            .bind(org_id)
+            .bind(user_id)
             .execute(pool)
             .await
             .map_err(StoreError::from)?;

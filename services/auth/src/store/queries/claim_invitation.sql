@@ -1,0 +1,2 @@
+UPDATE auth_invitations SET status = 'accepted'
+WHERE id = $1 AND status = 'pending'

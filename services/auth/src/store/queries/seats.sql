@@ -1,0 +1,8 @@
+-- The plan's seats, the members, and the pending invitations that hold a seat.
+-- Parameters are numbered in order of first appearance, as SQLite counts them.
+SELECT o.max_users,
+    (SELECT COUNT(*) FROM auth_users u WHERE u.org_id = o.id),
+    (SELECT COUNT(*) FROM auth_invitations i
+     WHERE i.org_id = o.id AND i.status = 'pending' AND i.expires_at > $1)
+FROM auth_organizations o
+WHERE o.id = $2
