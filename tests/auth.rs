@@ -329,18 +329,7 @@ async fn sign_up_and_sessions(extra: &[&str]) {
     std::fs::remove_dir_all(data_dir).unwrap();
 }
 
-#[tokio::test]
-async fn sign_up_login_refresh_logout_on_sqlite() {
-    sign_up_and_sessions(&[]).await;
-}
-
-#[tokio::test]
-async fn sign_up_login_refresh_logout_on_postgres() {
-    let Some(url) = postgres_url("Auth") else {
-        return;
-    };
-    sign_up_and_sessions(&["--database-url", &url]).await;
-}
+backend_suite!(sign_up_and_sessions, "Auth": sqlite, postgres);
 
 async fn brute_force_is_throttled(extra: &[&str]) {
     use std::net::{IpAddr, Ipv4Addr};
@@ -432,19 +421,7 @@ async fn brute_force_is_throttled(extra: &[&str]) {
     std::fs::remove_dir_all(data_dir).unwrap();
 }
 
-#[tokio::test]
-async fn brute_force_is_throttled_in_memory() {
-    brute_force_is_throttled(&[]).await;
-}
-
-#[tokio::test]
-async fn brute_force_is_throttled_with_redis() {
-    let Some(url) = redis_url("login throttling") else {
-        return;
-    };
-    let prefix = format!("trellis-test:{}:", uuid::Uuid::new_v4().simple());
-    brute_force_is_throttled(&["--redis-url", &url, "--redis-key-prefix", &prefix]).await;
-}
+backend_suite!(brute_force_is_throttled, "login throttling": memory, redis);
 
 /// Sign-ups at the same moment, for organizations of the same name, all
 /// succeed with slugs of their own.
@@ -491,18 +468,7 @@ async fn concurrent_sign_ups_get_unique_slugs(extra: &[&str]) {
     std::fs::remove_dir_all(data_dir).unwrap();
 }
 
-#[tokio::test]
-async fn concurrent_sign_ups_get_unique_slugs_on_sqlite() {
-    concurrent_sign_ups_get_unique_slugs(&[]).await;
-}
-
-#[tokio::test]
-async fn concurrent_sign_ups_get_unique_slugs_on_postgres() {
-    let Some(url) = postgres_url("concurrent sign-ups") else {
-        return;
-    };
-    concurrent_sign_ups_get_unique_slugs(&["--database-url", &url]).await;
-}
+backend_suite!(concurrent_sign_ups_get_unique_slugs, "concurrent sign-ups": sqlite, postgres);
 
 /// Guesses sent all at once get no more tries than guesses sent one by one:
 /// attempts hold their place in the count while their password is checked.
@@ -567,19 +533,7 @@ async fn concurrent_guesses_are_bounded(extra: &[&str]) {
     std::fs::remove_dir_all(data_dir).unwrap();
 }
 
-#[tokio::test]
-async fn concurrent_guesses_are_bounded_in_memory() {
-    concurrent_guesses_are_bounded(&[]).await;
-}
-
-#[tokio::test]
-async fn concurrent_guesses_are_bounded_with_redis() {
-    let Some(url) = redis_url("concurrent login throttling") else {
-        return;
-    };
-    let prefix = format!("trellis-test:{}:", uuid::Uuid::new_v4().simple());
-    concurrent_guesses_are_bounded(&["--redis-url", &url, "--redis-key-prefix", &prefix]).await;
-}
+backend_suite!(concurrent_guesses_are_bounded, "concurrent login throttling": memory, redis);
 
 #[tokio::test]
 async fn a_hash_made_with_older_parameters_is_upgraded_at_login() {

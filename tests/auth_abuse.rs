@@ -596,18 +596,7 @@ async fn concurrent_refreshes_of_one_token(extra: &[&str]) {
     std::fs::remove_dir_all(data_dir).unwrap();
 }
 
-#[tokio::test]
-async fn concurrent_refreshes_of_one_token_on_sqlite() {
-    concurrent_refreshes_of_one_token(&[]).await;
-}
-
-#[tokio::test]
-async fn concurrent_refreshes_of_one_token_on_postgres() {
-    let Some(url) = postgres_url("concurrent refreshes") else {
-        return;
-    };
-    concurrent_refreshes_of_one_token(&["--database-url", &url]).await;
-}
+backend_suite!(concurrent_refreshes_of_one_token, "concurrent refreshes": sqlite, postgres);
 
 async fn concurrent_acceptances_of_one_invitation(extra: &[&str]) {
     let (running, data_dir) = start_auth(extra).await;
@@ -670,18 +659,7 @@ async fn concurrent_acceptances_of_one_invitation(extra: &[&str]) {
     std::fs::remove_dir_all(data_dir).unwrap();
 }
 
-#[tokio::test]
-async fn concurrent_acceptances_of_one_invitation_on_sqlite() {
-    concurrent_acceptances_of_one_invitation(&[]).await;
-}
-
-#[tokio::test]
-async fn concurrent_acceptances_of_one_invitation_on_postgres() {
-    let Some(url) = postgres_url("concurrent invitation acceptances") else {
-        return;
-    };
-    concurrent_acceptances_of_one_invitation(&["--database-url", &url]).await;
-}
+backend_suite!(concurrent_acceptances_of_one_invitation, "concurrent invitation acceptances": sqlite, postgres);
 
 #[derive(Clone, Default)]
 struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);

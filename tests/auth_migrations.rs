@@ -6,8 +6,7 @@
 
 mod common;
 
-use common::*;
-use trellis_store::{Database, DatabaseOptions, ServiceMigrations};
+use trellis_store::{Database, ServiceMigrations};
 
 /// Auth's history up to version 2.
 fn before_boundary() -> ServiceMigrations {
@@ -74,47 +73,8 @@ macro_rules! check_upgrade {
     }};
 }
 
-#[tokio::test]
-async fn version_3_keeps_sessions_and_tokens_on_sqlite() {
-    let url = trellis_store::default_sqlite_url(&temp_dir("auth-migrations"), "auth");
-    let database = Database::connect(&url, &DatabaseOptions::default())
-        .await
-        .unwrap();
-    let Database::Sqlite(pool) = &database else {
-        unreachable!()
-    };
-    check_upgrade!(pool, &database);
+async fn version_3_keeps_sessions_and_tokens(database: &Database) {
+    trellis_store::with_pool!(database, |pool| check_upgrade!(pool, database));
 }
 
-#[tokio::test]
-async fn version_3_keeps_sessions_and_tokens_on_postgres() {
-    let Some(url) = postgres_url("Auth migrations") else {
-        return;
-    };
-    // A schema of its own, so the shared test database's history is untouched.
-    let schema = format!("auth_migrations_{}", uuid::Uuid::new_v4().simple());
-    let admin = Database::connect(&url, &DatabaseOptions::default())
-        .await
-        .unwrap();
-    let Database::Postgres(admin_pool) = &admin else {
-        panic!("TRELLIS_TEST_DATABASE_URL is not a PostgreSQL URL")
-    };
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(admin_pool)
-        .await
-        .unwrap();
-    let separator = if url.contains('?') { '&' } else { '?' };
-    let scoped = format!("{url}{separator}options=-c%20search_path%3D{schema}");
-    let database = Database::connect(&scoped, &DatabaseOptions::default())
-        .await
-        .unwrap();
-    let Database::Postgres(pool) = &database else {
-        unreachable!()
-    };
-    check_upgrade!(pool, &database);
-    database.close().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .execute(admin_pool)
-        .await
-        .unwrap();
-}
+backend_suite!(database version_3_keeps_sessions_and_tokens, "Auth migrations": sqlite, postgres);

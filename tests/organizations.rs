@@ -678,15 +678,4 @@ async fn roles_and_tenancy(extra: &[&str]) {
     std::fs::remove_dir_all(data_dir).unwrap();
 }
 
-#[tokio::test]
-async fn roles_and_tenancy_on_sqlite() {
-    roles_and_tenancy(&[]).await;
-}
-
-#[tokio::test]
-async fn roles_and_tenancy_on_postgres() {
-    let Some(url) = postgres_url("OrganizationService") else {
-        return;
-    };
-    roles_and_tenancy(&["--database-url", &url]).await;
-}
+backend_suite!(roles_and_tenancy, "OrganizationService": sqlite, postgres);

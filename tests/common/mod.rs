@@ -45,6 +45,150 @@ pub fn redis_url(what: &str) -> Option<String> {
     backend_url("TRELLIS_TEST_REDIS_URL", "Redis", what)
 }
 
+/// Where a server keeps what a scenario exercises. Which backends a run has
+/// is decided here alone, and a missing one is said loudly.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    /// The embedded default: SQLite files, in-memory counters.
+    Sqlite,
+    Postgres,
+    /// In-memory counters (the embedded default, named for throttling).
+    Memory,
+    Redis,
+}
+
+impl Backend {
+    /// The backend a `backend_suite!` test is named after.
+    pub fn named(name: &str) -> Backend {
+        match name {
+            "sqlite" => Backend::Sqlite,
+            "postgres" => Backend::Postgres,
+            "memory" => Backend::Memory,
+            "redis" => Backend::Redis,
+            other => panic!("no backend named {other}"),
+        }
+    }
+
+    /// The `trellis up` flags that select this backend, or `None` (said
+    /// loudly) when the run has no such backend. Redis keys get a prefix
+    /// of their own, so runs never share counts.
+    pub fn flags(self, what: &str) -> Option<Vec<String>> {
+        match self {
+            Backend::Sqlite | Backend::Memory => Some(Vec::new()),
+            Backend::Postgres => postgres_url(what).map(|url| vec!["--database-url".into(), url]),
+            Backend::Redis => redis_url(what).map(|url| {
+                let prefix = format!("trellis-test:{}:", uuid::Uuid::new_v4().simple());
+                vec![
+                    "--redis-url".into(),
+                    url,
+                    "--redis-key-prefix".into(),
+                    prefix,
+                ]
+            }),
+        }
+    }
+}
+
+/// A database of a test's own: a new SQLite file, or a new schema in the
+/// PostgreSQL test database (dropped by [`TestDatabase::remove`]), so a
+/// test never sees another's rows or migration history.
+pub struct TestDatabase {
+    pub database: trellis_store::Database,
+    /// PostgreSQL: the schema and a connection outside it, to drop it.
+    schema: Option<(String, trellis_store::Database)>,
+}
+
+impl TestDatabase {
+    /// `None` (said loudly) when the run has no such backend.
+    pub async fn fresh(backend: Backend, what: &str) -> Option<TestDatabase> {
+        use trellis_store::{Database, DatabaseOptions};
+        let options = DatabaseOptions::default();
+        match backend {
+            Backend::Sqlite | Backend::Memory => {
+                let url = trellis_store::default_sqlite_url(&temp_dir("db"), "test");
+                let database = Database::connect(&url, &options).await.unwrap();
+                Some(TestDatabase {
+                    database,
+                    schema: None,
+                })
+            }
+            Backend::Postgres => {
+                let url = postgres_url(what)?;
+                let schema = format!("test_{}", uuid::Uuid::new_v4().simple());
+                let admin = Database::connect(&url, &options).await.unwrap();
+                let Database::Postgres(pool) = &admin else {
+                    panic!("TRELLIS_TEST_DATABASE_URL is not a PostgreSQL URL")
+                };
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+                    .execute(pool)
+                    .await
+                    .unwrap();
+                let separator = if url.contains('?') { '&' } else { '?' };
+                let scoped = format!("{url}{separator}options=-c%20search_path%3D{schema}");
+                let database = Database::connect(&scoped, &options).await.unwrap();
+                Some(TestDatabase {
+                    database,
+                    schema: Some((schema, admin)),
+                })
+            }
+            Backend::Redis => panic!("Redis is not a database"),
+        }
+    }
+
+    pub async fn remove(self) {
+        self.database.close().await;
+        if let Some((schema, trellis_store::Database::Postgres(pool))) = &self.schema {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// One `#[tokio::test]` per backend for a scenario:
+///
+/// - `backend_suite!(scenario, "what it tests": sqlite, postgres);` calls
+///   `scenario(&[&str])` with the `trellis up` flags of each backend;
+/// - `backend_suite!(database scenario, "what": sqlite, postgres);` calls
+///   `scenario(&Database)` with a [`TestDatabase`] of its own.
+///
+/// Either makes `scenario::sqlite` and `scenario::postgres`.
+#[macro_export]
+macro_rules! backend_suite {
+    (database $scenario:ident, $what:literal: $($backend:ident),+ $(,)?) => {
+        mod $scenario {
+            $(
+                #[tokio::test]
+                async fn $backend() {
+                    let backend = $crate::common::Backend::named(stringify!($backend));
+                    let Some(test) = $crate::common::TestDatabase::fresh(backend, $what).await
+                    else {
+                        return;
+                    };
+                    super::$scenario(&test.database).await;
+                    test.remove().await;
+                }
+            )+
+        }
+    };
+    ($scenario:ident, $what:literal: $($backend:ident),+ $(,)?) => {
+        mod $scenario {
+            $(
+                #[tokio::test]
+                async fn $backend() {
+                    let backend = $crate::common::Backend::named(stringify!($backend));
+                    let Some(flags) = backend.flags($what) else {
+                        return;
+                    };
+                    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+                    super::$scenario(&flags).await;
+                }
+            )+
+        }
+    };
+}
+
 pub fn temp_dir(label: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("trellis-{label}-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
