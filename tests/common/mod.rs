@@ -26,10 +26,15 @@ pub fn loud(message: &str) {
 }
 
 /// `variable`'s value, or `None` after saying loudly that `what` on
-/// `backend` was skipped.
+/// `backend` was skipped. With `TRELLIS_REQUIRE_BACKENDS` set (CI sets it)
+/// a missing backend fails the test instead.
 fn backend_url(variable: &str, backend: &str, what: &str) -> Option<String> {
     let url = std::env::var(variable).ok();
     if url.is_none() {
+        assert!(
+            std::env::var_os("TRELLIS_REQUIRE_BACKENDS").is_none(),
+            "{what} on {backend}: set {variable} (TRELLIS_REQUIRE_BACKENDS is set)"
+        );
         loud(&format!("SKIPPED: {what} on {backend} (set {variable})"));
     }
     url

@@ -12,6 +12,11 @@ use trellis_store::{
 
 /// Written past the test harness's capture, so a skip is never silent.
 fn skipped(what: &str, variable: &str) {
+    // CI sets this: there a missing backend is a failure, not a skip.
+    assert!(
+        std::env::var_os("TRELLIS_REQUIRE_BACKENDS").is_none(),
+        "{what}: set {variable} (TRELLIS_REQUIRE_BACKENDS is set)"
+    );
     let _ = writeln!(
         std::io::stderr(),
         "SKIPPED: {what} (set {variable} to run it)"

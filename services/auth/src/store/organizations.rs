@@ -235,7 +235,6 @@ impl AuthStore {
                 .bind(&invitation.invited_by)
                 .bind(invitation.created_at)
                 .bind(invitation.expires_at)
-                .bind(invitation.status.as_str())
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;

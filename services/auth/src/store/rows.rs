@@ -29,6 +29,12 @@ macro_rules! stored_names {
             }
         }
 
+        impl std::fmt::Display for $kind {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
         impl TryFrom<String> for $kind {
             type Error = UnknownName;
 

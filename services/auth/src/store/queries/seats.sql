@@ -1,5 +1,5 @@
 -- The plan's seats, the members, and the pending invitations that hold a seat.
--- Parameters are numbered in order of first appearance, as SQLite counts them.
+-- $1: now; $2: the organization.
 SELECT o.max_users,
     (SELECT COUNT(*) FROM auth_users u WHERE u.org_id = o.id),
     (SELECT COUNT(*) FROM auth_invitations i
