@@ -345,13 +345,9 @@ async fn bad_configuration_and_busy_ports_fail_with_clear_errors() {
 
 #[tokio::test]
 async fn servers_run_on_postgres_and_redis_when_configured() {
-    let (Ok(database), Ok(redis)) = (
-        std::env::var("TRELLIS_TEST_DATABASE_URL"),
-        std::env::var("TRELLIS_TEST_REDIS_URL"),
-    ) else {
-        return loud(
-            "SKIPPED: `trellis serve` on PostgreSQL + Redis (set TRELLIS_TEST_DATABASE_URL and TRELLIS_TEST_REDIS_URL)",
-        );
+    let what = "`trellis serve` on PostgreSQL + Redis";
+    let (Some(database), Some(redis)) = (postgres_url(what), redis_url(what)) else {
+        return;
     };
     let data_dir = temp_dir("up-postgres");
     let args = up_args(

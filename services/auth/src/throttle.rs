@@ -656,8 +656,11 @@ mod tests {
     #[tokio::test]
     async fn public_rpcs_are_limited_per_address() {
         let policy = ThrottlePolicy {
+            // The same figure for both: counted together, three sign-ups
+            // would use up the refreshes too.
             public_rpcs: PublicRpcLimits {
                 sign_up_rate: "3/1h".parse().unwrap(),
+                refresh_rate: "3/1h".parse().unwrap(),
                 ..PublicRpcLimits::default()
             },
             ..ThrottlePolicy::default()
@@ -709,8 +712,18 @@ mod tests {
             "300/5m".parse::<RateLimit>().unwrap().window,
             Duration::from_secs(300)
         );
-        for bad in ["10", "0/1h", "x/1h", "10/0s", "10/1y", "10/200h", "/1h"] {
+        for bad in [
+            "10", "0/1h", "x/1h", "10/0s", "10/1y", "10/200h", "10/169h", "/1h",
+        ] {
             assert!(bad.parse::<RateLimit>().is_err(), "{bad}");
         }
+        // The window's bounds are inclusive.
+        for edge in ["1/1s", "1/168h"] {
+            assert!(edge.parse::<RateLimit>().is_ok(), "{edge}");
+        }
+        // Shown as the flag takes it, so a logged figure can be pasted back.
+        let limit: RateLimit = "300/5m".parse().unwrap();
+        assert_eq!(limit.to_string(), "300/300s");
+        assert_eq!(limit.to_string().parse::<RateLimit>(), Ok(limit));
     }
 }

@@ -105,6 +105,20 @@ fn rotation_publishes_before_signing_and_retires_the_oldest() {
     fs::remove_dir_all(dir).unwrap();
 }
 
+#[test]
+fn an_unchanged_manifest_keeps_the_loaded_keys() {
+    let dir = temp_dir();
+    let store = KeyStore::open(&dir, true)
+        .unwrap()
+        .with_recheck_interval(Duration::ZERO);
+    let before = store.current();
+    // Re-read, found the same: no reload (no new ring, no "reloaded" log).
+    assert!(Arc::ptr_eq(&before, &store.current()));
+    rotate(&dir, Duration::ZERO).unwrap();
+    assert!(!Arc::ptr_eq(&before, &store.current()));
+    fs::remove_dir_all(dir).unwrap();
+}
+
 /// A generated key directory and the file of its signing key.
 #[cfg(unix)]
 fn directory_with_a_key() -> (PathBuf, PathBuf) {
@@ -229,6 +243,21 @@ fn a_staged_key_is_promoted_only_after_the_jwks_refresh_gap() {
     let manifest = read_manifest(&dir).unwrap().unwrap();
     assert_eq!(manifest.published[0], staged.staged);
     assert_eq!(manifest.active, staged.active);
+    // Staged 100 s ago: about 200 s to go.
+    write_manifest(
+        &dir,
+        &Manifest {
+            staged_at: Some(staged_at - 100),
+            ..manifest.clone()
+        },
+    )
+    .unwrap();
+    let error = rotate(&dir, gap).unwrap_err();
+    assert!(
+        matches!(&error, KeyStoreError::TooSoon { wait, staged_ago, .. }
+            if (195..=200).contains(wait) && *staged_ago >= 100),
+        "{error}"
+    );
     // A manifest from before staging times were kept does not block.
     write_manifest(
         &dir,
@@ -253,6 +282,8 @@ fn a_link_planted_in_our_own_directory_is_refused_not_followed() {
     std::os::unix::fs::symlink(&elsewhere, &planted).unwrap();
     let error = KeyStore::open(&dir, true).err().unwrap();
     assert!(error.to_string().contains("only plain files"), "{error}");
+    // The link's own permission bits, without its file type.
+    assert!(error.to_string().contains("has mode 0777"), "{error}");
     assert_eq!(mode(&elsewhere), 0o644, "the link's target is left alone");
     fs::remove_file(&planted).unwrap();
     assert_eq!(mode(&key), 0o600);
