@@ -1,4 +1,5 @@
-//! Row structs read by column name on both backends.
+//! Row structs read by column name on both backends, and the closed sets
+//! of names their text columns hold.
 
 /// Declares a row struct and its `sqlx::FromRow` for SQLite and PostgreSQL,
 /// each field read from the column of its name. `field: Type as String`
@@ -43,6 +44,53 @@ macro_rules! row {
             source: Box::new(error),
         })?
     }};
+}
+
+/// A name stored in a text column that is none of its type's.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown {kind} {name:?}")]
+pub struct UnknownName {
+    pub kind: &'static str,
+    pub name: String,
+}
+
+/// An enum stored as text, exhaustive both ways: `as_str`, `Display`, and
+/// `TryFrom<String>` failing with [`UnknownName`] (read it with [`row!`]'s
+/// `field: Kind as String`).
+#[macro_export]
+macro_rules! stored_names {
+    ($(#[$meta:meta])* $kind:ident { $($variant:ident = $name:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $kind {
+            $($variant),+
+        }
+
+        impl $kind {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($kind::$variant => $name),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $kind {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl TryFrom<String> for $kind {
+            type Error = $crate::UnknownName;
+
+            fn try_from(name: String) -> Result<Self, $crate::UnknownName> {
+                match name.as_str() {
+                    $($name => Ok($kind::$variant),)+
+                    _ => Err($crate::UnknownName { kind: stringify!($kind), name }),
+                }
+            }
+        }
+    };
 }
 
 #[cfg(test)]

@@ -17,10 +17,7 @@ fn skipped(what: &str, variable: &str) {
         std::env::var_os("TRELLIS_REQUIRE_BACKENDS").is_none(),
         "{what}: set {variable} (TRELLIS_REQUIRE_BACKENDS is set)"
     );
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED: {what} (set {variable} to run it)"
-    );
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {what} (set {variable})");
 }
 
 fn migrations(service: &'static str) -> ServiceMigrations {

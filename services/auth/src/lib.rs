@@ -2,16 +2,18 @@
 //! sign-up, login with brute-force protection, refresh-token rotation with
 //! reuse detection, logout, signing keys, members and invitations.
 //!
-//! How the crate is laid out (each later service has the same parts):
+//! How the crate is laid out (the README's layout section says which parts
+//! every service has):
 //!
-//! - [`grpc`]: the tonic trait impls, thin adapters over [`api`];
-//! - [`api`]: the handlers, inherent methods returning [`error::Result`];
-//! - [`error`]: the one error enum, and its mapping to statuses;
-//! - `validate`, `convert`, `audit`, `tokens`, `clock`: request bounds,
-//!   row-to-message conversion, audit events, opaque tokens, time;
-//! - [`store`]: Auth's tables; [`sessions`]: the login-session seam;
-//! - [`keys`], [`password`], [`throttle`]: signing keys, argon2 off the
-//!   async workers, brute-force and per-address limits.
+//! - `grpc`: the tonic trait impls, thin adapters over `api`;
+//! - `api`: the handlers, inherent methods returning `error::Result`;
+//! - `error`: the one error enum, and its mapping to statuses;
+//! - `validate`, `convert`, `audit`, `settings`, `clock`: request bounds,
+//!   row-to-message conversion, audit events, settings and plans, time;
+//! - `store`: Auth's tables;
+//! - Auth's own: [`sessions`] (the login-session seam), `tokens` (opaque
+//!   tokens), [`keys`], [`password`] (argon2 off the async workers),
+//!   [`throttle`] (brute-force and per-address limits).
 #![forbid(unsafe_code)]
 
 mod api;

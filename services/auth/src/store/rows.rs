@@ -4,49 +4,7 @@
 
 pub use trellis_tenancy::Role;
 
-/// A name stored in a text column that is none of its type's.
-#[derive(Debug, thiserror::Error)]
-#[error("unknown {kind} {name:?}")]
-pub struct UnknownName {
-    kind: &'static str,
-    name: String,
-}
-
-/// An enum stored as text: exhaustive both ways.
-macro_rules! stored_names {
-    ($(#[$meta:meta])* $kind:ident { $($variant:ident = $name:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-        pub enum $kind {
-            $($variant),+
-        }
-
-        impl $kind {
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($kind::$variant => $name),+
-                }
-            }
-        }
-
-        impl std::fmt::Display for $kind {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl TryFrom<String> for $kind {
-            type Error = UnknownName;
-
-            fn try_from(name: String) -> Result<Self, UnknownName> {
-                match name.as_str() {
-                    $($name => Ok($kind::$variant),)+
-                    _ => Err(UnknownName { kind: stringify!($kind), name }),
-                }
-            }
-        }
-    };
-}
+use trellis_store::stored_names;
 
 stored_names!(
     /// An organization's plan.
