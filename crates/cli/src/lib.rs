@@ -324,12 +324,17 @@ pub enum CliError {
         service: &'static str,
         source: trellis_runtime::ServeError,
     },
+    /// A bug, not the operator's configuration.
+    #[error("a server task panicked: {0}")]
+    Panicked(String),
 }
 
 impl CliError {
     fn exit_code(&self) -> ExitCode {
         match self {
             CliError::Config(_) | CliError::Invalid(_) => ExitCode::from(2),
+            // EX_SOFTWARE (sysexits.h): an internal error.
+            CliError::Panicked(_) => ExitCode::from(70),
             _ => ExitCode::FAILURE,
         }
     }
@@ -360,9 +365,7 @@ impl Running {
     pub async fn join(&mut self) -> Result<(), CliError> {
         let mut first_error = None;
         while let Some(result) = self.tasks.join_next().await {
-            let outcome = result.unwrap_or_else(|error| {
-                Err(CliError::Invalid(format!("server task panicked: {error}")))
-            });
+            let outcome = result.unwrap_or_else(|error| Err(CliError::Panicked(error.to_string())));
             if let Err(error) = outcome {
                 // One failed server takes the process down with it.
                 self.trigger.trigger();
@@ -645,5 +648,26 @@ where
             eprintln!("trellis: {error}");
             error.exit_code()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicked_server_is_a_bug_not_a_configuration_error() {
+        let (trigger, _) = Shutdown::new();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async { panic!("boom") });
+        let mut running = Running {
+            addresses: Vec::new(),
+            trigger,
+            tasks,
+        };
+        let error = running.join().await.unwrap_err();
+        assert!(matches!(error, CliError::Panicked(_)), "{error}");
+        assert!(error.to_string().contains("panicked"), "{error}");
+        assert_eq!(error.exit_code(), ExitCode::from(70));
     }
 }
