@@ -99,8 +99,15 @@ impl Backend {
 /// test never sees another's rows or migration history.
 pub struct TestDatabase {
     pub database: trellis_store::Database,
-    /// PostgreSQL: the schema and a connection outside it, to drop it.
-    schema: Option<(String, trellis_store::Database)>,
+    cleanup: Cleanup,
+}
+
+/// What [`TestDatabase::remove`] takes away.
+enum Cleanup {
+    /// The SQLite file's directory.
+    Dir(PathBuf),
+    /// The schema, and a connection outside it to drop it with.
+    Schema(String, trellis_store::Database),
 }
 
 impl TestDatabase {
@@ -110,11 +117,12 @@ impl TestDatabase {
         let options = DatabaseOptions::default();
         match backend {
             Backend::Sqlite | Backend::Memory => {
-                let url = trellis_store::default_sqlite_url(&temp_dir("db"), "test");
+                let dir = temp_dir("db");
+                let url = trellis_store::default_sqlite_url(&dir, "test");
                 let database = Database::connect(&url, &options).await.unwrap();
                 Some(TestDatabase {
                     database,
-                    schema: None,
+                    cleanup: Cleanup::Dir(dir),
                 })
             }
             Backend::Postgres => {
@@ -133,7 +141,7 @@ impl TestDatabase {
                 let database = Database::connect(&scoped, &options).await.unwrap();
                 Some(TestDatabase {
                     database,
-                    schema: Some((schema, admin)),
+                    cleanup: Cleanup::Schema(schema, admin),
                 })
             }
             Backend::Redis => panic!("Redis is not a database"),
@@ -142,11 +150,18 @@ impl TestDatabase {
 
     pub async fn remove(self) {
         self.database.close().await;
-        if let Some((schema, trellis_store::Database::Postgres(pool))) = &self.schema {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-                .execute(pool)
-                .await
-                .unwrap();
+        match self.cleanup {
+            Cleanup::Dir(dir) => std::fs::remove_dir_all(dir).unwrap(),
+            Cleanup::Schema(schema, admin) => {
+                let trellis_store::Database::Postgres(pool) = &admin else {
+                    unreachable!("a schema is made on PostgreSQL only")
+                };
+                sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                    .execute(pool)
+                    .await
+                    .unwrap();
+                admin.close().await;
+            }
         }
     }
 }

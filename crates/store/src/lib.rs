@@ -18,7 +18,7 @@ pub use counters::{
 pub use database::{BeginWrite, Database, DatabaseOptions, default_sqlite_url, redact_url};
 pub use error::StoreError;
 pub use migrate::{EmbeddedMigration, ServiceMigrations, migrate};
-pub use page::{MAX_PAGE_TOKEN_BYTES, Page, PageError, newest_first};
+pub use page::{Page, PageError, newest_first};
 pub use redis_pool::{RedisPool, connect_redis};
 pub use row::UnknownName;
 /// For [`row!`]: the sqlx its expansions name.

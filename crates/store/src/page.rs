@@ -7,7 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 const DEFAULT_PAGE_SIZE: i64 = 50;
 const MAX_PAGE_SIZE: i64 = 500;
 /// A token encodes a timestamp and a UUID; anything longer is not ours.
-pub const MAX_PAGE_TOKEN_BYTES: usize = 512;
+const MAX_PAGE_TOKEN_BYTES: usize = 512;
 
 /// A page request the client got wrong; names the request field.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

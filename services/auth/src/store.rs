@@ -41,6 +41,21 @@ pub const MIGRATIONS: ServiceMigrations = ServiceMigrations {
     ],
 };
 
+/// The insert of a user row, its fields bound, ready for either backend.
+macro_rules! insert_user {
+    ($user:expr) => {
+        sqlx::query(sql::INSERT_USER)
+            .bind(&$user.id)
+            .bind(&$user.org_id)
+            .bind(&$user.email)
+            .bind(&$user.name)
+            .bind(&$user.password_hash)
+            .bind($user.role.as_str())
+            .bind($user.status.as_str())
+            .bind($user.created_at)
+    };
+}
+
 mod organizations;
 mod rows;
 mod sessions;
@@ -183,24 +198,15 @@ impl AuthStore {
                     other.map_err(StoreError::from)?;
                 }
             }
-            sqlx::query(sql::INSERT_USER)
-                .bind(&admin.id)
-                .bind(&org.id)
-                .bind(&admin.email)
-                .bind(&admin.name)
-                .bind(&admin.password_hash)
-                .bind(admin.role.as_str())
-                .bind(admin.status.as_str())
-                .bind(admin.created_at)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| {
-                    if is_unique_violation(&e) {
-                        SignUpError::EmailTaken
-                    } else {
-                        StoreError::from(e).into()
-                    }
-                })?;
+            // The admin's org_id is the organization's id: only its slug
+            // may have changed above.
+            insert_user!(admin).execute(&mut *tx).await.map_err(|e| {
+                if is_unique_violation(&e) {
+                    SignUpError::EmailTaken
+                } else {
+                    StoreError::from(e).into()
+                }
+            })?;
             tx.commit().await.map_err(StoreError::from)?;
             Ok(Some(org))
         })

@@ -371,17 +371,7 @@ impl AuthStore {
                 created_at: now,
                 ..new_user.clone()
             };
-            let inserted = sqlx::query(sql::INSERT_USER)
-                .bind(&joined.id)
-                .bind(&joined.org_id)
-                .bind(&joined.email)
-                .bind(&joined.name)
-                .bind(&joined.password_hash)
-                .bind(joined.role.as_str())
-                .bind(joined.status.as_str())
-                .bind(joined.created_at)
-                .execute(&mut *tx)
-                .await;
+            let inserted = insert_user!(joined).execute(&mut *tx).await;
             match inserted {
                 Err(error) if is_unique_violation(&error) => return Ok(AcceptOutcome::EmailTaken),
                 other => {
