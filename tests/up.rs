@@ -312,7 +312,7 @@ async fn bad_configuration_and_busy_ports_fail_with_clear_errors() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = busy.local_addr().unwrap().to_string();
     let mut args = up_args(&data_dir, &[]);
-    args.listen.cart_addr = busy.local_addr().unwrap();
+    args.servers.cart.cart_addr = busy.local_addr().unwrap();
     let error = trellis_cli::start(&[ServiceName::Cart], &args)
         .await
         .err()

@@ -1,4 +1,4 @@
-//! The `trellis` command: `up`, `serve <service>...`, `migrate`.
+//! The `trellis` command: `up`, `serve <service>...`, `migrate`, `keys`.
 #![forbid(unsafe_code)]
 
 use std::ffi::OsString;
@@ -8,21 +8,22 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use trellis_auth::{
-    AuthDeps, AuthSettings, KeyStore, KeyStoreError, LocalLoginSessions, Passwords,
-    PublicRpcLimits, SessionLifetimes, Throttle, ThrottlePolicy,
-};
+use trellis_auth::{KeyStore, KeyStoreError};
 use trellis_runtime::{
-    ConfigError, JwtArgs, ServerLimits, ServiceSet, Shutdown, ShutdownTrigger, TelemetryArgs,
+    ConfigError, JwtArgs, ServerContext, ServerLimits, SetupError, Shutdown, ShutdownTrigger,
+    TelemetryArgs,
 };
 use trellis_store::{
-    Counters, Database, DatabaseOptions, MemoryCounters, RedisCounters, ServiceMigrations,
-    StoreError,
+    Counters, Database, DatabaseOptions, MemoryCounters, RedisCounters, StoreError,
 };
 use trellis_tenancy::{AuthServiceJwks, AuthSessionCheck, JwksCache, SessionGuard, TokenVerifier};
+
+mod servers;
+
+pub use servers::{ServerArgs, ServiceName};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -95,107 +96,8 @@ pub struct KeyDirArgs {
 }
 
 impl KeyDirArgs {
-    /// The key directory, and whether an empty one may get a first key: only
-    /// the embedded default; an explicit directory is a mounted Secret.
-    pub fn location(&self) -> (PathBuf, bool) {
-        match &self.signing_keys_dir {
-            Some(dir) => (dir.clone(), false),
-            None => (self.data_dir.join("keys"), true),
-        }
-    }
-
-    pub fn open(&self) -> Result<KeyStore, CliError> {
-        let (dir, generate) = self.location();
-        Ok(KeyStore::open(dir, generate)?)
-    }
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ServiceName {
-    Auth,
-    Session,
-    Cart,
-    Order,
-    Execution,
-}
-
-impl ServiceName {
-    pub const ALL: [ServiceName; 5] = [
-        ServiceName::Auth,
-        ServiceName::Session,
-        ServiceName::Cart,
-        ServiceName::Order,
-        ServiceName::Execution,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ServiceName::Auth => "auth",
-            ServiceName::Session => "session",
-            ServiceName::Cart => "cart",
-            ServiceName::Order => "order",
-            ServiceName::Execution => "execution",
-        }
-    }
-
-    fn service_set(
-        self,
-        args: &ServeArgs,
-        database: Database,
-        keys: Option<&Arc<KeyStore>>,
-        counters: &Arc<dyn Counters>,
-    ) -> Result<ServiceSet, CliError> {
-        let limits = &args.limits;
-        Ok(match self {
-            ServiceName::Auth => trellis_auth::service_set(
-                limits,
-                AuthDeps {
-                    keys: keys
-                        .expect("keys are opened whenever Auth is served")
-                        .clone(),
-                    sessions: Arc::new(LocalLoginSessions::new(
-                        database.clone(),
-                        SessionLifetimes {
-                            idle: args.session_idle_ttl,
-                            absolute: args.session_absolute_ttl,
-                        },
-                    )),
-                    database,
-                    passwords: Arc::new(
-                        Passwords::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
-                            .map_err(|e| CliError::Invalid(e.to_string()))?,
-                    ),
-                    throttle: Throttle::new(
-                        counters.clone(),
-                        ThrottlePolicy {
-                            public_rpcs: args.public_rpc_limits.clone(),
-                            ..ThrottlePolicy::default()
-                        },
-                    ),
-                    settings: AuthSettings {
-                        issuer: args.jwt.jwt_issuer.clone(),
-                        audience: args.jwt.jwt_audience.clone(),
-                        access_token_ttl: args.access_token_ttl,
-                        // A refresh token cannot outlive its session.
-                        refresh_token_ttl: args.session_absolute_ttl,
-                    },
-                },
-            ),
-            ServiceName::Session => trellis_session::service_set(limits),
-            ServiceName::Cart => trellis_cart::service_set(limits),
-            ServiceName::Order => trellis_order::service_set(limits),
-            ServiceName::Execution => trellis_execution::service_set(limits),
-        })
-    }
-
-    fn migrations(self) -> ServiceMigrations {
-        match self {
-            ServiceName::Auth => trellis_auth::MIGRATIONS,
-            ServiceName::Session => trellis_session::MIGRATIONS,
-            ServiceName::Cart => trellis_cart::MIGRATIONS,
-            ServiceName::Order => trellis_order::MIGRATIONS,
-            ServiceName::Execution => trellis_execution::MIGRATIONS,
-        }
+    fn location(&self) -> (PathBuf, bool) {
+        KeyStore::location(&self.data_dir, self.signing_keys_dir.as_deref())
     }
 }
 
@@ -204,10 +106,6 @@ pub struct StorageArgs {
     /// Where embedded data lives (SQLite files, signing keys).
     #[arg(long, env = "TRELLIS_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
-    /// Auth's signing keys (a mounted Secret); unset = `<data-dir>/keys`,
-    /// generated on first start.
-    #[arg(long, env = "TRELLIS_SIGNING_KEYS_DIR")]
-    pub signing_keys_dir: Option<PathBuf>,
     /// `postgres://...` for production; unset = one SQLite file per service
     /// under the data dir.
     #[arg(long, env = "TRELLIS_DATABASE_URL")]
@@ -223,45 +121,11 @@ impl StorageArgs {
 }
 
 #[derive(Args, Clone, Debug)]
-pub struct ListenArgs {
-    /// Listen address of the Auth server (port 0 = any free port).
-    #[arg(long, env = "TRELLIS_AUTH_ADDR", default_value = "127.0.0.1:50051")]
-    pub auth_addr: SocketAddr,
-    /// Listen address of the Session server (port 0 = any free port).
-    #[arg(long, env = "TRELLIS_SESSION_ADDR", default_value = "127.0.0.1:50052")]
-    pub session_addr: SocketAddr,
-    /// Listen address of the Cart server (port 0 = any free port).
-    #[arg(long, env = "TRELLIS_CART_ADDR", default_value = "127.0.0.1:50053")]
-    pub cart_addr: SocketAddr,
-    /// Listen address of the Order server (port 0 = any free port).
-    #[arg(long, env = "TRELLIS_ORDER_ADDR", default_value = "127.0.0.1:50054")]
-    pub order_addr: SocketAddr,
-    #[arg(
-        long,
-        env = "TRELLIS_EXECUTION_ADDR",
-        default_value = "127.0.0.1:50055"
-    )]
-    pub execution_addr: SocketAddr,
-}
-
-impl ListenArgs {
-    fn address(&self, service: ServiceName) -> SocketAddr {
-        match service {
-            ServiceName::Auth => self.auth_addr,
-            ServiceName::Session => self.session_addr,
-            ServiceName::Cart => self.cart_addr,
-            ServiceName::Order => self.order_addr,
-            ServiceName::Execution => self.execution_addr,
-        }
-    }
-}
-
-#[derive(Args, Clone, Debug)]
 pub struct ServeArgs {
     #[command(flatten)]
     pub storage: StorageArgs,
     #[command(flatten)]
-    pub listen: ListenArgs,
+    pub servers: ServerArgs,
     /// `redis://...` for sessions and rate limits; unset = in-memory.
     #[arg(long, env = "TRELLIS_REDIS_URL")]
     pub redis_url: Option<String>,
@@ -275,26 +139,15 @@ pub struct ServeArgs {
     /// Leave migrations to `trellis migrate` (e.g. a Kubernetes Job).
     #[arg(long, env = "TRELLIS_SKIP_MIGRATIONS")]
     pub skip_migrations: bool,
-    /// Lifetime of access tokens issued by Auth.
-    #[arg(long, env = "TRELLIS_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = trellis_runtime::parse_duration)]
-    pub access_token_ttl: Duration,
-    /// A login session ends this long after its last use (sliding).
-    #[arg(long, env = "TRELLIS_SESSION_IDLE_TTL", default_value = "24h", value_parser = trellis_runtime::parse_duration)]
-    pub session_idle_ttl: Duration,
     /// How long a server trusts a session-liveness answer from Auth: the
     /// most a logout can take to reach every server.
     #[arg(long, env = "TRELLIS_SESSION_CHECK_TTL", default_value = "5s", value_parser = trellis_runtime::parse_duration)]
     pub session_check_ttl: Duration,
-    /// A login session ends this long after login, however active.
-    #[arg(long, env = "TRELLIS_SESSION_ABSOLUTE_TTL", default_value = "720h", value_parser = trellis_runtime::parse_duration)]
-    pub session_absolute_ttl: Duration,
     /// While Auth cannot be asked, how long past --session-check-ttl a
     /// session last seen live keeps being served; after that its calls get
     /// UNAVAILABLE. Also the most a logout can take while Auth is down.
     #[arg(long, env = "TRELLIS_SESSION_CHECK_GRACE", default_value = "60s", value_parser = trellis_runtime::parse_duration)]
     pub session_check_grace: Duration,
-    #[command(flatten)]
-    pub public_rpc_limits: PublicRpcLimits,
     #[command(flatten)]
     pub limits: ServerLimits,
     #[command(flatten)]
@@ -319,6 +172,8 @@ pub enum CliError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Keys(#[from] KeyStoreError),
+    #[error(transparent)]
+    Setup(#[from] SetupError),
     #[error("{service} server failed: {source}")]
     Serve {
         service: &'static str,
@@ -332,7 +187,9 @@ pub enum CliError {
 impl CliError {
     fn exit_code(&self) -> ExitCode {
         match self {
-            CliError::Config(_) | CliError::Invalid(_) => ExitCode::from(2),
+            CliError::Config(_) | CliError::Invalid(_) | CliError::Setup(SetupError::Config(_)) => {
+                ExitCode::from(2)
+            }
             // EX_SOFTWARE (sysexits.h): an internal error.
             CliError::Panicked(_) => ExitCode::from(70),
             _ => ExitCode::FAILURE,
@@ -418,13 +275,7 @@ pub async fn migrate(storage: &StorageArgs, services: &[ServiceName]) -> Result<
 pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running, CliError> {
     args.limits.validate()?;
     args.jwt.validate()?;
-    if args.access_token_ttl > args.jwt.jwt_max_lifetime {
-        return Err(CliError::Invalid(format!(
-            "access-token-ttl ({}s) must not exceed jwt-max-lifetime ({}s): every server would refuse Auth's tokens",
-            args.access_token_ttl.as_secs(),
-            args.jwt.jwt_max_lifetime.as_secs()
-        )));
-    }
+    args.servers.validate(&args.jwt)?;
     if args.session_check_grace > Duration::from_secs(3600) {
         return Err(CliError::Invalid(format!(
             "session-check-grace must be at most 1h, got {}s",
@@ -435,7 +286,7 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
 
     let mut listeners = Vec::with_capacity(services.len());
     for &service in &services {
-        let address = args.listen.address(service);
+        let address = service.listen_address(&args.servers);
         let listener = TcpListener::bind(address)
             .await
             .map_err(|source| CliError::Listen {
@@ -462,27 +313,20 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
         None => Arc::new(MemoryCounters::default()),
     };
 
-    let keys = if services.contains(&ServiceName::Auth) {
-        let key_dir = KeyDirArgs {
-            data_dir: args.storage.data_dir.clone(),
-            signing_keys_dir: args.storage.signing_keys_dir.clone(),
-        };
-        Some(Arc::new(key_dir.open()?))
-    } else {
-        None
-    };
-    let (verifier, sessions) = build_verifier(args, &listeners)?;
+    let (verifier, session_guard) = build_verifier(args, &listeners)?;
     let (trigger, shutdown) = Shutdown::new();
     let mut tasks = JoinSet::new();
     let mut addresses = Vec::new();
     for ((service, listener, bound), database) in listeners.into_iter().zip(databases) {
-        let set = service.service_set(args, database, keys.as_ref(), &counters)?;
-        // Auth answers session checks from its own tables.
-        let set = if service == ServiceName::Auth {
-            set
-        } else {
-            set.with_session_guard(Some(sessions.clone()))
+        let context = ServerContext {
+            limits: args.limits.clone(),
+            jwt: args.jwt.clone(),
+            data_dir: args.storage.data_dir.clone(),
+            database,
+            counters: counters.clone(),
+            session_guard: session_guard.clone(),
         };
+        let set = service.create(&args.servers, context).await?;
         say(&format!(
             "{:<10} listening on {bound}  ({})",
             service.as_str(),

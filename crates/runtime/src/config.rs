@@ -12,6 +12,9 @@ pub enum ConfigError {
     },
     #[error("{name} must not be empty")]
     Empty { name: &'static str },
+    /// Settings that are each fine but cannot work together.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Parses `500ms`, `30s`, `5m`, `1h` (a bare number is seconds).

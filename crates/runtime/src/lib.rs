@@ -6,6 +6,7 @@ mod access_log;
 mod config;
 mod error;
 mod serve;
+mod server;
 mod shutdown;
 mod telemetry;
 
@@ -13,5 +14,6 @@ pub use access_log::{AccessLog, AccessLogLayer};
 pub use config::{ConfigError, JwtArgs, LogFormat, ServerLimits, TelemetryArgs, parse_duration};
 pub use error::{ServiceError, grpc_result, status_of};
 pub use serve::{ServeError, ServiceSet, serve};
+pub use server::{Server, ServerContext, SetupError};
 pub use shutdown::{Shutdown, ShutdownTrigger, wait_for_signal};
 pub use telemetry::init_tracing;

@@ -295,6 +295,16 @@ fn load_keys(dir: &Path, manifest: Manifest) -> Result<KeyRing, KeyStoreError> {
 }
 
 impl KeyStore {
+    /// Where the keys are, and whether an empty directory may get a first
+    /// key: only the embedded default `<data_dir>/keys`; an explicit
+    /// directory is a mounted Secret.
+    pub fn location(data_dir: &Path, signing_keys_dir: Option<&Path>) -> (PathBuf, bool) {
+        match signing_keys_dir {
+            Some(dir) => (dir.to_path_buf(), false),
+            None => (data_dir.join("keys"), true),
+        }
+    }
+
     /// Opens the key ring in `dir`. With `generate_if_missing` (embedded
     /// mode) the directory is Trellis's own: an empty one gets a first key,
     /// and modes that let others in are fixed. Otherwise it is a mounted

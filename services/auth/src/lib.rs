@@ -31,19 +31,22 @@ pub mod throttle;
 mod tokens;
 mod validate;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use trellis::auth::v1::auth_service_server::AuthServiceServer;
 use trellis::auth::v1::organization_service_server::OrganizationServiceServer;
-use trellis_runtime::{ServerLimits, ServiceSet};
-use trellis_store::Database;
+use trellis_runtime::{
+    ConfigError, JwtArgs, Server, ServerContext, ServerLimits, ServiceSet, SetupError,
+};
+use trellis_store::{Database, ServiceMigrations};
 
 pub use api::AuthApi;
 pub use error::AuthServiceError;
 pub use keys::{KeyStore, KeyStoreError, Rotation, replace_compromised_signer, rotate};
 pub use password::{HashPriority, Passwords};
 pub use sessions::{LocalLoginSessions, LoginSessions, NewLoginSession, SessionLifetimes};
-pub use settings::AuthSettings;
+pub use settings::{AuthArgs, AuthSettings};
 pub use store::MIGRATIONS;
 pub use throttle::{PublicRpc, PublicRpcLimits, RateLimit, Throttle, ThrottlePolicy};
 
@@ -56,7 +59,54 @@ pub const PUBLIC_METHODS: [&str; 5] = [
     "/trellis.auth.v1.OrganizationService/AcceptInvitation",
 ];
 
-/// What the Auth server needs.
+/// The Auth server as `trellis serve auth` starts it.
+pub struct AuthServer;
+
+impl Server for AuthServer {
+    const NAME: &'static str = "auth";
+    const MIGRATIONS: ServiceMigrations = MIGRATIONS;
+    type Args = AuthArgs;
+
+    fn listen_address(args: &AuthArgs) -> SocketAddr {
+        args.auth_addr
+    }
+
+    fn validate(args: &AuthArgs, jwt: &JwtArgs) -> Result<(), ConfigError> {
+        args.validate(jwt)
+    }
+
+    /// Opens the signing keys and starts the hashing threads. Auth ignores
+    /// the context's session guard: it answers session checks from its own
+    /// tables.
+    async fn create(args: &AuthArgs, context: ServerContext) -> Result<ServiceSet, SetupError> {
+        let (key_dir, generate) =
+            KeyStore::location(&context.data_dir, args.signing_keys_dir.as_deref());
+        let keys = KeyStore::open(key_dir, generate).map_err(SetupError::other)?;
+        let hashing_threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let passwords =
+            Passwords::new(hashing_threads).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let deps = AuthDeps {
+            keys: Arc::new(keys),
+            sessions: Arc::new(LocalLoginSessions::new(
+                context.database.clone(),
+                args.session_lifetimes(),
+            )),
+            database: context.database,
+            passwords: Arc::new(passwords),
+            throttle: Throttle::new(
+                context.counters,
+                ThrottlePolicy {
+                    public_rpcs: args.public_rpc_limits.clone(),
+                    ..ThrottlePolicy::default()
+                },
+            ),
+            settings: args.settings(&context.jwt),
+        };
+        Ok(service_set(&context.limits, deps))
+    }
+}
+
+/// What the Auth server needs; tests build it with their own parts.
 pub struct AuthDeps {
     pub keys: Arc<KeyStore>,
     pub database: Database,

@@ -1,9 +1,68 @@
-//! What an operator tunes (token lifetimes) and what a plan grants.
+//! What an operator tunes (Auth's flags, token lifetimes) and what a plan
+//! grants.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
+
+use trellis_runtime::{ConfigError, JwtArgs, parse_duration};
 
 use crate::sessions::SessionLifetimes;
 use crate::store::Plan;
+use crate::throttle::PublicRpcLimits;
+
+/// Auth's flags of `trellis serve`/`up`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct AuthArgs {
+    /// Listen address of the Auth server (port 0 = any free port).
+    #[arg(long, env = "TRELLIS_AUTH_ADDR", default_value = "127.0.0.1:50051")]
+    pub auth_addr: SocketAddr,
+    /// Auth's signing keys (a mounted Secret); unset = `<data-dir>/keys`,
+    /// generated on first start.
+    #[arg(long, env = "TRELLIS_SIGNING_KEYS_DIR")]
+    pub signing_keys_dir: Option<PathBuf>,
+    /// Lifetime of access tokens issued by Auth.
+    #[arg(long, env = "TRELLIS_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = parse_duration)]
+    pub access_token_ttl: Duration,
+    /// A login session ends this long after its last use (sliding).
+    #[arg(long, env = "TRELLIS_SESSION_IDLE_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub session_idle_ttl: Duration,
+    /// A login session ends this long after login, however active.
+    #[arg(long, env = "TRELLIS_SESSION_ABSOLUTE_TTL", default_value = "720h", value_parser = parse_duration)]
+    pub session_absolute_ttl: Duration,
+    #[command(flatten)]
+    pub public_rpc_limits: PublicRpcLimits,
+}
+
+impl AuthArgs {
+    pub fn validate(&self, jwt: &JwtArgs) -> Result<(), ConfigError> {
+        if self.access_token_ttl > jwt.jwt_max_lifetime {
+            return Err(ConfigError::Invalid(format!(
+                "access-token-ttl ({}s) must not exceed jwt-max-lifetime ({}s): every server would refuse Auth's tokens",
+                self.access_token_ttl.as_secs(),
+                jwt.jwt_max_lifetime.as_secs()
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn session_lifetimes(&self) -> SessionLifetimes {
+        SessionLifetimes {
+            idle: self.session_idle_ttl,
+            absolute: self.session_absolute_ttl,
+        }
+    }
+
+    pub fn settings(&self, jwt: &JwtArgs) -> AuthSettings {
+        AuthSettings {
+            issuer: jwt.jwt_issuer.clone(),
+            audience: jwt.jwt_audience.clone(),
+            access_token_ttl: self.access_token_ttl,
+            // A refresh token cannot outlive its session.
+            refresh_token_ttl: self.session_absolute_ttl,
+        }
+    }
+}
 
 /// Token lifetimes.
 #[derive(Clone, Debug)]

@@ -5,7 +5,10 @@
 //! reflection and the tenancy layer are real.
 #![forbid(unsafe_code)]
 
-use trellis_runtime::{ServerLimits, ServiceSet};
+use std::net::SocketAddr;
+
+use trellis_runtime::{Server, ServerContext, ServiceSet, SetupError};
+use trellis_store::ServiceMigrations;
 
 use trellis::execution::v1::execution_service_server::{ExecutionService, ExecutionServiceServer};
 use trellis::execution::v1::worker_service_server::{WorkerService, WorkerServiceServer};
@@ -22,19 +25,49 @@ pub struct WorkerApi;
 #[tonic::async_trait]
 impl WorkerService for WorkerApi {}
 
-pub fn service_set(limits: &ServerLimits) -> ServiceSet {
-    ServiceSet::new("execution")
-        .add_service(
-            ExecutionServiceServer::new(ExecutionApi)
-                .max_decoding_message_size(limits.max_message_bytes),
-        )
-        .add_service(
-            WorkerServiceServer::new(WorkerApi).max_decoding_message_size(limits.max_message_bytes),
-        )
+/// Execution's flags of `trellis serve`/`up`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ExecutionArgs {
+    /// Listen address of the Execution server (port 0 = any free port).
+    #[arg(
+        long,
+        env = "TRELLIS_EXECUTION_ADDR",
+        default_value = "127.0.0.1:50055"
+    )]
+    pub execution_addr: SocketAddr,
+}
+
+/// The Execution server as `trellis serve execution` starts it.
+pub struct ExecutionServer;
+
+impl Server for ExecutionServer {
+    const NAME: &'static str = "execution";
+    const MIGRATIONS: ServiceMigrations = MIGRATIONS;
+    type Args = ExecutionArgs;
+
+    fn listen_address(args: &ExecutionArgs) -> SocketAddr {
+        args.execution_addr
+    }
+
+    async fn create(
+        _args: &ExecutionArgs,
+        context: ServerContext,
+    ) -> Result<ServiceSet, SetupError> {
+        let max_message_bytes = context.limits.max_message_bytes;
+        Ok(ServiceSet::new(Self::NAME)
+            .add_service(
+                ExecutionServiceServer::new(ExecutionApi)
+                    .max_decoding_message_size(max_message_bytes),
+            )
+            .add_service(
+                WorkerServiceServer::new(WorkerApi).max_decoding_message_size(max_message_bytes),
+            )
+            .with_session_guard(Some(context.session_guard)))
+    }
 }
 
 /// This service's tables; they arrive with the service's own issue.
-pub const MIGRATIONS: trellis_store::ServiceMigrations = trellis_store::ServiceMigrations {
+pub const MIGRATIONS: ServiceMigrations = ServiceMigrations {
     service: "execution",
     sqlite: &[],
     postgres: &[],

@@ -4,7 +4,10 @@
 //! reflection and the tenancy layer are real.
 #![forbid(unsafe_code)]
 
-use trellis_runtime::{ServerLimits, ServiceSet};
+use std::net::SocketAddr;
+
+use trellis_runtime::{Server, ServerContext, ServiceSet, SetupError};
+use trellis_store::ServiceMigrations;
 
 use trellis::order::v1::order_service_server::{OrderService, OrderServiceServer};
 
@@ -14,14 +17,38 @@ pub struct OrderApi;
 #[tonic::async_trait]
 impl OrderService for OrderApi {}
 
-pub fn service_set(limits: &ServerLimits) -> ServiceSet {
-    ServiceSet::new("order").add_service(
-        OrderServiceServer::new(OrderApi).max_decoding_message_size(limits.max_message_bytes),
-    )
+/// Order's flags of `trellis serve`/`up`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct OrderArgs {
+    /// Listen address of the Order server (port 0 = any free port).
+    #[arg(long, env = "TRELLIS_ORDER_ADDR", default_value = "127.0.0.1:50054")]
+    pub order_addr: SocketAddr,
+}
+
+/// The Order server as `trellis serve order` starts it.
+pub struct OrderServer;
+
+impl Server for OrderServer {
+    const NAME: &'static str = "order";
+    const MIGRATIONS: ServiceMigrations = MIGRATIONS;
+    type Args = OrderArgs;
+
+    fn listen_address(args: &OrderArgs) -> SocketAddr {
+        args.order_addr
+    }
+
+    async fn create(_args: &OrderArgs, context: ServerContext) -> Result<ServiceSet, SetupError> {
+        let max_message_bytes = context.limits.max_message_bytes;
+        Ok(ServiceSet::new(Self::NAME)
+            .add_service(
+                OrderServiceServer::new(OrderApi).max_decoding_message_size(max_message_bytes),
+            )
+            .with_session_guard(Some(context.session_guard)))
+    }
 }
 
 /// This service's tables; they arrive with the service's own issue.
-pub const MIGRATIONS: trellis_store::ServiceMigrations = trellis_store::ServiceMigrations {
+pub const MIGRATIONS: ServiceMigrations = ServiceMigrations {
     service: "order",
     sqlite: &[],
     postgres: &[],

@@ -4,7 +4,10 @@
 //! reflection and the tenancy layer are real.
 #![forbid(unsafe_code)]
 
-use trellis_runtime::{ServerLimits, ServiceSet};
+use std::net::SocketAddr;
+
+use trellis_runtime::{Server, ServerContext, ServiceSet, SetupError};
+use trellis_store::ServiceMigrations;
 
 use trellis::session::v1::session_service_server::{SessionService, SessionServiceServer};
 
@@ -14,14 +17,38 @@ pub struct SessionApi;
 #[tonic::async_trait]
 impl SessionService for SessionApi {}
 
-pub fn service_set(limits: &ServerLimits) -> ServiceSet {
-    ServiceSet::new("session").add_service(
-        SessionServiceServer::new(SessionApi).max_decoding_message_size(limits.max_message_bytes),
-    )
+/// Session's flags of `trellis serve`/`up`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SessionArgs {
+    /// Listen address of the Session server (port 0 = any free port).
+    #[arg(long, env = "TRELLIS_SESSION_ADDR", default_value = "127.0.0.1:50052")]
+    pub session_addr: SocketAddr,
+}
+
+/// The Session server as `trellis serve session` starts it.
+pub struct SessionServer;
+
+impl Server for SessionServer {
+    const NAME: &'static str = "session";
+    const MIGRATIONS: ServiceMigrations = MIGRATIONS;
+    type Args = SessionArgs;
+
+    fn listen_address(args: &SessionArgs) -> SocketAddr {
+        args.session_addr
+    }
+
+    async fn create(_args: &SessionArgs, context: ServerContext) -> Result<ServiceSet, SetupError> {
+        let max_message_bytes = context.limits.max_message_bytes;
+        Ok(ServiceSet::new(Self::NAME)
+            .add_service(
+                SessionServiceServer::new(SessionApi).max_decoding_message_size(max_message_bytes),
+            )
+            .with_session_guard(Some(context.session_guard)))
+    }
 }
 
 /// This service's tables; they arrive with the service's own issue.
-pub const MIGRATIONS: trellis_store::ServiceMigrations = trellis_store::ServiceMigrations {
+pub const MIGRATIONS: ServiceMigrations = ServiceMigrations {
     service: "session",
     sqlite: &[],
     postgres: &[],
