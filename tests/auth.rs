@@ -5,33 +5,78 @@ mod common;
 
 use common::*;
 use tonic::Code;
+use tonic::transport::Channel;
 use tonic_types::StatusExt;
 use trellis::auth::v1::auth_service_client::AuthServiceClient;
 use trellis::auth::v1::{
     LoginRequest, LogoutAllRequest, LogoutRequest, Plan, RefreshRequest, Role, SignUpRequest,
-    WhoAmIRequest,
+    SignUpResponse, WhoAmIRequest,
 };
 use trellis::cart::v1::{GetCartRequest, cart_service_client::CartServiceClient};
 use trellis_cli::ServiceName;
 
 const PASSWORD: &str = "Correct-Horse-9";
 
-async fn sign_up_and_sessions(extra: &[&str]) {
-    let data_dir = temp_dir("auth");
-    let mut args = vec!["--session-check-ttl", "1s"];
-    args.extend_from_slice(extra);
-    let running = trellis_cli::start(
-        &[ServiceName::Auth, ServiceName::Cart],
-        &up_args(&data_dir, &args),
-    )
-    .await
-    .unwrap();
-    let mut auth =
-        AuthServiceClient::new(channel(running.address(ServiceName::Auth).unwrap()).await);
-    let unique = uuid::Uuid::new_v4().simple().to_string();
-    let email = format!("ana.{unique}@example.com");
+/// Auth and Cart on one backend, every server re-checking sessions each
+/// second.
+struct Fixture {
+    running: trellis_cli::Running,
+    data_dir: std::path::PathBuf,
+    auth: AuthServiceClient<Channel>,
+    cart: CartServiceClient<Channel>,
+}
 
-    // Every violation at once, named in the message and in BadRequest.
+impl Fixture {
+    async fn start(extra: &[&str]) -> Fixture {
+        let data_dir = temp_dir("auth");
+        let mut args = vec!["--session-check-ttl", "1s"];
+        args.extend_from_slice(extra);
+        let running = trellis_cli::start(
+            &[ServiceName::Auth, ServiceName::Cart],
+            &up_args(&data_dir, &args),
+        )
+        .await
+        .unwrap();
+        let auth =
+            AuthServiceClient::new(channel(running.address(ServiceName::Auth).unwrap()).await);
+        let cart =
+            CartServiceClient::new(channel(running.address(ServiceName::Cart).unwrap()).await);
+        Fixture {
+            running,
+            data_dir,
+            auth,
+            cart,
+        }
+    }
+
+    /// A new account: its email, and the sign-up's answer.
+    async fn sign_up(&mut self) -> (String, SignUpResponse) {
+        let unique = uuid::Uuid::new_v4().simple().to_string();
+        let email = format!("ana.{unique}@example.com");
+        let signed_up = self
+            .auth
+            .sign_up(SignUpRequest {
+                email: email.clone(),
+                password: PASSWORD.into(),
+                name: "Ana".into(),
+                organization_name: format!("Taco Palace {unique}"),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        (email, signed_up)
+    }
+
+    async fn stop(self) {
+        self.running.shutdown().await.unwrap();
+        std::fs::remove_dir_all(self.data_dir).unwrap();
+    }
+}
+
+/// Every violation at once, named in the message and in BadRequest.
+async fn sign_up_names_every_violation_at_once(extra: &[&str]) {
+    let mut fx = Fixture::start(extra).await;
+    let auth = &mut fx.auth;
     let refused = auth
         .sign_up(SignUpRequest {
             email: "not-an-email".into(),
@@ -59,6 +104,18 @@ async fn sign_up_and_sessions(extra: &[&str]) {
         refused.message()
     );
 
+    fx.stop().await;
+}
+
+backend_suite!(sign_up_names_every_violation_at_once, "Auth": sqlite, postgres);
+
+/// The email is trimmed and lower-cased, the slug derived from the name;
+/// an email registered already is ALREADY_EXISTS.
+async fn sign_up_normalizes_the_email_and_starts_on_the_free_plan(extra: &[&str]) {
+    let mut fx = Fixture::start(extra).await;
+    let auth = &mut fx.auth;
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    let email = format!("ana.{unique}@example.com");
     let signed_up = auth
         .sign_up(SignUpRequest {
             email: format!("  ANA.{unique}@Example.com "),
@@ -97,7 +154,18 @@ async fn sign_up_and_sessions(extra: &[&str]) {
         .unwrap_err();
     assert_eq!(duplicate.code(), Code::AlreadyExists);
 
-    // Wrong password and unknown email: the same answer, byte for byte.
+    fx.stop().await;
+}
+
+backend_suite!(sign_up_normalizes_the_email_and_starts_on_the_free_plan, "Auth": sqlite, postgres);
+
+/// A wrong password and an unknown email get the same answer.
+async fn wrong_password_and_unknown_email_answer_alike(extra: &[&str]) {
+    let mut fx = Fixture::start(extra).await;
+    let (email, _) = fx.sign_up().await;
+    let auth = &mut fx.auth;
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    // The same answer, byte for byte.
     let wrong_password = auth
         .login(LoginRequest {
             email: email.clone(),
@@ -127,6 +195,19 @@ async fn sign_up_and_sessions(extra: &[&str]) {
     );
     assert_eq!(wrong_password.message(), "invalid credentials");
 
+    fx.stop().await;
+}
+
+backend_suite!(wrong_password_and_unknown_email_answer_alike, "Auth": sqlite, postgres);
+
+/// A login answers with its own session and time, and its token works on
+/// every server.
+async fn a_login_is_its_own_session_and_other_servers_trust_its_token(extra: &[&str]) {
+    let mut fx = Fixture::start(extra).await;
+    let (email, signed_up) = fx.sign_up().await;
+    let org = signed_up.organization.unwrap();
+    let auth = &mut fx.auth;
+    let cart = &mut fx.cart;
     let logging_in = std::time::SystemTime::now();
     let login = auth
         .login(LoginRequest {
@@ -154,8 +235,6 @@ async fn sign_up_and_sessions(extra: &[&str]) {
     assert!(last_login >= logging_in - std::time::Duration::from_millis(1));
 
     // Other servers trust Auth's tokens through the JWKS.
-    let mut cart =
-        CartServiceClient::new(channel(running.address(ServiceName::Cart).unwrap()).await);
     let status = cart
         .get_cart(authed(
             GetCartRequest {
@@ -171,7 +250,28 @@ async fn sign_up_and_sessions(extra: &[&str]) {
         "past the tenancy layer: {status:?}"
     );
 
-    // Refresh rotates; presenting the old token again revokes the session.
+    fx.stop().await;
+}
+
+backend_suite!(
+    a_login_is_its_own_session_and_other_servers_trust_its_token,
+    "Auth": sqlite, postgres
+);
+
+/// Refresh rotates the token; presenting a rotated one again revokes the
+/// whole session.
+async fn refresh_rotates_and_a_reused_token_revokes_the_session(extra: &[&str]) {
+    let mut fx = Fixture::start(extra).await;
+    let (email, _) = fx.sign_up().await;
+    let auth = &mut fx.auth;
+    let login = auth
+        .login(LoginRequest {
+            email: email.clone(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let refreshed = auth
         .refresh(RefreshRequest {
             refresh_token: login.refresh_token.clone(),
@@ -218,7 +318,18 @@ async fn sign_up_and_sessions(extra: &[&str]) {
         .unwrap_err();
     assert_eq!(garbage.code(), Code::Unauthenticated);
 
-    // Logout ends this session only; LogoutAll ends the rest.
+    fx.stop().await;
+}
+
+backend_suite!(refresh_rotates_and_a_reused_token_revokes_the_session, "Auth": sqlite, postgres);
+
+/// Logout ends the caller's session everywhere within the check TTL;
+/// LogoutAll ends every other one, the sign-up's included.
+async fn logout_ends_one_session_and_logout_all_the_rest(extra: &[&str]) {
+    let mut fx = Fixture::start(extra).await;
+    let (email, signed_up) = fx.sign_up().await;
+    let auth = &mut fx.auth;
+    let cart = &mut fx.cart;
     let first = auth
         .login(LoginRequest {
             email: email.clone(),
@@ -325,11 +436,10 @@ async fn sign_up_and_sessions(extra: &[&str]) {
         Code::Unauthenticated
     );
 
-    running.shutdown().await.unwrap();
-    std::fs::remove_dir_all(data_dir).unwrap();
+    fx.stop().await;
 }
 
-backend_suite!(sign_up_and_sessions, "Auth": sqlite, postgres);
+backend_suite!(logout_ends_one_session_and_logout_all_the_rest, "Auth": sqlite, postgres);
 
 async fn brute_force_is_throttled(extra: &[&str]) {
     use std::net::{IpAddr, Ipv4Addr};

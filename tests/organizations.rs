@@ -150,17 +150,51 @@ async fn build_org(
     }
 }
 
-async fn roles_and_tenancy(extra: &[&str]) {
-    let data_dir = temp_dir("orgs");
-    let running = trellis_cli::start(&[ServiceName::Auth], &up_args(&data_dir, extra))
-        .await
-        .unwrap();
-    let channel = channel(running.address(ServiceName::Auth).unwrap()).await;
-    let mut auth = AuthServiceClient::new(channel.clone());
-    let mut orgs = OrganizationServiceClient::new(channel);
-    let a = build_org(&mut auth, &mut orgs, "Alpha").await;
-    let b = build_org(&mut auth, &mut orgs, "Beta").await;
+/// Two organizations, Alpha and Beta, each with an admin, a developer and
+/// a viewer (every seat of the free plan taken, one revoked invitation),
+/// served by one Auth server.
+struct TwoOrgs {
+    running: trellis_cli::Running,
+    data_dir: std::path::PathBuf,
+    auth: AuthServiceClient<Channel>,
+    orgs: OrganizationServiceClient<Channel>,
+    a: Org,
+    b: Org,
+}
 
+impl TwoOrgs {
+    async fn start(extra: &[&str]) -> TwoOrgs {
+        let data_dir = temp_dir("orgs");
+        let running = trellis_cli::start(&[ServiceName::Auth], &up_args(&data_dir, extra))
+            .await
+            .unwrap();
+        let channel = channel(running.address(ServiceName::Auth).unwrap()).await;
+        let mut auth = AuthServiceClient::new(channel.clone());
+        let mut orgs = OrganizationServiceClient::new(channel);
+        let a = build_org(&mut auth, &mut orgs, "Alpha").await;
+        let b = build_org(&mut auth, &mut orgs, "Beta").await;
+        TwoOrgs {
+            running,
+            data_dir,
+            auth,
+            orgs,
+            a,
+            b,
+        }
+    }
+
+    async fn stop(self) {
+        self.running.shutdown().await.unwrap();
+        std::fs::remove_dir_all(self.data_dir).unwrap();
+    }
+}
+
+/// Any role reads its own organization and members, never another's; the
+/// admin RPCs answer PERMISSION_DENIED to developers and viewers.
+async fn every_role_reads_its_organization_and_only_admins_manage_it(extra: &[&str]) {
+    let mut fx = TwoOrgs::start(extra).await;
+    let orgs = &mut fx.orgs;
+    let a = &fx.a;
     for (role, member) in [
         ("admin", &a.admin),
         ("developer", &a.developer),
@@ -290,8 +324,23 @@ async fn roles_and_tenancy(extra: &[&str]) {
         }
     }
 
-    // Another organization's ids are indistinguishable from unknown ones.
+    fx.stop().await;
+}
+
+backend_suite!(
+    every_role_reads_its_organization_and_only_admins_manage_it,
+    "OrganizationService": sqlite, postgres
+);
+
+/// Another organization's users and invitations are NOT_FOUND with the
+/// message an unknown id gets, and nothing of it changes.
+async fn another_organizations_ids_answer_as_unknown_ones(extra: &[&str]) {
+    let mut fx = TwoOrgs::start(extra).await;
+    let orgs = &mut fx.orgs;
+    let a = &fx.a;
+    let b = &fx.b;
     let t = &a.admin.token;
+    // Another organization's ids are indistinguishable from unknown ones.
     let unknown = uuid::Uuid::new_v4().to_string();
     // Each would be visible had it worked: a promotion, a suspension, a removal.
     for target in [&b.viewer.user_id, &unknown] {
@@ -395,6 +444,20 @@ async fn roles_and_tenancy(extra: &[&str]) {
     assert_eq!(beta, expected);
     assert_eq!(beta_org.name, "Beta");
 
+    fx.stop().await;
+}
+
+backend_suite!(
+    another_organizations_ids_answer_as_unknown_ones,
+    "OrganizationService": sqlite, postgres
+);
+
+/// An organization always keeps an active admin.
+async fn the_last_active_admin_cannot_step_down(extra: &[&str]) {
+    let mut fx = TwoOrgs::start(extra).await;
+    let orgs = &mut fx.orgs;
+    let a = &fx.a;
+    let t = &a.admin.token;
     // The last active admin cannot demote, suspend or remove themself.
     for answer in [
         orgs.update_user_role(authed(
@@ -426,6 +489,19 @@ async fn roles_and_tenancy(extra: &[&str]) {
         assert_eq!(answer.code(), Code::FailedPrecondition);
     }
 
+    fx.stop().await;
+}
+
+backend_suite!(the_last_active_admin_cannot_step_down, "OrganizationService": sqlite, postgres);
+
+/// A suspended user is logged out everywhere and refused at login, with its
+/// own answer; reactivation lets them back in.
+async fn suspension_ends_sessions_and_blocks_login_until_reactivated(extra: &[&str]) {
+    let mut fx = TwoOrgs::start(extra).await;
+    let auth = &mut fx.auth;
+    let orgs = &mut fx.orgs;
+    let a = &fx.a;
+    let t = &a.admin.token;
     // Suspension ends sessions and blocks login; the first two failures
     // below answer alike, suspension differently.
     orgs.suspend_user(authed(
@@ -492,15 +568,29 @@ async fn roles_and_tenancy(extra: &[&str]) {
         .code(),
         Code::FailedPrecondition
     );
-    let back = auth
-        .login(pb::LoginRequest {
-            email: a.viewer.email.clone(),
-            password: PASSWORD.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    auth.login(pb::LoginRequest {
+        email: a.viewer.email.clone(),
+        password: PASSWORD.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner();
 
+    fx.stop().await;
+}
+
+backend_suite!(
+    suspension_ends_sessions_and_blocks_login_until_reactivated,
+    "OrganizationService": sqlite, postgres
+);
+
+/// Roles apply at once on Auth, and reach other servers through CheckSession.
+async fn a_demoted_admin_loses_admin_rights_at_once(extra: &[&str]) {
+    let mut fx = TwoOrgs::start(extra).await;
+    let auth = &mut fx.auth;
+    let orgs = &mut fx.orgs;
+    let a = &fx.a;
+    let t = &a.admin.token;
     // A demoted admin loses admin rights at once, even with an old token.
     orgs.update_user_role(authed(
         pb::UpdateUserRoleRequest {
@@ -541,13 +631,32 @@ async fn roles_and_tenancy(extra: &[&str]) {
         (true, pb::Role::Developer as i32)
     );
 
+    fx.stop().await;
+}
+
+backend_suite!(a_demoted_admin_loses_admin_rights_at_once, "OrganizationService": sqlite, postgres);
+
+/// A removed user cannot log in or refresh, and its seat can be invited to.
+async fn removal_ends_the_users_sessions_and_frees_a_seat(extra: &[&str]) {
+    let mut fx = TwoOrgs::start(extra).await;
+    let auth = &mut fx.auth;
+    let orgs = &mut fx.orgs;
+    let a = &fx.a;
+    let t = &a.admin.token;
+    let back = auth
+        .login(pb::LoginRequest {
+            email: a.viewer.email.clone(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     // Removal frees a seat; the removed user can no longer log in.
-    let new_admin = &a.developer.token;
     orgs.remove_user(authed(
         pb::RemoveUserRequest {
             user_id: a.viewer.user_id.clone(),
         },
-        new_admin,
+        t,
     ))
     .await
     .unwrap();
@@ -572,13 +681,46 @@ async fn roles_and_tenancy(extra: &[&str]) {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated);
+    // The seat it held can be taken again.
+    orgs.invite_user(authed(
+        pb::InviteUserRequest {
+            email: format!("next.{}@example.com", uuid::Uuid::new_v4().simple()),
+            role: pb::Role::Developer as i32,
+        },
+        t,
+    ))
+    .await
+    .unwrap();
+    fx.stop().await;
+}
+
+backend_suite!(
+    removal_ends_the_users_sessions_and_frees_a_seat,
+    "OrganizationService": sqlite, postgres
+);
+
+/// Invitation tokens are shown once; revoked, used and unknown ones answer alike.
+async fn invitations_list_newest_first_and_revoked_ones_cannot_be_accepted(extra: &[&str]) {
+    let mut fx = TwoOrgs::start(extra).await;
+    let orgs = &mut fx.orgs;
+    let a = &fx.a;
+    let t = &a.admin.token;
+    // Every seat is taken: removing the viewer frees one.
+    orgs.remove_user(authed(
+        pb::RemoveUserRequest {
+            user_id: a.viewer.user_id.clone(),
+        },
+        t,
+    ))
+    .await
+    .unwrap();
     let invited = orgs
         .invite_user(authed(
             pb::InviteUserRequest {
                 email: format!("next.{}@example.com", uuid::Uuid::new_v4().simple()),
                 role: pb::Role::Developer as i32,
             },
-            new_admin,
+            t,
         ))
         .await
         .unwrap()
@@ -586,7 +728,7 @@ async fn roles_and_tenancy(extra: &[&str]) {
         .invitation
         .unwrap();
     let listed = orgs
-        .list_invitations(authed(pb::ListInvitationsRequest::default(), new_admin))
+        .list_invitations(authed(pb::ListInvitationsRequest::default(), t))
         .await
         .unwrap()
         .into_inner()
@@ -609,7 +751,7 @@ async fn roles_and_tenancy(extra: &[&str]) {
             pb::RevokeInvitationRequest {
                 invitation_id: invited.invitation_id.clone(),
             },
-            new_admin,
+            t,
         ))
         .await
         .unwrap();
@@ -640,6 +782,20 @@ async fn roles_and_tenancy(extra: &[&str]) {
         "unknown and used-up tokens answer alike"
     );
 
+    fx.stop().await;
+}
+
+backend_suite!(
+    invitations_list_newest_first_and_revoked_ones_cannot_be_accepted,
+    "OrganizationService": sqlite, postgres
+);
+
+/// Keyset paging walks every member once; page sizes are bounded.
+async fn members_page_one_at_a_time(extra: &[&str]) {
+    let mut fx = TwoOrgs::start(extra).await;
+    let orgs = &mut fx.orgs;
+    let a = &fx.a;
+    let t = &a.admin.token;
     // Paging: one at a time walks all members, then stops.
     let mut seen = Vec::new();
     let mut page_token = String::new();
@@ -650,7 +806,7 @@ async fn roles_and_tenancy(extra: &[&str]) {
                     page_size: 1,
                     page_token: page_token.clone(),
                 },
-                new_admin,
+                t,
             ))
             .await
             .unwrap()
@@ -661,21 +817,27 @@ async fn roles_and_tenancy(extra: &[&str]) {
         }
         page_token = page.next_page_token;
     }
-    assert_eq!(seen.len(), 2);
+    seen.sort();
+    let mut members = vec![
+        a.admin.user_id.clone(),
+        a.developer.user_id.clone(),
+        a.viewer.user_id.clone(),
+    ];
+    members.sort();
+    assert_eq!(seen, members, "every member once, nobody else's");
     let bad = orgs
         .list_users(authed(
             pb::ListUsersRequest {
                 page_size: 501,
                 page_token: String::new(),
             },
-            new_admin,
+            t,
         ))
         .await
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
 
-    running.shutdown().await.unwrap();
-    std::fs::remove_dir_all(data_dir).unwrap();
+    fx.stop().await;
 }
 
-backend_suite!(roles_and_tenancy, "OrganizationService": sqlite, postgres);
+backend_suite!(members_page_one_at_a_time, "OrganizationService": sqlite, postgres);
