@@ -9,8 +9,8 @@ use tonic::transport::Channel;
 use tonic_types::StatusExt;
 use trellis::auth::v1::auth_service_client::AuthServiceClient;
 use trellis::auth::v1::{
-    LoginRequest, LogoutAllRequest, LogoutRequest, Plan, RefreshRequest, Role, SignUpRequest,
-    SignUpResponse, WhoAmIRequest,
+    LoginRequest, LoginResponse, LogoutAllRequest, LogoutRequest, Plan, RefreshRequest, Role,
+    SignUpRequest, SignUpResponse, WhoAmIRequest,
 };
 use trellis::cart::v1::{GetCartRequest, cart_service_client::CartServiceClient};
 use trellis_cli::ServiceName;
@@ -71,6 +71,16 @@ impl Fixture {
         self.running.shutdown().await.unwrap();
         std::fs::remove_dir_all(self.data_dir).unwrap();
     }
+}
+
+async fn log_in(auth: &mut AuthServiceClient<Channel>, email: &str) -> LoginResponse {
+    auth.login(LoginRequest {
+        email: email.to_owned(),
+        password: PASSWORD.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
 }
 
 /// Every violation at once, named in the message and in BadRequest.
@@ -209,14 +219,7 @@ async fn a_login_is_its_own_session_and_other_servers_trust_its_token(extra: &[&
     let auth = &mut fx.auth;
     let cart = &mut fx.cart;
     let logging_in = std::time::SystemTime::now();
-    let login = auth
-        .login(LoginRequest {
-            email: email.clone(),
-            password: PASSWORD.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let login = log_in(auth, &email).await;
     let me = auth
         .who_am_i(authed(WhoAmIRequest {}, &login.access_token))
         .await
@@ -264,14 +267,7 @@ async fn refresh_rotates_and_a_reused_token_revokes_the_session(extra: &[&str]) 
     let mut fx = Fixture::start(extra).await;
     let (email, _) = fx.sign_up().await;
     let auth = &mut fx.auth;
-    let login = auth
-        .login(LoginRequest {
-            email: email.clone(),
-            password: PASSWORD.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let login = log_in(auth, &email).await;
     let refreshed = auth
         .refresh(RefreshRequest {
             refresh_token: login.refresh_token.clone(),
@@ -330,30 +326,9 @@ async fn logout_ends_one_session_and_logout_all_the_rest(extra: &[&str]) {
     let (email, signed_up) = fx.sign_up().await;
     let auth = &mut fx.auth;
     let cart = &mut fx.cart;
-    let first = auth
-        .login(LoginRequest {
-            email: email.clone(),
-            password: PASSWORD.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let second = auth
-        .login(LoginRequest {
-            email: email.clone(),
-            password: PASSWORD.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let third = auth
-        .login(LoginRequest {
-            email: email.clone(),
-            password: PASSWORD.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let first = log_in(auth, &email).await;
+    let second = log_in(auth, &email).await;
+    let third = log_in(auth, &email).await;
     let on_cart = |token: &str| {
         authed(
             GetCartRequest {
