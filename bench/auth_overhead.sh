@@ -9,6 +9,7 @@
 #
 #   bash bench/auth_overhead.sh            # defaults below
 #   REQUESTS=500000 ROUNDS=5 bash bench/auth_overhead.sh
+#   BENCH_SERVER=/path/to/old/bench_server bash bench/auth_overhead.sh   # A/B
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,8 +23,11 @@ GOAL=${GOAL:-0.80}
 command -v h2load >/dev/null || { echo "h2load not found: apt-get install nghttp2-client" >&2; exit 2; }
 command -v taskset >/dev/null || { echo "taskset not found: apt-get install util-linux" >&2; exit 2; }
 
-cargo build --release --quiet --example bench_server -p trellis-runtime
-server=${CARGO_TARGET_DIR:-target}/release/examples/bench_server
+# BENCH_SERVER runs another build of the example (an A/B comparison) instead of this tree's.
+if [ -z "${BENCH_SERVER:-}" ]; then
+  cargo build --release --quiet --example bench_server -p trellis-runtime
+fi
+server=${BENCH_SERVER:-${CARGO_TARGET_DIR:-target}/release/examples/bench_server}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # An empty WhoAmIRequest, gRPC length-prefixed: not compressed, length 0.
