@@ -686,3 +686,91 @@ async fn a_hash_made_with_older_parameters_is_upgraded_at_login() {
     running.shutdown().await.unwrap();
     std::fs::remove_dir_all(data_dir).unwrap();
 }
+
+/// One authenticated call to `service` (past the tenancy layer it answers
+/// UNIMPLEMENTED until the service lands); `None` for Auth, which checks
+/// sessions itself. Exhaustive, so a new server joins the test below.
+async fn call_past_the_tenancy_layer(
+    service: ServiceName,
+    channel: Channel,
+    token: &str,
+) -> Option<tonic::Status> {
+    use trellis::execution::v1::execution_service_client::ExecutionServiceClient;
+    use trellis::order::v1::order_service_client::OrderServiceClient;
+    use trellis::session::v1::session_service_client::SessionServiceClient;
+    let answer = match service {
+        ServiceName::Auth => return None,
+        ServiceName::Session => SessionServiceClient::new(channel)
+            .get_session(authed(Default::default(), token))
+            .await
+            .map(drop),
+        ServiceName::Cart => CartServiceClient::new(channel)
+            .get_cart(authed(Default::default(), token))
+            .await
+            .map(drop),
+        ServiceName::Order => OrderServiceClient::new(channel)
+            .get_order(authed(Default::default(), token))
+            .await
+            .map(drop),
+        ServiceName::Execution => ExecutionServiceClient::new(channel)
+            .get_execution(authed(Default::default(), token))
+            .await
+            .map(drop),
+    };
+    Some(answer.unwrap_err())
+}
+
+/// Every server but Auth puts the session guard in front of its handlers:
+/// a logged-out token stops working on each within --session-check-ttl.
+#[tokio::test]
+async fn every_server_refuses_the_token_of_an_ended_session() {
+    let data_dir = temp_dir("auth-everywhere");
+    let running = trellis_cli::start(
+        &ServiceName::ALL,
+        &up_args(&data_dir, &["--session-check-ttl", "1s"]),
+    )
+    .await
+    .unwrap();
+    let mut auth =
+        AuthServiceClient::new(channel(running.address(ServiceName::Auth).unwrap()).await);
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    let signed_up = auth
+        .sign_up(SignUpRequest {
+            email: format!("ana.{unique}@example.com"),
+            password: PASSWORD.into(),
+            name: "Ana".into(),
+            organization_name: format!("Taco Palace {unique}"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let token = signed_up.access_token;
+    let mut guarded = Vec::new();
+    for service in ServiceName::ALL {
+        let channel = channel(running.address(service).unwrap()).await;
+        if let Some(status) = call_past_the_tenancy_layer(service, channel.clone(), &token).await {
+            assert_eq!(
+                status.code(),
+                Code::Unimplemented,
+                "{service:?}: {status:?}"
+            );
+            guarded.push((service, channel));
+        }
+    }
+    assert_eq!(guarded.len(), ServiceName::ALL.len() - 1, "all but Auth");
+
+    auth.logout(authed(LogoutRequest {}, &token)).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    for (service, channel) in guarded {
+        let status = call_past_the_tenancy_layer(service, channel, &token)
+            .await
+            .unwrap();
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::Unauthenticated, "session ended"),
+            "{service:?}"
+        );
+    }
+    running.shutdown().await.unwrap();
+    std::fs::remove_dir_all(data_dir).unwrap();
+}

@@ -631,6 +631,14 @@ async fn a_demoted_admin_loses_admin_rights_at_once(extra: &[&str]) {
         (true, pb::Role::Developer as i32)
     );
 
+    // The promoted developer's token, issued for a developer, acts as an
+    // admin on every admin RPC, not only the one above.
+    orgs.list_invitations(authed(
+        pb::ListInvitationsRequest::default(),
+        &a.developer.token,
+    ))
+    .await
+    .unwrap();
     fx.stop().await;
 }
 

@@ -340,6 +340,27 @@ async fn bad_configuration_and_busy_ports_fail_with_clear_errors() {
             .contains("cannot open postgres://u:***@127.0.0.1:1/x"),
         "{error}"
     );
+
+    // A mounted key directory is the operator's: an empty one is refused,
+    // never given a key of Auth's making.
+    let mounted = data_dir.join("mounted-keys");
+    std::fs::create_dir(&mounted).unwrap();
+    let error = trellis_cli::start(
+        &[ServiceName::Auth],
+        &up_args(
+            &data_dir,
+            &["--signing-keys-dir", mounted.to_str().unwrap()],
+        ),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(
+        error.to_string().starts_with("no signing keys in"),
+        "{error}"
+    );
+    assert_eq!(std::fs::read_dir(&mounted).unwrap().count(), 0);
+    assert!(!data_dir.join("keys").exists(), "nor one in the data dir");
     std::fs::remove_dir_all(data_dir).unwrap();
 }
 

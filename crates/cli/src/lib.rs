@@ -324,9 +324,13 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
             data_dir: args.storage.data_dir.clone(),
             database,
             counters: counters.clone(),
-            session_guard: session_guard.clone(),
         };
         let set = service.create(&args.servers, context).await?;
+        let set = if service.answers_session_checks() {
+            set
+        } else {
+            set.with_session_guard(Some(session_guard.clone()))
+        };
         say(&format!(
             "{:<10} listening on {bound}  ({})",
             service.as_str(),

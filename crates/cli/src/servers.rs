@@ -35,6 +35,13 @@ macro_rules! servers {
                 }
             }
 
+            /// Auth: no session guard in front of it.
+            pub(crate) fn answers_session_checks(self) -> bool {
+                match self {
+                    $( ServiceName::$variant => <$server as Server>::ANSWERS_SESSION_CHECKS ),+
+                }
+            }
+
             pub(crate) fn listen_address(self, args: &ServerArgs) -> SocketAddr {
                 match self {
                     $( ServiceName::$variant => <$server as Server>::listen_address(&args.$field) ),+
@@ -94,5 +101,12 @@ mod tests {
             assert_eq!(service.migrations().service, service.as_str());
         }
         assert_eq!(ServiceName::value_variants(), ServiceName::ALL);
+    }
+
+    #[test]
+    fn no_two_flags_clash() {
+        // clap checks ids and long names only in debug builds, and only for
+        // the subcommand being parsed: check every one here.
+        <crate::Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

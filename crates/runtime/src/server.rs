@@ -10,10 +10,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use trellis_store::{Counters, Database, ServiceMigrations, StoreError};
-use trellis_tenancy::SessionGuard;
 
 use crate::config::{ConfigError, JwtArgs, ServerLimits};
 use crate::serve::ServiceSet;
+#[cfg(doc)]
+use trellis_tenancy::SessionGuard;
 
 /// One kind of Trellis server.
 pub trait Server {
@@ -25,6 +26,11 @@ pub trait Server {
     /// must not clash with another server's: prefix them with the name
     /// (`--auth-addr`).
     type Args: clap::Args + clap::FromArgMatches + Clone + std::fmt::Debug;
+    /// Whether this server decides itself whether a login session is live
+    /// (Auth, which owns them). Every other server gets the process's
+    /// [`SessionGuard`] in front of its handlers, from whoever starts it,
+    /// so no server can forget it.
+    const ANSWERS_SESSION_CHECKS: bool = false;
 
     /// Where it listens (`--<name>-addr`).
     fn listen_address(args: &Self::Args) -> SocketAddr;
@@ -52,10 +58,6 @@ pub struct ServerContext {
     /// Rate-limit counters shared by the servers of this process: Redis
     /// when configured (shared by every replica), else memory.
     pub counters: Arc<dyn Counters>,
-    /// Asks Auth whether a token's login session is still live. Every
-    /// server but Auth (which answers from its own tables) puts it in front
-    /// of its handlers.
-    pub session_guard: Arc<SessionGuard>,
 }
 
 /// Why a server could not be built.

@@ -66,6 +66,8 @@ impl Server for AuthServer {
     const NAME: &'static str = "auth";
     const MIGRATIONS: ServiceMigrations = MIGRATIONS;
     type Args = AuthArgs;
+    /// Auth answers session checks from its own tables.
+    const ANSWERS_SESSION_CHECKS: bool = true;
 
     fn listen_address(args: &AuthArgs) -> SocketAddr {
         args.auth_addr
@@ -75,9 +77,7 @@ impl Server for AuthServer {
         args.validate(jwt)
     }
 
-    /// Opens the signing keys and starts the hashing threads. Auth ignores
-    /// the context's session guard: it answers session checks from its own
-    /// tables.
+    /// Opens the signing keys and starts the hashing threads.
     async fn create(args: &AuthArgs, context: ServerContext) -> Result<ServiceSet, SetupError> {
         let (key_dir, generate) =
             KeyStore::location(&context.data_dir, args.signing_keys_dir.as_deref());

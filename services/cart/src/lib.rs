@@ -52,8 +52,7 @@ impl Server for CartServer {
             )
             .add_service(
                 CartServiceServer::new(CartApi).max_decoding_message_size(max_message_bytes),
-            )
-            .with_session_guard(Some(context.session_guard)))
+            ))
     }
 }
 

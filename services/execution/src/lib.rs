@@ -61,8 +61,7 @@ impl Server for ExecutionServer {
             )
             .add_service(
                 WorkerServiceServer::new(WorkerApi).max_decoding_message_size(max_message_bytes),
-            )
-            .with_session_guard(Some(context.session_guard)))
+            ))
     }
 }
 

@@ -39,11 +39,9 @@ impl Server for SessionServer {
 
     async fn create(_args: &SessionArgs, context: ServerContext) -> Result<ServiceSet, SetupError> {
         let max_message_bytes = context.limits.max_message_bytes;
-        Ok(ServiceSet::new(Self::NAME)
-            .add_service(
-                SessionServiceServer::new(SessionApi).max_decoding_message_size(max_message_bytes),
-            )
-            .with_session_guard(Some(context.session_guard)))
+        Ok(ServiceSet::new(Self::NAME).add_service(
+            SessionServiceServer::new(SessionApi).max_decoding_message_size(max_message_bytes),
+        ))
     }
 }
 

@@ -28,6 +28,21 @@ fn first_start_generates_a_private_key_and_later_starts_reuse_it() {
     fs::remove_dir_all(dir).unwrap();
 }
 
+#[test]
+fn only_the_embedded_key_directory_may_get_a_first_key() {
+    let data_dir = Path::new("/srv/trellis");
+    assert_eq!(
+        KeyStore::location(data_dir, None),
+        (data_dir.join("keys"), true)
+    );
+    let mounted = Path::new("/var/run/trellis/keys");
+    assert_eq!(
+        KeyStore::location(data_dir, Some(mounted)),
+        (mounted.to_path_buf(), false),
+        "a mounted Secret is never written to"
+    );
+}
+
 /// What an operator's Secret holds: readable by its owner only.
 fn write_secret(path: &Path, bytes: &[u8]) {
     fs::write(path, bytes).unwrap();
