@@ -1,9 +1,12 @@
 //! Compiles every `.proto` under `proto/` with protox (pure Rust, so no system
-//! `protoc`) and writes the descriptor set that reflection serves.
+//! `protoc`), writes the descriptor set that reflection serves, and a table
+//! of what each RPC's options declare (who may call it, whether it only
+//! reads), so servers and the gateway read the same truth as reflection.
 
+use std::fmt::Write as _;
 use std::{env, fs, io, path::Path, path::PathBuf};
 
-use prost::Message;
+use prost_reflect::{DescriptorPool, Value};
 
 fn proto_files(dir: &Path, found: &mut Vec<PathBuf>) -> io::Result<()> {
     for entry in fs::read_dir(dir)? {
@@ -17,6 +20,59 @@ fn proto_files(dir: &Path, found: &mut Vec<PathBuf>) -> io::Result<()> {
     Ok(())
 }
 
+/// `METHODS`: every RPC of the `trellis.` packages with its declared caller
+/// (`trellis.common.v1.caller`) and whether it is `NO_SIDE_EFFECTS`.
+fn method_table(pool: &DescriptorPool) -> Result<String, Box<dyn std::error::Error>> {
+    let caller = pool
+        .get_extension_by_name("trellis.common.v1.caller")
+        .ok_or("trellis.common.v1.caller is not declared")?;
+    let callers = caller
+        .kind()
+        .as_enum()
+        .cloned()
+        .ok_or("trellis.common.v1.caller is not an enum")?;
+    let mut table = String::from(
+        "/// Every Trellis RPC, as `proto/` declares it.\n\
+         pub const METHODS: &[crate::MethodPolicy] = &[\n",
+    );
+    let mut services: Vec<_> = pool
+        .services()
+        .filter(|service| service.full_name().starts_with("trellis."))
+        .collect();
+    services.sort_by(|a, b| a.full_name().cmp(b.full_name()));
+    for service in services {
+        for method in service.methods() {
+            let options = method.options();
+            let declared = match options.get_extension(&caller).as_ref() {
+                Value::EnumNumber(number) => *number,
+                other => return Err(format!("{}: caller is {other:?}", method.full_name()).into()),
+            };
+            let variant = callers
+                .get_value(declared)
+                .ok_or_else(|| format!("{}: unknown caller {declared}", method.full_name()))?;
+            // CALLER_UNSPECIFIED -> Unspecified, as prost names the variants.
+            let variant: String = variant
+                .name()
+                .trim_start_matches("CALLER_")
+                .split('_')
+                .map(|word| word[..1].to_owned() + &word[1..].to_lowercase())
+                .collect();
+            let read_only = matches!(
+                options.get_field_by_name("idempotency_level").as_deref(),
+                Some(Value::EnumNumber(1))
+            );
+            writeln!(
+                table,
+                "    crate::MethodPolicy {{ path: \"/{}/{}\", caller: crate::common::v1::Caller::{variant}, read_only: {read_only} }},",
+                service.full_name(),
+                method.name(),
+            )?;
+        }
+    }
+    table.push_str("];\n");
+    Ok(table)
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // tonic-prost-build does not print this for us.
     println!("cargo:rerun-if-changed=proto");
@@ -25,11 +81,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     proto_files(Path::new("proto"), &mut files)?;
     files.sort();
 
-    let descriptors = protox::compile(&files, ["proto"])?;
+    let mut compiler = protox::Compiler::new(["proto"])?;
+    compiler.include_imports(true).include_source_info(true);
+    compiler.open_files(&files)?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    // Encoded from the pool, so custom options (the caller of each RPC)
+    // reach reflection clients too; prost's own types would drop them.
     fs::write(
         out_dir.join("trellis_descriptor.bin"),
-        descriptors.encode_to_vec(),
+        compiler.encode_file_descriptor_set(),
+    )?;
+    fs::write(
+        out_dir.join("trellis_methods.rs"),
+        method_table(&compiler.descriptor_pool())?,
     )?;
 
     tonic_prost_build::configure()
@@ -37,6 +101,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // Services answer UNIMPLEMENTED for RPCs they do not override yet.
         .generate_default_stubs(true)
-        .compile_fds(descriptors)?;
+        .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

@@ -6,6 +6,26 @@
 /// gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("trellis_descriptor");
 
+/// What an RPC's options in `proto/` declare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MethodPolicy {
+    /// `/<package>.<Service>/<Method>`, as in an HTTP/2 `:path`.
+    pub path: &'static str,
+    /// Who may call it (`trellis.common.v1.caller`; users when unset).
+    pub caller: common::v1::Caller,
+    /// `idempotency_level = NO_SIDE_EFFECTS`: it only reads, so a cookie call
+    /// needs no CSRF token.
+    pub read_only: bool,
+}
+
+include!(concat!(env!("OUT_DIR"), "/trellis_methods.rs"));
+
+/// The policy of the RPC at `path`, or `None` for one that is not Trellis's
+/// (health, reflection) or does not exist.
+pub fn method_policy(path: &str) -> Option<&'static MethodPolicy> {
+    METHODS.iter().find(|method| method.path == path)
+}
+
 pub mod common {
     pub mod v1 {
         tonic::include_proto!("trellis.common.v1");

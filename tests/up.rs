@@ -20,7 +20,10 @@ fn expected_services(service: ServiceName) -> &'static [&'static str] {
             "trellis.auth.v1.AuthService",
             "trellis.auth.v1.OrganizationService",
         ],
-        ServiceName::Session => &["trellis.session.v1.SessionService"],
+        ServiceName::Session => &[
+            "trellis.session.v1.LoginSessionService",
+            "trellis.session.v1.SessionService",
+        ],
         ServiceName::Cart => &[
             "trellis.cart.v1.CartService",
             "trellis.cart.v1.CatalogService",

@@ -15,7 +15,7 @@ use trellis::auth::v1::auth_service_server::{AuthService, AuthServiceServer};
 use trellis::auth::v1::{WhoAmIRequest, WhoAmIResponse};
 use trellis_runtime::{ServerLimits, ServiceSet, Shutdown, TelemetryArgs};
 use trellis_tenancy::{
-    AccessClaims, JwksCache, Role, SessionCheck, SessionGuard, SessionState, SigningKey,
+    AccessClaims, JwksCache, Principal, Role, SessionCheck, SessionGuard, SessionState, SigningKey,
     StaticJwks, TenantContext, TokenVerifier, VerifierConfig,
 };
 
@@ -26,11 +26,14 @@ struct AlwaysLive;
 impl SessionCheck for AlwaysLive {
     fn check(
         &self,
-        tenant: &TenantContext,
+        principal: &Principal,
         _: http::HeaderValue,
     ) -> trellis_tenancy::BoxFuture<Result<SessionState, Status>> {
-        let role = tenant.role;
-        Box::pin(async move { Ok(SessionState::Live(Some(role))) })
+        let role = match principal {
+            Principal::User(tenant) => Some(tenant.role),
+            Principal::Worker(_) | Principal::Service(_) => None,
+        };
+        Box::pin(async move { Ok(SessionState::Live(role)) })
     }
 }
 

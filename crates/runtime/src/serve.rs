@@ -6,7 +6,7 @@ use tonic::server::NamedService;
 use tonic::service::{Routes, RoutesBuilder};
 use tonic_health::ServingStatus;
 use tower::ServiceBuilder;
-use trellis_tenancy::{AuthLayer, PublicMethods, RequestContextLayer, SessionGuard, TokenVerifier};
+use trellis_tenancy::{AuthLayer, MethodCallers, RequestContextLayer, SessionGuard, TokenVerifier};
 
 use crate::access_log::AccessLogLayer;
 use crate::config::ServerLimits;
@@ -20,12 +20,13 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// The gRPC services one server exposes, with the methods that need no token.
+/// The gRPC services one server exposes. Who may call each method comes
+/// from the contract (`trellis.common.v1.caller`), not from the server.
 pub struct ServiceSet {
     name: &'static str,
     routes: RoutesBuilder,
     service_names: Vec<&'static str>,
-    public: PublicMethods,
+    callers: MethodCallers,
     sessions: Option<Arc<SessionGuard>>,
 }
 
@@ -36,7 +37,7 @@ impl ServiceSet {
             name,
             routes: RoutesBuilder::default(),
             service_names: Vec::new(),
-            public: PublicMethods::standard(),
+            callers: MethodCallers::from_contract(),
             sessions: None,
         }
     }
@@ -63,12 +64,6 @@ impl ServiceSet {
         self
     }
 
-    /// A method callable without a token, e.g. `/trellis.auth.v1.AuthService/Login`.
-    pub fn public_method(mut self, path: &str) -> Self {
-        self.public = self.public.with_method(path);
-        self
-    }
-
     /// Fully-qualified names of the services, as health and reflection know them.
     pub fn service_names(&self) -> &[&'static str] {
         &self.service_names
@@ -89,7 +84,7 @@ pub async fn serve(
         name,
         mut routes,
         service_names,
-        public,
+        callers,
         sessions,
     } = services;
 
@@ -148,10 +143,14 @@ pub async fn serve(
             limits.concurrency_limit,
         ))
         // Innermost: verifies the bearer JWT (cached verdicts; public
-        // methods pass without one) and, with a session guard, refuses
-        // tokens whose login session has ended, then hands the handler its
-        // TenantContext. Nothing after it runs for a refused call.
-        .layer(AuthLayer::new(verifier, public).with_session_guard(sessions))
+        // methods pass without one), refuses a caller of another kind than
+        // the contract declares for the method (a user on WorkerService, a
+        // worker on a user RPC, anyone but a service on an internal one)
+        // before asking Auth anything, and, with a session guard, refuses
+        // tokens whose login session or service account has ended; then
+        // hands the handler its Principal. Nothing after it runs for a
+        // refused call.
+        .layer(AuthLayer::new(verifier, callers).with_session_guard(sessions))
         .into_inner();
 
     let address = listener.local_addr().ok();

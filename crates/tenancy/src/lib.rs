@@ -2,8 +2,9 @@
 //!
 //! Server side: [`RequestContextLayer`] captures what must travel with a call
 //! (request id, trace context, deadline, credentials) and [`AuthLayer`]
-//! verifies the bearer JWT and puts a [`TenantContext`] in the request
-//! extensions. Client side: [`PropagateLayer`] forwards that context on every
+//! verifies the bearer JWT, checks the caller's kind against what the
+//! contract declares for the method, and puts a [`Principal`] (for users, a
+//! [`TenantContext`]) in the request extensions. Client side: [`PropagateLayer`] forwards that context on every
 //! service-to-service call.
 #![forbid(unsafe_code)]
 
@@ -17,14 +18,19 @@ mod session_guard;
 mod signing;
 mod verifier;
 
-pub use claims::{ACCESS_TOKEN_TYP, AccessClaims, Role, TenantContext, UnknownRole};
+pub use claims::{
+    ACCESS_TOKEN_TYP, AccessClaims, Principal, Role, SERVICE_SCOPE, ServiceClaims, ServiceIdentity,
+    ServiceKind, TenantContext, UnknownRole, WORKER_SCOPE,
+};
 pub use client::{DEFAULT_OUTBOUND_TIMEOUT, Propagate, PropagateLayer};
 pub use client_address::{
     Cidr, FORWARDED_FOR_HEADER, TrustedProxies, rate_limit_block, rate_limit_key,
 };
 pub use context::{CallContext, REQUEST_ID_HEADER, RequestContext, RequestContextLayer};
 pub use jwks::{AuthServiceJwks, BoxFuture, JwksCache, JwksError, JwksSource, StaticJwks};
-pub use server::{AuthLayer, Authenticate, LogBudget, ORG_HINT_HEADER, PublicMethods, truncated};
+pub use server::{
+    Accepts, AuthLayer, Authenticate, LogBudget, MethodCallers, ORG_HINT_HEADER, truncated,
+};
 pub use session_guard::{AuthSessionCheck, SessionCheck, SessionGuard, SessionState};
 pub use signing::{KeyError, SigningKey};
 pub use verifier::{AuthError, MAX_LEEWAY_SECS, MAX_TOKEN_BYTES, TokenVerifier, VerifierConfig};

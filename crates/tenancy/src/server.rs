@@ -1,4 +1,4 @@
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -10,7 +10,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::HeaderMap;
 use tonic::Status;
 
-use crate::claims::TenantContext;
+use trellis::common::v1::Caller;
+
+use crate::claims::Principal;
 use crate::context::CallContext;
 use crate::session_guard::{SessionGuard, SessionState};
 use crate::verifier::{AuthError, TokenVerifier};
@@ -30,56 +32,124 @@ const SPOOFABLE_NAMES: [&str; 5] = [
     "x-remote-user",
 ];
 
-/// Methods that need no token: per server, from `API.md`, plus health and
-/// reflection, which every server serves.
-#[derive(Clone, Debug, Default)]
-pub struct PublicMethods {
-    methods: HashSet<String>,
-    services: Vec<String>,
+/// Which callers an RPC accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accepts {
+    /// No token needed.
+    Public,
+    Users,
+    Workers,
+    /// Other Trellis servers (internal RPCs).
+    Services,
+    /// Any authenticated caller.
+    Anyone,
 }
 
-impl PublicMethods {
-    /// Health and both reflection versions.
+impl Accepts {
+    fn declared(caller: Caller) -> Accepts {
+        match caller {
+            Caller::Public => Accepts::Public,
+            Caller::Unspecified | Caller::User => Accepts::Users,
+            Caller::Worker => Accepts::Workers,
+            Caller::Service => Accepts::Services,
+            Caller::Any => Accepts::Anyone,
+        }
+    }
+
+    fn admits(self, principal: &Principal) -> bool {
+        matches!(
+            (self, principal),
+            (Accepts::Public | Accepts::Anyone, _)
+                | (Accepts::Users, Principal::User(_))
+                | (Accepts::Workers, Principal::Worker(_))
+                | (Accepts::Services, Principal::Service(_))
+        )
+    }
+
+    /// What a caller of another kind is told.
+    fn refusal(self) -> Status {
+        Status::permission_denied(match self {
+            Accepts::Users => "this method is for users: present a user's access token",
+            Accepts::Workers => "this method is for workers: present a worker token",
+            Accepts::Services => "this method is internal to Trellis",
+            Accepts::Public | Accepts::Anyone => "not permitted",
+        })
+    }
+}
+
+/// Who may call each method: what `proto/` declares (the
+/// `trellis.common.v1.caller` option), health and reflection public, and
+/// users for any other path.
+#[derive(Clone, Debug, Default)]
+pub struct MethodCallers {
+    methods: HashMap<String, Accepts>,
+    public_services: Vec<String>,
+}
+
+impl MethodCallers {
+    /// Health and both reflection versions public; users everywhere else.
     pub fn standard() -> Self {
-        PublicMethods::default()
-            .with_service("grpc.health.v1.Health")
-            .with_service("grpc.reflection.v1.ServerReflection")
-            .with_service("grpc.reflection.v1alpha.ServerReflection")
+        MethodCallers::default()
+            .with_public_service("grpc.health.v1.Health")
+            .with_public_service("grpc.reflection.v1.ServerReflection")
+            .with_public_service("grpc.reflection.v1alpha.ServerReflection")
+    }
+
+    /// [`MethodCallers::standard`] with every Trellis RPC as declared.
+    pub fn from_contract() -> Self {
+        trellis::METHODS
+            .iter()
+            .fold(MethodCallers::standard(), |callers, method| {
+                callers.with_method(method.path, Accepts::declared(method.caller))
+            })
     }
 
     /// One method by its full path, e.g. `/trellis.auth.v1.AuthService/Login`.
-    pub fn with_method(mut self, path: impl Into<String>) -> Self {
-        self.methods.insert(path.into());
+    pub fn with_method(mut self, path: impl Into<String>, accepts: Accepts) -> Self {
+        self.methods.insert(path.into(), accepts);
         self
     }
 
-    /// Every method of a service, e.g. `grpc.health.v1.Health`.
-    pub fn with_service(mut self, service: &str) -> Self {
-        self.services.push(format!("/{service}/"));
+    /// Every method of a service, e.g. `grpc.health.v1.Health`, needs no token.
+    pub fn with_public_service(mut self, service: &str) -> Self {
+        self.public_services.push(format!("/{service}/"));
         self
     }
 
-    pub fn contains(&self, path: &str) -> bool {
-        self.methods.contains(path) || self.services.iter().any(|prefix| path.starts_with(prefix))
+    pub fn accepts(&self, path: &str) -> Accepts {
+        if let Some(accepts) = self.methods.get(path) {
+            return *accepts;
+        }
+        if self
+            .public_services
+            .iter()
+            .any(|prefix| path.starts_with(prefix))
+        {
+            Accepts::Public
+        } else {
+            Accepts::Users
+        }
     }
 }
 
 /// Verifies the bearer JWT of every non-public call and puts the caller's
-/// [`TenantContext`] in the request extensions; refuses with
-/// `UNAUTHENTICATED` before the handler runs.
+/// [`Principal`] (and, for a user, its [`crate::TenantContext`]) in the
+/// request extensions; refuses with `UNAUTHENTICATED` (no valid token) or
+/// `PERMISSION_DENIED` (a caller of another kind than the method accepts)
+/// before the handler runs.
 #[derive(Clone)]
 pub struct AuthLayer {
     verifier: Arc<TokenVerifier>,
-    public: Arc<PublicMethods>,
+    callers: Arc<MethodCallers>,
     sessions: Option<Arc<SessionGuard>>,
     refusals: Arc<RefusalLog>,
 }
 
 impl AuthLayer {
-    pub fn new(verifier: Arc<TokenVerifier>, public: PublicMethods) -> Self {
+    pub fn new(verifier: Arc<TokenVerifier>, callers: MethodCallers) -> Self {
         AuthLayer {
             verifier,
-            public: Arc::new(public),
+            callers: Arc::new(callers),
             sessions: None,
             refusals: Arc::new(RefusalLog::default()),
         }
@@ -99,7 +169,7 @@ impl<S> tower::Layer<S> for AuthLayer {
         Authenticate {
             inner,
             verifier: self.verifier.clone(),
-            public: self.public.clone(),
+            callers: self.callers.clone(),
             sessions: self.sessions.clone(),
             refusals: self.refusals.clone(),
         }
@@ -110,7 +180,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct Authenticate<S> {
     inner: S,
     verifier: Arc<TokenVerifier>,
-    public: Arc<PublicMethods>,
+    callers: Arc<MethodCallers>,
     sessions: Option<Arc<SessionGuard>>,
     refusals: Arc<RefusalLog>,
 }
@@ -263,8 +333,22 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
     Ok(token.trim())
 }
 
-fn check_org_hint(hint: Option<&http::HeaderValue>, tenant: &TenantContext) -> Result<(), Status> {
+/// The caller's kind against what the method accepts, then the tenant hint
+/// against the token (a service account has no tenant to match).
+fn check_caller(
+    accepts: Accepts,
+    hint: Option<&http::HeaderValue>,
+    principal: &Principal,
+) -> Result<(), Status> {
+    if !accepts.admits(principal) {
+        return Err(accepts.refusal());
+    }
     let Some(hint) = hint else { return Ok(()) };
+    let Principal::User(tenant) = principal else {
+        return Err(Status::permission_denied(
+            "x-trellis-org-id does not match the organization of the access token",
+        ));
+    };
     let matches = hint
         .to_str()
         .ok()
@@ -304,7 +388,8 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let hint = strip_spoofable_headers(request.headers_mut());
-        if self.public.contains(request.uri().path()) {
+        let accepts = self.callers.accepts(request.uri().path());
+        if accepts == Accepts::Public {
             return Box::pin(self.inner.call(request));
         }
         let token = match bearer_token(request.headers()) {
@@ -322,16 +407,18 @@ where
         // Fast path: a token verified before, of a session whose state is
         // cached, costs two cache lookups.
         let cached = self.verifier.cached(token);
-        if let Some(tenant) = &cached {
-            if let Err(status) = check_org_hint(hint.as_ref(), tenant) {
+        if let Some(principal) = &cached {
+            if let Err(status) = check_caller(accepts, hint.as_ref(), principal) {
+                let (path, client) = (request.uri().path(), client_address(&request));
+                self.refusals.record("permission_denied", path, client);
                 return Box::pin(std::future::ready(Ok(reject(status))));
             }
             let session = match &self.sessions {
                 None => Some(None),
-                Some(guard) => guard.cached(&tenant.session_id).known().map(Some),
+                Some(guard) => guard.cached(&principal.session_key()).known().map(Some),
             };
             if let Some(session) = session {
-                return match admit(&mut request, tenant.clone(), session, &self.refusals) {
+                return match admit(&mut request, principal.clone(), session, &self.refusals) {
                     Ok(()) => Box::pin(self.inner.call(request)),
                     Err(status) => Box::pin(std::future::ready(Ok(reject(status)))),
                 };
@@ -347,10 +434,10 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let tenant = match cached {
-                Some(tenant) => tenant,
+            let principal = match cached {
+                Some(principal) => principal,
                 None => match verifier.verify(&token).await {
-                    Ok(tenant) => tenant,
+                    Ok(principal) => principal,
                     Err(error) => {
                         refusals.record(
                             error.reason(),
@@ -361,14 +448,16 @@ where
                     }
                 },
             };
-            if let Err(status) = check_org_hint(hint.as_ref(), &tenant) {
+            if let Err(status) = check_caller(accepts, hint.as_ref(), &principal) {
+                let (path, client) = (request.uri().path(), client_address(&request));
+                refusals.record("permission_denied", path, client);
                 return Ok(reject(status));
             }
             let session = match (sessions, authorization) {
                 (Some(guard), Some(authorization)) => {
-                    match guard.cached(&tenant.session_id).known() {
+                    match guard.cached(&principal.session_key()).known() {
                         Some(known) => Some(known),
-                        None => match guard.ask(&tenant, authorization).await {
+                        None => match guard.ask(&principal, authorization).await {
                             Ok(answer) => Some(answer),
                             Err(status) => return Ok(reject(status)),
                         },
@@ -376,7 +465,7 @@ where
                 }
                 _ => None,
             };
-            match admit(&mut request, tenant, session, &refusals) {
+            match admit(&mut request, principal, session, &refusals) {
                 Ok(()) => inner.call(request).await,
                 Err(status) => Ok(reject(status)),
             }
@@ -386,10 +475,10 @@ where
 
 /// The last step of both paths, once the session's state is known (`None`:
 /// no session guard): an ended session is refused; otherwise the handler
-/// gets the caller, with its role as of now when Auth said it.
+/// gets the caller, a user with its role as of now when Auth said it.
 fn admit<B>(
     request: &mut http::Request<B>,
-    mut tenant: TenantContext,
+    mut principal: Principal,
     session: Option<SessionState>,
     refusals: &RefusalLog,
 ) -> Result<(), Status> {
@@ -402,11 +491,18 @@ fn admit<B>(
             );
             return Err(session_ended());
         }
-        Some(SessionState::Live(Some(role))) => tenant.role = role,
+        Some(SessionState::Live(Some(role))) => {
+            if let Principal::User(tenant) = &mut principal {
+                tenant.role = role;
+            }
+        }
         Some(SessionState::Live(None)) | None => {}
     }
-    record_caller(&tenant);
-    request.extensions_mut().insert(tenant);
+    record_caller(&principal);
+    if let Principal::User(tenant) = &principal {
+        request.extensions_mut().insert(tenant.clone());
+    }
+    request.extensions_mut().insert(principal);
     Ok(())
 }
 
@@ -415,10 +511,24 @@ fn session_ended() -> Status {
 }
 
 /// Fills the caller fields of the per-RPC span opened by the runtime.
-fn record_caller(tenant: &TenantContext) {
+fn record_caller(principal: &Principal) {
     let span = tracing::Span::current();
-    span.record("org", tracing::field::display(tenant.org_id));
-    span.record("user", tracing::field::display(tenant.user_id));
+    match principal {
+        Principal::User(tenant) => {
+            span.record("org", tracing::field::display(tenant.org_id));
+            span.record("user", tracing::field::display(tenant.user_id));
+        }
+        Principal::Worker(identity) | Principal::Service(identity) => {
+            span.record(
+                "user",
+                tracing::field::display(format_args!(
+                    "{}:{}",
+                    identity.kind.scope(),
+                    identity.account_id
+                )),
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -426,13 +536,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn public_methods_match_exact_paths_and_whole_services() {
-        let public = PublicMethods::standard().with_method("/trellis.auth.v1.AuthService/Login");
-        assert!(public.contains("/trellis.auth.v1.AuthService/Login"));
-        assert!(public.contains("/grpc.health.v1.Health/Check"));
-        assert!(!public.contains("/trellis.auth.v1.AuthService/LoginX"));
-        assert!(!public.contains("/trellis.auth.v1.AuthService/WhoAmI"));
-        assert!(!public.contains("/grpc.health.v1.HealthX/Check"));
+    fn callers_come_from_the_contract_by_exact_path_and_default_to_users() {
+        let callers = MethodCallers::from_contract();
+        for (path, accepts) in [
+            ("/trellis.auth.v1.AuthService/Login", Accepts::Public),
+            (
+                "/trellis.auth.v1.OrganizationService/AcceptInvitation",
+                Accepts::Public,
+            ),
+            (
+                "/trellis.auth.v1.AuthService/IssueServiceToken",
+                Accepts::Public,
+            ),
+            ("/trellis.auth.v1.AuthService/CheckSession", Accepts::Anyone),
+            (
+                "/trellis.execution.v1.WorkerService/Lease",
+                Accepts::Workers,
+            ),
+            (
+                "/trellis.session.v1.LoginSessionService/OpenLoginSession",
+                Accepts::Services,
+            ),
+            ("/trellis.auth.v1.AuthService/WhoAmI", Accepts::Users),
+            ("/grpc.health.v1.Health/Check", Accepts::Public),
+            (
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                Accepts::Public,
+            ),
+            // Near misses are nobody's public method.
+            ("/trellis.auth.v1.AuthService/LoginX", Accepts::Users),
+            ("/grpc.health.v1.HealthX/Check", Accepts::Users),
+            ("/no.such.Service/Method", Accepts::Users),
+        ] {
+            assert_eq!(callers.accepts(path), accepts, "{path}");
+        }
+        assert_eq!(
+            MethodCallers::standard().accepts("/trellis.auth.v1.AuthService/Login"),
+            Accepts::Users
+        );
     }
 
     #[test]
@@ -492,7 +633,7 @@ mod tests {
         ));
         let inner = Reluctant::default();
         let polls = inner.0.clone();
-        let mut service = AuthLayer::new(verifier, PublicMethods::standard()).layer(inner);
+        let mut service = AuthLayer::new(verifier, MethodCallers::standard()).layer(inner);
         let waker = std::task::Waker::noop();
         let mut context = Context::from_waker(waker);
         assert!(tower::Service::poll_ready(&mut service, &mut context).is_pending());
@@ -510,14 +651,13 @@ mod tests {
                 .with_ansi(false)
                 .with_writer(move || Captured(writer.clone())),
         );
-        let tenant = TenantContext {
+        let tenant = crate::TenantContext {
             org_id: uuid::Uuid::new_v4(),
             user_id: uuid::Uuid::new_v4(),
             role: crate::Role::Viewer,
             session_id: uuid::Uuid::new_v4(),
             token_id: uuid::Uuid::new_v4(),
             expires_at: 0,
-            worker: false,
         };
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!(
@@ -526,7 +666,7 @@ mod tests {
                 user = tracing::field::Empty
             );
             let _entered = span.enter();
-            record_caller(&tenant);
+            record_caller(&Principal::User(tenant.clone()));
             tracing::info!("handled");
         });
         let text = String::from_utf8(captured.lock().unwrap().clone()).unwrap();

@@ -11,7 +11,7 @@ use trellis::auth::v1 as pb;
 use trellis::auth::v1::{CheckSessionRequest, auth_service_client::AuthServiceClient};
 use uuid::Uuid;
 
-use crate::claims::{Role, TenantContext};
+use crate::claims::{Principal, Role};
 use crate::jwks::BoxFuture;
 
 /// What Auth says of a login session.
@@ -22,13 +22,14 @@ pub enum SessionState {
     Ended,
 }
 
-/// Asks whether a login session is still live.
+/// Asks whether a login session (or, for a service account's token, the
+/// account) is still live.
 pub trait SessionCheck: Send + Sync + 'static {
     /// `authorization` is the caller's own bearer header: the check is made
     /// with the caller's credentials, never with a service identity.
     fn check(
         &self,
-        tenant: &TenantContext,
+        principal: &Principal,
         authorization: HeaderValue,
     ) -> BoxFuture<Result<SessionState, Status>>;
 }
@@ -61,7 +62,7 @@ impl AuthSessionCheck {
 impl SessionCheck for AuthSessionCheck {
     fn check(
         &self,
-        _: &TenantContext,
+        _: &Principal,
         authorization: HeaderValue,
     ) -> BoxFuture<Result<SessionState, Status>> {
         let mut client = self.client.clone();
@@ -149,8 +150,9 @@ impl SessionGuard {
         }
     }
 
-    pub(crate) fn cached(&self, session_id: &Uuid) -> Cached {
-        match self.verdicts.get(session_id) {
+    /// The verdict on a [`Principal::session_key`].
+    pub(crate) fn cached(&self, key: &Uuid) -> Cached {
+        match self.verdicts.get(key) {
             // An ended session never comes back.
             Some(Verdict {
                 state: SessionState::Ended,
@@ -174,13 +176,14 @@ impl SessionGuard {
     /// "live" verdict keeps serving for `stale_grace`; otherwise UNAVAILABLE.
     pub(crate) async fn ask(
         &self,
-        tenant: &TenantContext,
+        principal: &Principal,
         authorization: HeaderValue,
     ) -> Result<SessionState, Status> {
-        match self.check.check(tenant, authorization).await {
+        let key = principal.session_key();
+        match self.check.check(principal, authorization).await {
             Ok(state) => {
                 self.verdicts.insert(
-                    tenant.session_id,
+                    key,
                     Verdict {
                         state,
                         checked: Instant::now(),
@@ -190,14 +193,14 @@ impl SessionGuard {
                 Ok(state)
             }
             Err(status) => {
-                let recent = self.verdicts.get(&tenant.session_id).filter(|v| {
+                let recent = self.verdicts.get(&key).filter(|v| {
                     matches!(v.state, SessionState::Live(_))
                         && v.checked.elapsed() < self.fresh_for + self.stale_grace
                 });
                 if let Some(recent) = recent {
                     tracing::warn!(code = ?status.code(), "session check failed; serving from a recent verdict");
                     self.verdicts.insert(
-                        tenant.session_id,
+                        key,
                         Verdict {
                             failed: Some(Instant::now()),
                             ..recent

@@ -4,7 +4,7 @@ use ed25519_dalek::Signer;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use trellis::auth::v1::Jwk;
 
-use crate::claims::{ACCESS_TOKEN_TYP, AccessClaims};
+use crate::claims::ACCESS_TOKEN_TYP;
 
 /// An Ed25519 signing key with its `kid`. Only Auth holds these; every other
 /// service sees the public half through the JWKS.
@@ -74,7 +74,8 @@ impl SigningKey {
 
     /// Signs an access token (`typ` at+jwt, this key's `kid`): a compact
     /// JWS, `header.claims.signature`, each part base64url without padding.
-    pub fn sign(&self, claims: &AccessClaims) -> Result<String, serde_json::Error> {
+    /// Signs a user's ([`crate::AccessClaims`]) or a service account's claims.
+    pub fn sign(&self, claims: &impl serde::Serialize) -> Result<String, serde_json::Error> {
         let claims = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims)?);
         let signing_input = format!("{}.{claims}", self.header);
         let signature = self.key.sign(signing_input.as_bytes());

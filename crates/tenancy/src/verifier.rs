@@ -3,7 +3,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, Validation, decode, decode_header};
 
-use crate::claims::{ACCESS_TOKEN_TYP, AccessClaims, TenantContext};
+use crate::claims::{ACCESS_TOKEN_TYP, Principal, SignedClaims};
 use crate::jwks::{JwksCache, KeyFingerprint, is_plausible_kid};
 
 /// Longer bearer values are refused before any parsing.
@@ -120,7 +120,7 @@ pub struct VerifierConfig {
 }
 
 struct Verified {
-    tenant: TenantContext,
+    principal: Principal,
     kid: String,
     /// The key it was verified with: a new key under the same `kid` ends
     /// the verdict.
@@ -174,21 +174,21 @@ impl TokenVerifier {
 
     /// The cached verdict for `token`, if it is still within `exp` and the
     /// key it was verified with is still published under its `kid`.
-    pub fn cached(&self, token: &str) -> Option<TenantContext> {
+    pub fn cached(&self, token: &str) -> Option<Principal> {
         let hit = self.verified.get(token)?;
-        let expired = hit.tenant.expires_at + self.leeway < now_secs();
+        let expired = hit.principal.expires_at() + self.leeway < now_secs();
         if expired || !self.jwks.publishes(&hit.kid, &hit.key) {
             self.verified.remove(token);
             return None;
         }
-        Some(hit.tenant.clone())
+        Some(hit.principal.clone())
     }
 
     /// Full verification: header rules, key lookup (refreshing the JWKS once,
     /// rate-limited, for an unknown `kid`), signature and claims.
-    pub async fn verify(&self, token: &str) -> Result<TenantContext, AuthError> {
-        if let Some(tenant) = self.cached(token) {
-            return Ok(tenant);
+    pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        if let Some(principal) = self.cached(token) {
+            return Ok(principal);
         }
         let kid = self.check_header(token)?;
         let key = match self.jwks.get(&kid) {
@@ -205,25 +205,27 @@ impl TokenVerifier {
         }
         // jsonwebtoken checks `exp`/`nbf` only when present in the numeric
         // form; the typed claims make both mandatory integers.
-        let claims = decode::<AccessClaims>(token, &key.decoding, &self.validation)
+        let claims = decode::<SignedClaims>(token, &key.decoding, &self.validation)
             .map_err(|e| AuthError::from_jwt(&e))?
             .claims;
-        if claims.iat > now_secs() + self.leeway {
+        if claims.iat() > now_secs() + self.leeway {
             return Err(AuthError::IssuedInFuture);
         }
-        if claims.exp.saturating_sub(claims.iat) > self.max_lifetime {
+        if claims.exp().saturating_sub(claims.iat()) > self.max_lifetime {
             return Err(AuthError::LifetimeTooLong);
         }
-        let tenant = TenantContext::from_claims(&claims);
+        let principal = claims
+            .into_principal()
+            .map_err(|why| AuthError::InvalidClaims(why.into()))?;
         self.verified.insert(
             token.to_owned(),
             Arc::new(Verified {
-                tenant: tenant.clone(),
+                principal: principal.clone(),
                 kid,
                 key: key.fingerprint,
             }),
         );
-        Ok(tenant)
+        Ok(principal)
     }
 
     /// Header checks that need no key; returns the `kid`.

@@ -14,7 +14,7 @@ use hmac::Mac;
 use serde_json::{Value, json};
 use tower::{Layer, Service, ServiceExt};
 use trellis_tenancy::{
-    AccessClaims, AuthError, AuthLayer, JwksCache, JwksError, JwksSource, PublicMethods,
+    AccessClaims, AuthError, AuthLayer, JwksCache, JwksError, JwksSource, MethodCallers, Principal,
     RequestContextLayer, Role, SessionCheck, SessionGuard, SessionState, SigningKey, StaticJwks,
     TenantContext, TokenVerifier, VerifierConfig,
 };
@@ -37,6 +37,12 @@ fn claims() -> Value {
         "sid": "9a8b7c6d-5e4f-4a3b-9c2d-1e0f9a8b7c6d", "jti": "1f2e3d4c-5b6a-4978-8a9b-0c1d2e3f4a5b",
         "iat": now(), "nbf": now() - 5, "exp": now() + 600,
     })
+}
+
+/// A service account's claims: no org, role or sid.
+fn service_claims(scope: &str) -> Value {
+    let claims = with(claims(), "scope", json!(scope));
+    without(without(without(claims, "org"), "role"), "sid")
 }
 
 fn header(kid: &str) -> Value {
@@ -168,8 +174,7 @@ impl Harness {
                 )
             }
         });
-        let public = PublicMethods::standard().with_method("/trellis.auth.v1.AuthService/Login");
-        let authenticate = AuthLayer::new(verifier.clone(), public)
+        let authenticate = AuthLayer::new(verifier.clone(), MethodCallers::from_contract())
             .with_session_guard(sessions)
             .layer(tower::util::BoxCloneService::new(handler));
         let service = RequestContextLayer::default().layer(authenticate);
@@ -695,6 +700,81 @@ impl Forger {
 
     /// Missing, mistyped or wrong registered claims, and tenant claims that are
     /// not ours.
+    /// Scopes that would make a token more than it is: a worker or service
+    /// token naming a tenant, session or role, a user token widened by a
+    /// scope, scopes that are none of ours.
+    fn scope_tricks(&self) -> Vec<Hostile> {
+        let Forger { key, .. } = self;
+        let user_with_scope = |scope: &str| with(claims(), "scope", json!(scope));
+        vec![
+            (
+                "worker token with an org claim",
+                signed(
+                    &header("key-a"),
+                    &with(service_claims("worker"), "org", json!(ORG)),
+                    key,
+                ),
+                "invalid_claims",
+            ),
+            (
+                "worker token with a role",
+                signed(
+                    &header("key-a"),
+                    &with(service_claims("worker"), "role", json!("admin")),
+                    key,
+                ),
+                "invalid_claims",
+            ),
+            (
+                "service token with a sid",
+                signed(
+                    &header("key-a"),
+                    &with(
+                        service_claims("service"),
+                        "sid",
+                        json!("9a8b7c6d-5e4f-4a3b-9c2d-1e0f9a8b7c6d"),
+                    ),
+                    key,
+                ),
+                "invalid_claims",
+            ),
+            (
+                "user token widened to worker",
+                signed(&header("key-a"), &user_with_scope("worker"), key),
+                "invalid_claims",
+            ),
+            (
+                "user token widened to service",
+                signed(&header("key-a"), &user_with_scope("service"), key),
+                "invalid_claims",
+            ),
+            (
+                "user token with two scopes",
+                signed(&header("key-a"), &user_with_scope("user worker"), key),
+                "invalid_claims",
+            ),
+            (
+                "unknown scope",
+                signed(&header("key-a"), &service_claims("admin"), key),
+                "invalid_claims",
+            ),
+            (
+                "empty scope",
+                signed(&header("key-a"), &service_claims(""), key),
+                "invalid_claims",
+            ),
+            (
+                "scope not a string",
+                signed(
+                    &header("key-a"),
+                    &with(service_claims("worker"), "scope", json!(["worker"])),
+                    key,
+                ),
+                "invalid_claims",
+            ),
+        ]
+    }
+
     fn bad_claims(&self) -> Vec<Hostile> {
         let Forger { key, .. } = self;
         vec![
@@ -882,6 +962,7 @@ hostile_groups! {
     header_tricks_never_reach_the_handler => header_tricks,
     bad_times_never_reach_the_handler => bad_times,
     bad_claims_never_reach_the_handler => bad_claims,
+    scope_tricks_never_reach_the_handler => scope_tricks,
 }
 
 #[test]
@@ -930,6 +1011,60 @@ async fn malformed_authorization_headers_never_reach_the_handler() {
         "TokenVerifier { cached_tokens: 2 }",
         "no key material, no tokens"
     );
+}
+
+#[tokio::test]
+async fn each_method_admits_only_the_callers_the_contract_declares() {
+    const GET_CART: &str = "/trellis.cart.v1.CartService/GetCart";
+    const LEASE: &str = "/trellis.execution.v1.WorkerService/Lease";
+    const INTERNAL: &str = "/trellis.session.v1.LoginSessionService/CheckLoginSession";
+    const CHECK_SESSION: &str = "/trellis.auth.v1.AuthService/CheckSession";
+    const DENIED: i32 = tonic::Code::PermissionDenied as i32;
+    let key = SigningKey::generate("key-a");
+    let mut harness = Harness::new(&[&key]).await;
+    let bearer = |claims: &Value| format!("Bearer {}", signed(&header("key-a"), claims, &key));
+    let (user, worker, service) = (
+        bearer(&claims()),
+        bearer(&service_claims("worker")),
+        bearer(&service_claims("service")),
+    );
+    let cases = [
+        ("user", &user, GET_CART, 0),
+        ("user", &user, LEASE, DENIED),
+        ("user", &user, INTERNAL, DENIED),
+        ("user", &user, CHECK_SESSION, 0),
+        ("worker", &worker, GET_CART, DENIED),
+        ("worker", &worker, LEASE, 0),
+        ("worker", &worker, INTERNAL, DENIED),
+        ("worker", &worker, CHECK_SESSION, 0),
+        ("service", &service, GET_CART, DENIED),
+        ("service", &service, LEASE, DENIED),
+        ("service", &service, INTERNAL, 0),
+        ("service", &service, CHECK_SESSION, 0),
+    ];
+    // Twice: first verified in full, then from the verified-token cache.
+    for pass in ["verified", "cached"] {
+        for (kind, token, path, expected) in cases {
+            let before = harness.calls();
+            let (code, _) = harness
+                .call_with(path, &[("authorization", token.as_str())])
+                .await;
+            assert_eq!(code, expected, "{pass}: {kind} token on {path}");
+            let ran = harness.calls() - before;
+            assert_eq!(ran, usize::from(expected == 0), "{pass}: {kind} on {path}");
+        }
+    }
+    // A service token has no tenant for a hint to match.
+    let (code, _) = harness
+        .call_with(
+            INTERNAL,
+            &[
+                ("authorization", service.as_str()),
+                ("x-trellis-org-id", ORG),
+            ],
+        )
+        .await;
+    assert_eq!(code, DENIED);
 }
 
 #[tokio::test]
@@ -1055,7 +1190,7 @@ impl ScriptedCheck {
 impl SessionCheck for ScriptedCheck {
     fn check(
         &self,
-        _: &TenantContext,
+        _: &Principal,
         _: http::HeaderValue,
     ) -> trellis_tenancy::BoxFuture<Result<SessionState, tonic::Status>> {
         self.asked.fetch_add(1, Ordering::SeqCst);

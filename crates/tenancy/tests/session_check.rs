@@ -7,7 +7,9 @@ use std::time::Duration;
 use tonic::{Code, Request, Response, Status};
 use trellis::auth::v1::auth_service_server::{AuthService, AuthServiceServer};
 use trellis::auth::v1::{CheckSessionRequest, CheckSessionResponse, Role as PbRole};
-use trellis_tenancy::{AuthSessionCheck, Role, SessionCheck, SessionState, TenantContext};
+use trellis_tenancy::{
+    AuthSessionCheck, Principal, Role, SessionCheck, SessionState, TenantContext,
+};
 
 /// Answers CheckSession with whatever the test put in `answer`.
 #[derive(Clone)]
@@ -59,21 +61,20 @@ async fn fake_auth(delay: Duration) -> (AuthSessionCheck, FakeAuth) {
     )
 }
 
-fn tenant() -> TenantContext {
-    TenantContext {
+fn user() -> Principal {
+    Principal::User(TenantContext {
         org_id: uuid::Uuid::new_v4(),
         user_id: uuid::Uuid::new_v4(),
         role: Role::Admin,
         session_id: uuid::Uuid::new_v4(),
         token_id: uuid::Uuid::new_v4(),
         expires_at: 0,
-        worker: false,
-    }
+    })
 }
 
 async fn ask(check: &AuthSessionCheck) -> Result<SessionState, Status> {
     check
-        .check(&tenant(), "Bearer the-callers-token".parse().unwrap())
+        .check(&user(), "Bearer the-callers-token".parse().unwrap())
         .await
 }
 

@@ -50,15 +50,6 @@ pub use settings::{AuthArgs, AuthSettings};
 pub use store::MIGRATIONS;
 pub use throttle::{PublicRpc, PublicRpcLimits, RateLimit, Throttle, ThrottlePolicy};
 
-/// RPCs callable without a token (`API.md`).
-pub const PUBLIC_METHODS: [&str; 5] = [
-    "/trellis.auth.v1.AuthService/SignUp",
-    "/trellis.auth.v1.AuthService/Login",
-    "/trellis.auth.v1.AuthService/Refresh",
-    "/trellis.auth.v1.AuthService/GetJwks",
-    "/trellis.auth.v1.OrganizationService/AcceptInvitation",
-];
-
 /// The Auth server as `trellis serve auth` starts it.
 pub struct AuthServer;
 
@@ -117,7 +108,8 @@ pub struct AuthDeps {
     pub throttle: Throttle,
 }
 
-/// Both Auth services over one state, with their public methods marked.
+/// Both Auth services over one state; which methods are public, the
+/// contract says.
 pub fn service_set(limits: &ServerLimits, deps: AuthDeps) -> ServiceSet {
     let api = grpc::GrpcAdapter(Arc::new(AuthApi {
         keys: deps.keys,
@@ -127,14 +119,11 @@ pub fn service_set(limits: &ServerLimits, deps: AuthDeps) -> ServiceSet {
         settings: deps.settings,
         throttle: deps.throttle,
     }));
-    let set = ServiceSet::new("auth")
+    ServiceSet::new("auth")
         .add_service(
             AuthServiceServer::new(api.clone()).max_decoding_message_size(limits.max_message_bytes),
         )
         .add_service(
             OrganizationServiceServer::new(api).max_decoding_message_size(limits.max_message_bytes),
-        );
-    PUBLIC_METHODS
-        .iter()
-        .fold(set, |set, method| set.public_method(method))
+        )
 }

@@ -9,6 +9,9 @@ use std::net::SocketAddr;
 use trellis_runtime::{Server, ServerContext, ServiceSet, SetupError};
 use trellis_store::ServiceMigrations;
 
+use trellis::session::v1::login_session_service_server::{
+    LoginSessionService, LoginSessionServiceServer,
+};
 use trellis::session::v1::session_service_server::{SessionService, SessionServiceServer};
 
 #[derive(Clone, Debug, Default)]
@@ -16,6 +19,13 @@ pub struct SessionApi;
 
 #[tonic::async_trait]
 impl SessionService for SessionApi {}
+
+/// Internal: Auth keeps login sessions here (service tokens only).
+#[derive(Clone, Debug, Default)]
+pub struct LoginSessionApi;
+
+#[tonic::async_trait]
+impl LoginSessionService for LoginSessionApi {}
 
 /// Session's flags of `trellis serve`/`up`.
 #[derive(clap::Args, Clone, Debug)]
@@ -39,9 +49,14 @@ impl Server for SessionServer {
 
     async fn create(_args: &SessionArgs, context: ServerContext) -> Result<ServiceSet, SetupError> {
         let max_message_bytes = context.limits.max_message_bytes;
-        Ok(ServiceSet::new(Self::NAME).add_service(
-            SessionServiceServer::new(SessionApi).max_decoding_message_size(max_message_bytes),
-        ))
+        Ok(ServiceSet::new(Self::NAME)
+            .add_service(
+                SessionServiceServer::new(SessionApi).max_decoding_message_size(max_message_bytes),
+            )
+            .add_service(
+                LoginSessionServiceServer::new(LoginSessionApi)
+                    .max_decoding_message_size(max_message_bytes),
+            ))
     }
 }
 
