@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use trellis_auth::service_accounts::{self, ServiceAccountError, ServiceAccounts, ServiceScope};
 use trellis_auth::{KeyStore, KeyStoreError};
 use trellis_runtime::{
     ConfigError, JwtArgs, ServerContext, ServerLimits, SetupError, Shutdown, ShutdownTrigger,
@@ -54,6 +55,42 @@ pub enum Command {
     /// Manage Auth's signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Manage service accounts: the identities of workers and of Trellis's
+    /// own servers (client credentials for IssueServiceToken).
+    #[command(subcommand)]
+    ServiceAccounts(ServiceAccountsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServiceAccountsCommand {
+    /// Make an account; prints {"client_id", "client_secret"} as one JSON
+    /// object. The secret is shown this once and stored only as a hash.
+    Create {
+        /// A name to tell it apart in `list` (letters, digits, - _ .).
+        name: String,
+        #[arg(long, value_enum)]
+        scope: AccountScope,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+    /// Every account, revoked ones included.
+    List(StorageArgs),
+    /// End an account: its tokens stop working on every server within
+    /// --session-check-ttl.
+    Revoke {
+        client_id: String,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+}
+
+/// What an account's tokens may call.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccountScope {
+    /// WorkerService: leasing and running executions.
+    Worker,
+    /// Internal RPCs between Trellis servers.
+    Service,
 }
 
 #[derive(Subcommand, Debug)]
@@ -174,6 +211,8 @@ pub enum CliError {
     Keys(#[from] KeyStoreError),
     #[error(transparent)]
     Setup(#[from] SetupError),
+    #[error(transparent)]
+    ServiceAccount(#[from] ServiceAccountError),
     #[error("{service} server failed: {source}")]
     Serve {
         service: &'static str,
@@ -187,9 +226,10 @@ pub enum CliError {
 impl CliError {
     fn exit_code(&self) -> ExitCode {
         match self {
-            CliError::Config(_) | CliError::Invalid(_) | CliError::Setup(SetupError::Config(_)) => {
-                ExitCode::from(2)
-            }
+            CliError::Config(_)
+            | CliError::Invalid(_)
+            | CliError::Setup(SetupError::Config(_))
+            | CliError::ServiceAccount(ServiceAccountError::InvalidName(_)) => ExitCode::from(2),
             // EX_SOFTWARE (sysexits.h): an internal error.
             CliError::Panicked(_) => ExitCode::from(70),
             _ => ExitCode::FAILURE,
@@ -442,6 +482,58 @@ fn keys_command(command: &KeysCommand) -> Result<(), CliError> {
     Ok(())
 }
 
+async fn service_accounts_command(command: &ServiceAccountsCommand) -> Result<(), CliError> {
+    let storage = match command {
+        ServiceAccountsCommand::Create { storage, .. }
+        | ServiceAccountsCommand::List(storage)
+        | ServiceAccountsCommand::Revoke { storage, .. } => storage,
+    };
+    let database = open_databases(storage, &[ServiceName::Auth], true)
+        .await?
+        .remove(0);
+    let result = match command {
+        ServiceAccountsCommand::Create { name, scope, .. } => {
+            let scope = match scope {
+                AccountScope::Worker => ServiceScope::Worker,
+                AccountScope::Service => ServiceScope::Service,
+            };
+            service_accounts::create(&database, name, scope)
+                .await
+                .map(|credentials| {
+                    say(&serde_json::to_string(&credentials).expect("two strings serialize"))
+                })
+        }
+        ServiceAccountsCommand::List(_) => ServiceAccounts::new(database.clone())
+            .list()
+            .await
+            .map_err(ServiceAccountError::from)
+            .map(|accounts| {
+                for account in accounts {
+                    let state = if account.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    };
+                    say(&format!(
+                        "{}  {:<8} {:<8} {}",
+                        account.id, account.scope, state, account.name
+                    ));
+                }
+            }),
+        ServiceAccountsCommand::Revoke { client_id, .. } => {
+            service_accounts::revoke(&database, client_id)
+                .await
+                .map(|()| {
+                    say(&format!(
+                        "revoked {client_id}: its tokens stop working within --session-check-ttl"
+                    ))
+                })
+        }
+    };
+    database.close().await;
+    Ok(result?)
+}
+
 async fn serve_until_signal(services: &[ServiceName], args: &ServeArgs) -> Result<(), CliError> {
     let mut running = start(services, args).await?;
     let trigger = running.trigger.clone();
@@ -467,6 +559,12 @@ where
             log: "info".into(),
             ..TelemetryArgs::default()
         },
+        // Its stdout is the answer (one JSON object for `create`): only
+        // what went wrong is logged.
+        Command::ServiceAccounts(_) => TelemetryArgs {
+            log: "warn".into(),
+            ..TelemetryArgs::default()
+        },
     };
     if let Err(message) = trellis_runtime::init_tracing(&telemetry) {
         eprintln!("trellis: {message}");
@@ -488,6 +586,7 @@ where
             Command::Serve { services, args } => serve_until_signal(services, args).await,
             Command::Migrate(storage) => migrate(storage, &ServiceName::ALL).await,
             Command::Keys(command) => keys_command(command),
+            Command::ServiceAccounts(command) => service_accounts_command(command).await,
         }
     });
     match result {

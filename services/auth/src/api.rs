@@ -4,6 +4,7 @@
 
 mod auth;
 mod organizations;
+mod service_tokens;
 
 use std::sync::Arc;
 
@@ -17,7 +18,9 @@ use crate::keys::KeyStore;
 use crate::password::Passwords;
 use crate::sessions::{LoginSessions, NewLoginSession};
 use crate::settings::AuthSettings;
-use crate::store::{AuthStore, NewRefreshToken, OrganizationRow, UserRow, UserStatus};
+use crate::store::{
+    AuthStore, NewRefreshToken, OrganizationRow, ServiceAccounts, UserRow, UserStatus,
+};
 use crate::throttle::{PublicRpc, Throttle};
 use crate::tokens::{new_opaque_token, token_hash};
 
@@ -28,6 +31,7 @@ pub struct AuthApi {
     pub(crate) passwords: Arc<Passwords>,
     pub(crate) settings: AuthSettings,
     pub(crate) throttle: Throttle,
+    pub(crate) service_accounts: ServiceAccounts,
 }
 
 impl AuthApi {

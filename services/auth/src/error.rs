@@ -30,6 +30,9 @@ pub enum AuthServiceError {
     /// Wrong email and wrong password alike.
     #[error("invalid credentials")]
     InvalidCredentials,
+    /// Unknown client, wrong secret and revoked account alike.
+    #[error("invalid client credentials")]
+    InvalidClientCredentials,
     #[error("user is suspended")]
     Suspended,
     /// An authenticated RPC reached without the tenancy layer's caller.
@@ -115,7 +118,11 @@ impl ServiceError for AuthServiceError {
         match self {
             InvalidFields(_) => Code::InvalidArgument,
             EmailTaken | MemberExists | InvitationPending => Code::AlreadyExists,
-            InvalidCredentials | MissingToken | SessionEnded | InvalidRefreshToken
+            InvalidCredentials
+            | InvalidClientCredentials
+            | MissingToken
+            | SessionEnded
+            | InvalidRefreshToken
             | RefreshTokenReused => Code::Unauthenticated,
             Suspended | AdminRequired => Code::PermissionDenied,
             UserNotFound(_) | UnknownInvitationToken | InvitationNotFound(_) => Code::NotFound,
@@ -138,6 +145,7 @@ impl ServiceError for AuthServiceError {
             MemberExists => "MEMBER_EXISTS",
             InvitationPending => "INVITATION_PENDING",
             InvalidCredentials => "INVALID_CREDENTIALS",
+            InvalidClientCredentials => "INVALID_CLIENT",
             Suspended => "USER_SUSPENDED",
             MissingToken => "MISSING_TOKEN",
             SessionEnded => "SESSION_ENDED",

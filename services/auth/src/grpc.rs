@@ -9,7 +9,7 @@ use trellis::auth::v1 as pb;
 use trellis::auth::v1::auth_service_server::AuthService;
 use trellis::auth::v1::organization_service_server::OrganizationService;
 use trellis_runtime::{grpc_result, status_of};
-use trellis_tenancy::TenantContext;
+use trellis_tenancy::{Principal, TenantContext};
 
 use crate::api::AuthApi;
 use crate::audit::Caller;
@@ -94,8 +94,23 @@ impl AuthService for GrpcAdapter {
         &self,
         request: Request<pb::CheckSessionRequest>,
     ) -> Result<Response<pb::CheckSessionResponse>, Status> {
-        let tenant = tenant(&request)?;
-        grpc_result(self.0.check_session(&tenant).await)
+        // Any caller: the layer put its Principal there.
+        let principal = Principal::from_request(&request)
+            .cloned()
+            .map_err(|_| status_of(AuthServiceError::MissingToken))?;
+        grpc_result(self.0.check_principal(&principal).await)
+    }
+
+    async fn issue_service_token(
+        &self,
+        request: Request<pb::IssueServiceTokenRequest>,
+    ) -> Result<Response<pb::IssueServiceTokenResponse>, Status> {
+        let caller = Caller::of(&request);
+        grpc_result(
+            self.0
+                .issue_service_token(&caller, request.into_inner())
+                .await,
+        )
     }
 
     async fn get_jwks(

@@ -24,6 +24,7 @@ mod error;
 mod grpc;
 pub mod keys;
 pub mod password;
+pub mod service_accounts;
 pub mod sessions;
 mod settings;
 mod store;
@@ -113,6 +114,7 @@ pub struct AuthDeps {
 pub fn service_set(limits: &ServerLimits, deps: AuthDeps) -> ServiceSet {
     let api = grpc::GrpcAdapter(Arc::new(AuthApi {
         keys: deps.keys,
+        service_accounts: store::ServiceAccounts::new(deps.database.clone()),
         store: store::AuthStore::new(deps.database),
         sessions: deps.sessions,
         passwords: deps.passwords,

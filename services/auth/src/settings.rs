@@ -30,18 +30,33 @@ pub struct AuthArgs {
     /// A login session ends this long after login, however active.
     #[arg(long, env = "TRELLIS_SESSION_ABSOLUTE_TTL", default_value = "720h", value_parser = parse_duration)]
     pub session_absolute_ttl: Duration,
+    /// Lifetime of the tokens service accounts get from IssueServiceToken;
+    /// clients renew them before they expire.
+    #[arg(long, env = "TRELLIS_SERVICE_TOKEN_TTL", default_value = "10m", value_parser = parse_duration)]
+    pub service_token_ttl: Duration,
     #[command(flatten)]
     pub public_rpc_limits: PublicRpcLimits,
 }
 
 impl AuthArgs {
     pub fn validate(&self, jwt: &JwtArgs) -> Result<(), ConfigError> {
-        if self.access_token_ttl > jwt.jwt_max_lifetime {
-            return Err(ConfigError::Invalid(format!(
-                "access-token-ttl ({}s) must not exceed jwt-max-lifetime ({}s): every server would refuse Auth's tokens",
-                self.access_token_ttl.as_secs(),
-                jwt.jwt_max_lifetime.as_secs()
-            )));
+        for (name, ttl) in [
+            ("access-token-ttl", self.access_token_ttl),
+            ("service-token-ttl", self.service_token_ttl),
+        ] {
+            if ttl > jwt.jwt_max_lifetime {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} ({}s) must not exceed jwt-max-lifetime ({}s): every server would refuse Auth's tokens",
+                    ttl.as_secs(),
+                    jwt.jwt_max_lifetime.as_secs()
+                )));
+            }
+            if ttl < Duration::from_secs(10) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be at least 10s, got {}ms",
+                    ttl.as_millis()
+                )));
+            }
         }
         Ok(())
     }
@@ -60,6 +75,7 @@ impl AuthArgs {
             access_token_ttl: self.access_token_ttl,
             // A refresh token cannot outlive its session.
             refresh_token_ttl: self.session_absolute_ttl,
+            service_token_ttl: self.service_token_ttl,
         }
     }
 }
@@ -73,6 +89,8 @@ pub struct AuthSettings {
     /// A refresh token is refused this long after it was issued; its session
     /// usually ends sooner.
     pub refresh_token_ttl: Duration,
+    /// Lifetime of a service account's token (`IssueServiceToken`).
+    pub service_token_ttl: Duration,
 }
 
 impl Default for AuthSettings {
@@ -82,6 +100,7 @@ impl Default for AuthSettings {
             audience: "trellis".into(),
             access_token_ttl: Duration::from_secs(15 * 60),
             refresh_token_ttl: SessionLifetimes::default().absolute,
+            service_token_ttl: Duration::from_secs(10 * 60),
         }
     }
 }

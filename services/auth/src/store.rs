@@ -18,6 +18,11 @@ const INVITATIONS: EmbeddedMigration = EmbeddedMigration {
     sql: include_str!("../migrations/0002_invitations.sql"),
 };
 const SESSIONS_BOUNDARY: &str = "sessions boundary";
+const SERVICE_ACCOUNTS: EmbeddedMigration = EmbeddedMigration {
+    version: 4,
+    description: "service accounts",
+    sql: include_str!("../migrations/0004_service_accounts.sql"),
+};
 
 pub const MIGRATIONS: ServiceMigrations = ServiceMigrations {
     service: "auth",
@@ -29,6 +34,7 @@ pub const MIGRATIONS: ServiceMigrations = ServiceMigrations {
             description: SESSIONS_BOUNDARY,
             sql: include_str!("../migrations/0003_sessions_boundary.sqlite.sql"),
         },
+        SERVICE_ACCOUNTS,
     ],
     postgres: &[
         ACCOUNTS,
@@ -38,6 +44,7 @@ pub const MIGRATIONS: ServiceMigrations = ServiceMigrations {
             description: SESSIONS_BOUNDARY,
             sql: include_str!("../migrations/0003_sessions_boundary.postgres.sql"),
         },
+        SERVICE_ACCOUNTS,
     ],
 };
 
@@ -58,11 +65,13 @@ macro_rules! insert_user {
 
 mod organizations;
 mod rows;
+mod service_accounts;
 mod sessions;
 mod sql;
 
 pub use organizations::{AcceptOutcome, InviteOutcome, MemberChange, MemberOutcome, RevokeOutcome};
 pub use rows::{InvitationRow, InvitationStatus, OrganizationRow, Plan, Role, UserRow, UserStatus};
+pub use service_accounts::{ServiceAccountRow, ServiceAccounts, ServiceScope};
 pub use sessions::LocalLoginSessions;
 
 /// The first refresh token of a login session.

@@ -1,0 +1,95 @@
+//! Service accounts: the identities of workers and of Trellis's own servers
+//! (the OAuth 2.0 client-credentials grant, RFC 6749 section 4.4). The CLI
+//! makes, lists and revokes them; `IssueServiceToken` exchanges their
+//! credentials for a short-lived token. A secret is 256 random bits, shown
+//! once and stored only as its SHA-256 (it is never a password a person
+//! picked, so a slow hash would add nothing).
+
+use trellis_store::{Database, StoreError};
+
+pub use crate::store::{ServiceAccountRow, ServiceAccounts, ServiceScope};
+use crate::tokens::{new_opaque_token, token_hash};
+
+/// Longest account name.
+pub const MAX_NAME_CHARS: usize = 100;
+
+/// What `trellis service-accounts create` prints, the only time the secret
+/// is seen.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Credentials {
+    pub client_id: String,
+    pub client_secret: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceAccountError {
+    #[error("name: {0}")]
+    InvalidName(&'static str),
+    #[error("no active service account {0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A name an operator can tell apart in `list`: 1 to 100 characters of
+/// letters, digits, `-`, `_` and `.`.
+fn check_name(name: &str) -> Result<(), ServiceAccountError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+        Err(ServiceAccountError::InvalidName(
+            "must be 1 to 100 characters",
+        ))
+    } else if !name.chars().all(allowed) {
+        Err(ServiceAccountError::InvalidName(
+            "only letters, digits, '-', '_' and '.'",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Makes an account and its secret.
+pub async fn create(
+    database: &Database,
+    name: &str,
+    scope: ServiceScope,
+) -> Result<Credentials, ServiceAccountError> {
+    check_name(name)?;
+    let client_secret = new_opaque_token();
+    let account = ServiceAccounts::new(database.clone())
+        .create(name, scope, &token_hash(&client_secret))
+        .await?;
+    Ok(Credentials {
+        client_id: account.id,
+        client_secret,
+    })
+}
+
+/// Ends an account: its tokens stop working on every server within the
+/// session-check interval.
+pub async fn revoke(database: &Database, client_id: &str) -> Result<(), ServiceAccountError> {
+    let known = uuid::Uuid::parse_str(client_id).is_ok()
+        && ServiceAccounts::new(database.clone())
+            .revoke(client_id)
+            .await?;
+    if known {
+        Ok(())
+    } else {
+        Err(ServiceAccountError::NotFound(client_id.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_short_and_plain() {
+        for good in ["worker-1", "trellis.order", "a", &"n".repeat(100)] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", &"n".repeat(101), "two words", "tab\t", "new\nline", "é"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}
