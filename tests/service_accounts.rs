@@ -16,6 +16,7 @@ use trellis::session::v1::login_session_service_client::LoginSessionServiceClien
 use trellis_auth::service_accounts::{self, Credentials, ServiceScope};
 use trellis_cli::ServiceName;
 use trellis_store::{Database, DatabaseOptions};
+use trellis_tenancy::{AsServiceLayer, ServiceCredentials, ServiceTokens};
 
 /// Every server, re-checking sessions (and service accounts) each second,
 /// and Auth's database as the CLI opens it.
@@ -221,3 +222,48 @@ backend_suite!(
     revoked_accounts_and_wrong_secrets_get_no_token,
     "service accounts": sqlite, postgres
 );
+
+/// A client calling as this service (no caller's token) fetches one token,
+/// shares it between calls and renews it before it expires: with 5 s tokens,
+/// 7 s of calls all pass, on two or three tokens.
+#[tokio::test]
+async fn a_service_client_renews_its_token_before_it_expires() {
+    use std::time::{Duration, Instant};
+    let fx = Fixture::start(&["--service-token-ttl", "5s"]).await;
+    let credentials = fx.account(ServiceScope::Service).await;
+    let tokens = std::sync::Arc::new(ServiceTokens::new(
+        fx.channel(ServiceName::Auth).await,
+        ServiceCredentials {
+            client_id: credentials.client_id,
+            client_secret: credentials.client_secret,
+        },
+        Duration::from_secs(2),
+    ));
+    let channel = tower::ServiceBuilder::new()
+        .layer(AsServiceLayer::new(tokens.clone()))
+        .service(fx.channel(ServiceName::Session).await);
+    let mut internal = LoginSessionServiceClient::new(channel);
+    let started = Instant::now();
+    let mut calls = 0;
+    while started.elapsed() < Duration::from_secs(7) {
+        let status = internal
+            .check_login_session(trellis::session::v1::CheckLoginSessionRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::Unimplemented,
+            "call {calls} at {:?}: {status:?}",
+            started.elapsed()
+        );
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(calls > 50, "{calls}");
+    let fetched = tokens.fetched();
+    assert!(
+        (2..=3).contains(&fetched),
+        "{fetched} tokens for {calls} calls"
+    );
+    fx.stop().await;
+}

@@ -21,7 +21,13 @@ fn stdout(output: &Output) -> String {
 fn create_prints_credentials_once_and_list_and_revoke_complete_the_set() {
     let data_dir = std::env::temp_dir().join(format!("trellis-cli-{}", std::process::id()));
     let created = trellis(
-        &["service-accounts", "create", "worker-1", "--scope", "worker"],
+        &[
+            "service-accounts",
+            "create",
+            "worker-1",
+            "--scope",
+            "worker",
+        ],
         &data_dir,
     );
     assert!(created.status.success(), "{created:?}");
@@ -33,7 +39,10 @@ fn create_prints_credentials_once_and_list_and_revoke_complete_the_set() {
     assert!(secret.len() >= 43, "256 random bits");
 
     let listed = stdout(&trellis(&["service-accounts", "list"], &data_dir));
-    assert!(listed.contains(&client_id) && listed.contains("active"), "{listed}");
+    assert!(
+        listed.contains(&client_id) && listed.contains("active"),
+        "{listed}"
+    );
     assert!(!listed.contains(secret), "the secret is shown once");
 
     let revoked = trellis(&["service-accounts", "revoke", &client_id], &data_dir);
@@ -44,7 +53,13 @@ fn create_prints_credentials_once_and_list_and_revoke_complete_the_set() {
     assert_eq!(again.status.code(), Some(1));
 
     let bad_name = trellis(
-        &["service-accounts", "create", "two words", "--scope", "worker"],
+        &[
+            "service-accounts",
+            "create",
+            "two words",
+            "--scope",
+            "worker",
+        ],
         &data_dir,
     );
     assert_eq!(bad_name.status.code(), Some(2));

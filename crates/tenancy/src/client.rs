@@ -65,23 +65,10 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let context = request.extensions_mut().remove::<CallContext>();
-        let mut timeout = self.default_timeout;
-        if let Some(context) = &context {
-            context.stamp(request.headers_mut());
-            if let Some(remaining) = context.remaining() {
-                timeout = timeout.min(remaining);
-            }
-        }
-        if timeout.is_zero() {
-            let status = Status::deadline_exceeded(format!(
-                "deadline exceeded before calling {}",
-                request.uri().path()
-            ));
-            return Box::pin(std::future::ready(Ok(status.into_http())));
-        }
-        request
-            .headers_mut()
-            .insert(GRPC_TIMEOUT.clone(), format_grpc_timeout(timeout));
+        let timeout = match prepare_outbound(&mut request, context.as_ref(), self.default_timeout) {
+            Ok(timeout) => timeout,
+            Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
+        };
         let path = request.uri().path().to_owned();
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -91,4 +78,32 @@ where
             }
         })
     }
+}
+
+/// What every outbound call carries: the context's request id, trace
+/// context and credentials (a service call replaces the latter), and the
+/// deadline left (at most `default_timeout`) as `grpc-timeout`. The
+/// deadline to enforce, or DEADLINE_EXCEEDED when none is left.
+pub(crate) fn prepare_outbound<B>(
+    request: &mut http::Request<B>,
+    context: Option<&CallContext>,
+    default_timeout: Duration,
+) -> Result<Duration, Status> {
+    let mut timeout = default_timeout;
+    if let Some(context) = context {
+        context.stamp(request.headers_mut());
+        if let Some(remaining) = context.remaining() {
+            timeout = timeout.min(remaining);
+        }
+    }
+    if timeout.is_zero() {
+        return Err(Status::deadline_exceeded(format!(
+            "deadline exceeded before calling {}",
+            request.uri().path()
+        )));
+    }
+    request
+        .headers_mut()
+        .insert(GRPC_TIMEOUT.clone(), format_grpc_timeout(timeout));
+    Ok(timeout)
 }

@@ -14,6 +14,7 @@ mod client_address;
 mod context;
 mod jwks;
 mod server;
+mod service_token;
 mod session_guard;
 mod signing;
 mod verifier;
@@ -31,6 +32,7 @@ pub use jwks::{AuthServiceJwks, BoxFuture, JwksCache, JwksError, JwksSource, Sta
 pub use server::{
     Accepts, AuthLayer, Authenticate, LogBudget, MethodCallers, ORG_HINT_HEADER, truncated,
 };
+pub use service_token::{AsService, AsServiceLayer, ServiceCredentials, ServiceTokens};
 pub use session_guard::{AuthSessionCheck, SessionCheck, SessionGuard, SessionState};
 pub use signing::{KeyError, SigningKey};
 pub use verifier::{AuthError, MAX_LEEWAY_SECS, MAX_TOKEN_BYTES, TokenVerifier, VerifierConfig};

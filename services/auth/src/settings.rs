@@ -51,9 +51,9 @@ impl AuthArgs {
                     jwt.jwt_max_lifetime.as_secs()
                 )));
             }
-            if ttl < Duration::from_secs(10) {
+            if ttl < Duration::from_secs(5) {
                 return Err(ConfigError::Invalid(format!(
-                    "{name} must be at least 10s, got {}ms",
+                    "{name} must be at least 5s, got {}ms",
                     ttl.as_millis()
                 )));
             }

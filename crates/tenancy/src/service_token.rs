@@ -1,0 +1,213 @@
+//! Calls made *as this service* (not on behalf of a caller): a token from
+//! Auth's `IssueServiceToken`, fetched once, shared by every call and renewed
+//! before it expires, so no call fails across an expiry.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::HeaderValue;
+use tonic::Status;
+use tonic::transport::Channel;
+use trellis::auth::v1::IssueServiceTokenRequest;
+use trellis::auth::v1::auth_service_client::AuthServiceClient;
+
+use crate::client::{DEFAULT_OUTBOUND_TIMEOUT, prepare_outbound};
+use crate::context::CallContext;
+
+/// A service account's client credentials.
+#[derive(Clone)]
+pub struct ServiceCredentials {
+    pub client_id: String,
+    pub client_secret: String,
+}
+
+impl std::fmt::Debug for ServiceCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceCredentials")
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Renewed once this share of its lifetime has passed: early enough that
+/// a slow Auth still answers before the old token expires.
+const RENEW_AFTER: f64 = 0.8;
+
+struct Held {
+    authorization: HeaderValue,
+    renew_at: Instant,
+    expires_at: Instant,
+}
+
+/// This server's own token.
+pub struct ServiceTokens {
+    auth: AuthServiceClient<Channel>,
+    credentials: ServiceCredentials,
+    timeout: Duration,
+    /// Held across a fetch, so concurrent calls wait for one renewal
+    /// instead of each asking Auth.
+    held: tokio::sync::Mutex<Option<Held>>,
+    fetched: AtomicU64,
+}
+
+impl ServiceTokens {
+    /// `auth` is a channel to Auth; each fetch waits at most `timeout`.
+    pub fn new(auth: Channel, credentials: ServiceCredentials, timeout: Duration) -> Self {
+        ServiceTokens {
+            auth: AuthServiceClient::new(auth),
+            credentials,
+            timeout,
+            held: tokio::sync::Mutex::new(None),
+            fetched: AtomicU64::new(0),
+        }
+    }
+
+    /// How many tokens were fetched so far.
+    pub fn fetched(&self) -> u64 {
+        self.fetched.load(Ordering::Relaxed)
+    }
+
+    /// `Bearer <token>` for the next call: the held token until it is due
+    /// for renewal; while Auth cannot renew it, the held one as long as it
+    /// has not expired; UNAVAILABLE after that.
+    pub async fn authorization(&self) -> Result<HeaderValue, Status> {
+        let mut held = self.held.lock().await;
+        let now = Instant::now();
+        if let Some(current) = held.as_ref().filter(|held| now < held.renew_at) {
+            return Ok(current.authorization.clone());
+        }
+        match self.fetch().await {
+            Ok(fresh) => {
+                let authorization = fresh.authorization.clone();
+                *held = Some(fresh);
+                Ok(authorization)
+            }
+            Err(status) => match held.as_ref().filter(|held| now < held.expires_at) {
+                Some(current) => {
+                    tracing::warn!(code = ?status.code(), "renewing the service token failed; using the current one");
+                    Ok(current.authorization.clone())
+                }
+                None => {
+                    tracing::warn!(code = ?status.code(), message = status.message(), "no service token");
+                    Err(Status::unavailable(
+                        "cannot get this service's token from Auth",
+                    ))
+                }
+            },
+        }
+    }
+
+    async fn fetch(&self) -> Result<Held, Status> {
+        let asked = Instant::now();
+        let mut request = tonic::Request::new(IssueServiceTokenRequest {
+            client_id: self.credentials.client_id.clone(),
+            client_secret: self.credentials.client_secret.clone(),
+        });
+        request.set_timeout(self.timeout);
+        let answer =
+            tokio::time::timeout(self.timeout, self.auth.clone().issue_service_token(request))
+                .await
+                .map_err(|_| Status::unavailable("IssueServiceToken timed out"))??
+                .into_inner();
+        let authorization = HeaderValue::try_from(format!("Bearer {}", answer.access_token))
+            .map_err(|_| Status::internal("Auth answered an unusable token"))?;
+        let lifetime = Duration::from_secs(u64::try_from(answer.expires_in).unwrap_or(0));
+        self.fetched.fetch_add(1, Ordering::Relaxed);
+        Ok(Held {
+            authorization,
+            // Timed from the request: the token's clock started before the answer.
+            renew_at: asked + lifetime.mul_f64(RENEW_AFTER),
+            expires_at: asked + lifetime,
+        })
+    }
+}
+
+/// Client-side layer for calls made as this service: like
+/// [`crate::PropagateLayer`] it forwards request id, trace context and the
+/// remaining deadline of a [`CallContext`] attached by
+/// [`CallContext::outbound`] (if any), but the credentials are this
+/// service's token, never the caller's.
+#[derive(Clone)]
+pub struct AsServiceLayer {
+    tokens: Arc<ServiceTokens>,
+    default_timeout: Duration,
+}
+
+impl AsServiceLayer {
+    pub fn new(tokens: Arc<ServiceTokens>) -> Self {
+        AsServiceLayer {
+            tokens,
+            default_timeout: DEFAULT_OUTBOUND_TIMEOUT,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for AsServiceLayer {
+    type Service = AsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AsService {
+            inner,
+            tokens: self.tokens.clone(),
+            default_timeout: self.default_timeout,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AsService<S> {
+    inner: S,
+    tokens: Arc<ServiceTokens>,
+    default_timeout: Duration,
+}
+
+impl<S, B, ResBody> tower::Service<http::Request<B>> for AsService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let tokens = self.tokens.clone();
+        let default_timeout = self.default_timeout;
+        // The clone is not ready; keep the one poll_ready was called on.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let context = request.extensions_mut().remove::<CallContext>();
+            let timeout = match prepare_outbound(&mut request, context.as_ref(), default_timeout) {
+                Ok(timeout) => timeout,
+                Err(status) => return Ok(status.into_http()),
+            };
+            let authorization = match tokens.authorization().await {
+                Ok(authorization) => authorization,
+                Err(status) => return Ok(status.into_http()),
+            };
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, authorization);
+            let path = request.uri().path().to_owned();
+            match tokio::time::timeout(timeout, inner.call(request)).await {
+                Ok(result) => result,
+                Err(_) => Ok(Status::deadline_exceeded(format!("{path} timed out")).into_http()),
+            }
+        })
+    }
+}
