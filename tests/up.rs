@@ -369,14 +369,15 @@ async fn bad_configuration_and_busy_ports_fail_with_clear_errors() {
 
 #[tokio::test]
 async fn servers_run_on_postgres_and_redis_when_configured() {
-    let what = "`trellis serve` on PostgreSQL + Redis";
+    let what = "`trellis serve` with its production backends";
     let (Some(database), Some(redis)) = (postgres_url(what), redis_url(what)) else {
         return;
     };
+    let schema = Schema::fresh(&database).await;
     let data_dir = temp_dir("up-postgres");
     let args = up_args(
         &data_dir,
-        &["--database-url", &database, "--redis-url", &redis],
+        &["--database-url", &schema.url, "--redis-url", &redis],
     );
     let running = trellis_cli::start(&ServiceName::ALL, &args).await.unwrap();
     let mut health = HealthClient::new(channel(running.address(ServiceName::Order).unwrap()).await);
@@ -395,6 +396,7 @@ async fn servers_run_on_postgres_and_redis_when_configured() {
         "PostgreSQL configured: no SQLite file"
     );
     std::fs::remove_dir_all(data_dir).unwrap();
+    schema.drop().await;
 }
 
 #[tokio::test]

@@ -75,22 +75,96 @@ impl Backend {
     }
 
     /// The `trellis up` flags that select this backend, or `None` (said
-    /// loudly) when the run has no such backend. Redis keys get a prefix
-    /// of their own, so runs never share counts.
-    pub fn flags(self, what: &str) -> Option<Vec<String>> {
-        match self {
-            Backend::Sqlite | Backend::Memory => Some(Vec::new()),
-            Backend::Postgres => postgres_url(what).map(|url| vec!["--database-url".into(), url]),
-            Backend::Redis => redis_url(what).map(|url| {
+    /// loudly) when the run has no such backend. PostgreSQL gets a schema of
+    /// the test's own and Redis keys a prefix of their own, so runs never
+    /// share rows, migration history or counts.
+    pub async fn flags(self, what: &str) -> Option<BackendFlags> {
+        Some(match self {
+            Backend::Sqlite | Backend::Memory => BackendFlags {
+                flags: Vec::new(),
+                schema: None,
+            },
+            Backend::Postgres => {
+                let schema = Schema::fresh(&postgres_url(what)?).await;
+                BackendFlags {
+                    flags: vec!["--database-url".into(), schema.url.clone()],
+                    schema: Some(schema),
+                }
+            }
+            Backend::Redis => {
+                let url = redis_url(what)?;
                 let prefix = format!("trellis-test:{}:", uuid::Uuid::new_v4().simple());
-                vec![
-                    "--redis-url".into(),
-                    url,
-                    "--redis-key-prefix".into(),
-                    prefix,
-                ]
-            }),
+                BackendFlags {
+                    flags: vec![
+                        "--redis-url".into(),
+                        url,
+                        "--redis-key-prefix".into(),
+                        prefix,
+                    ],
+                    schema: None,
+                }
+            }
+        })
+    }
+}
+
+/// `trellis up` flags for one backend, and what to drop afterwards.
+pub struct BackendFlags {
+    pub flags: Vec<String>,
+    schema: Option<Schema>,
+}
+
+impl BackendFlags {
+    pub fn as_args(&self) -> Vec<&str> {
+        self.flags.iter().map(String::as_str).collect()
+    }
+
+    pub async fn remove(self) {
+        if let Some(schema) = self.schema {
+            schema.drop().await;
         }
+    }
+}
+
+/// A PostgreSQL schema of a test's own in the test database, and the URL
+/// whose connections use it.
+pub struct Schema {
+    pub url: String,
+    name: String,
+    admin: trellis_store::Database,
+}
+
+impl Schema {
+    pub async fn fresh(url: &str) -> Schema {
+        use trellis_store::{Database, DatabaseOptions};
+        let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+        let admin = Database::connect(url, &DatabaseOptions::default())
+            .await
+            .unwrap();
+        let Database::Postgres(pool) = &admin else {
+            panic!("TRELLIS_TEST_DATABASE_URL is not a PostgreSQL URL")
+        };
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
+            .execute(pool)
+            .await
+            .unwrap();
+        let separator = if url.contains('?') { '&' } else { '?' };
+        let url = format!("{url}{separator}options=-c%20search_path%3D{name}");
+        Schema { url, name, admin }
+    }
+
+    pub async fn drop(self) {
+        let trellis_store::Database::Postgres(pool) = &self.admin else {
+            unreachable!("a schema is made on PostgreSQL only")
+        };
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA {} CASCADE",
+            self.name
+        )))
+        .execute(pool)
+        .await
+        .unwrap();
+        self.admin.close().await;
     }
 }
 
@@ -106,8 +180,7 @@ pub struct TestDatabase {
 enum Cleanup {
     /// The SQLite file's directory.
     Dir(PathBuf),
-    /// The schema, and a connection outside it to drop it with.
-    Schema(String, trellis_store::Database),
+    Schema(Schema),
 }
 
 impl TestDatabase {
@@ -126,22 +199,11 @@ impl TestDatabase {
                 })
             }
             Backend::Postgres => {
-                let url = postgres_url(what)?;
-                let schema = format!("test_{}", uuid::Uuid::new_v4().simple());
-                let admin = Database::connect(&url, &options).await.unwrap();
-                let Database::Postgres(pool) = &admin else {
-                    panic!("TRELLIS_TEST_DATABASE_URL is not a PostgreSQL URL")
-                };
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-                    .execute(pool)
-                    .await
-                    .unwrap();
-                let separator = if url.contains('?') { '&' } else { '?' };
-                let scoped = format!("{url}{separator}options=-c%20search_path%3D{schema}");
-                let database = Database::connect(&scoped, &options).await.unwrap();
+                let schema = Schema::fresh(&postgres_url(what)?).await;
+                let database = Database::connect(&schema.url, &options).await.unwrap();
                 Some(TestDatabase {
                     database,
-                    cleanup: Cleanup::Schema(schema, admin),
+                    cleanup: Cleanup::Schema(schema),
                 })
             }
             Backend::Redis => panic!("Redis is not a database"),
@@ -152,16 +214,7 @@ impl TestDatabase {
         self.database.close().await;
         match self.cleanup {
             Cleanup::Dir(dir) => std::fs::remove_dir_all(dir).unwrap(),
-            Cleanup::Schema(schema, admin) => {
-                let trellis_store::Database::Postgres(pool) = &admin else {
-                    unreachable!("a schema is made on PostgreSQL only")
-                };
-                sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-                    .execute(pool)
-                    .await
-                    .unwrap();
-                admin.close().await;
-            }
+            Cleanup::Schema(schema) => schema.drop().await,
         }
     }
 }
@@ -198,11 +251,11 @@ macro_rules! backend_suite {
                 #[tokio::test]
                 async fn $backend() {
                     let backend = $crate::common::Backend::named(stringify!($backend));
-                    let Some(flags) = backend.flags($what) else {
+                    let Some(flags) = backend.flags($what).await else {
                         return;
                     };
-                    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-                    super::$scenario(&flags).await;
+                    super::$scenario(&flags.as_args()).await;
+                    flags.remove().await;
                 }
             )+
         }
@@ -223,8 +276,8 @@ pub fn up_args(data_dir: &std::path::Path, extra: &[&str]) -> ServeArgs {
         "--data-dir".to_owned(),
         data_dir.display().to_string(),
     ];
-    for service in ["auth", "session", "cart", "order", "execution"] {
-        argv.push(format!("--{service}-addr"));
+    for service in trellis_cli::ServiceName::ALL {
+        argv.push(format!("--{}-addr", service.as_str()));
         argv.push("127.0.0.1:0".into());
     }
     argv.extend(extra.iter().map(|s| s.to_string()));
