@@ -42,7 +42,7 @@ async fn every_server_reports_serving_for_each_service_and_the_server() {
     let running = trellis_cli::start(&ServiceName::ALL, &up_args(&data_dir, &[]))
         .await
         .unwrap();
-    assert_eq!(running.addresses.len(), 5);
+    assert_eq!(running.addresses.len(), ServiceName::ALL.len());
     for (service, address) in running.addresses.clone() {
         let mut health = HealthClient::new(channel(address).await);
         for name in expected_services(service).iter().copied().chain([""]) {
@@ -71,11 +71,9 @@ async fn every_server_reports_serving_for_each_service_and_the_server() {
     }
     running.shutdown().await.unwrap();
     // Embedded default: one SQLite file per service under the data dir.
-    for service in ["auth", "session", "cart", "order", "execution"] {
-        assert!(
-            data_dir.join(format!("{service}.db")).exists(),
-            "{service}.db"
-        );
+    for service in ServiceName::ALL {
+        let file = format!("{}.db", service.as_str());
+        assert!(data_dir.join(&file).exists(), "{file}");
     }
     std::fs::remove_dir_all(data_dir).unwrap();
 }

@@ -39,8 +39,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Start all five servers in one process, each on its own port, on the
-    /// embedded defaults (SQLite under the data dir, in-memory sessions).
+    /// Start every server in one process, each on its own port, on the
+    /// embedded defaults (SQLite under the data dir, in-memory counters).
     Up(ServeArgs),
     /// Start the named servers with the configured backends.
     Serve {
@@ -163,7 +163,8 @@ pub struct ServeArgs {
     pub storage: StorageArgs,
     #[command(flatten)]
     pub servers: ServerArgs,
-    /// `redis://...` for sessions and rate limits; unset = in-memory.
+    /// `redis://...` for the login-throttle and rate-limit counters, shared
+    /// by every replica; unset = this process's memory.
     #[arg(long, env = "TRELLIS_REDIS_URL")]
     pub redis_url: Option<String>,
     /// Namespace for this deployment's Redis keys.
@@ -174,7 +175,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TRELLIS_AUTH_URL")]
     pub auth_url: Option<String>,
     /// Leave migrations to `trellis migrate` (e.g. a Kubernetes Job).
-    #[arg(long, env = "TRELLIS_SKIP_MIGRATIONS")]
+    #[arg(long, env = "TRELLIS_SKIP_MIGRATIONS", value_parser = clap::builder::BoolishValueParser::new())]
     pub skip_migrations: bool,
     /// How long a server trusts a session-liveness answer from Auth: the
     /// most a logout can take to reach every server.

@@ -121,7 +121,7 @@ pub fn service_set(limits: &ServerLimits, deps: AuthDeps) -> ServiceSet {
         settings: deps.settings,
         throttle: deps.throttle,
     }));
-    ServiceSet::new("auth")
+    ServiceSet::new(AuthServer::NAME)
         .add_service(
             AuthServiceServer::new(api.clone()).max_decoding_message_size(limits.max_message_bytes),
         )

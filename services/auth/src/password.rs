@@ -119,7 +119,8 @@ fn verify_stored(password: &[u8], stored: &str) -> bool {
     raw_hash(&argon2, password, salt, expected.len()).is_ok_and(|computed| computed == *expected)
 }
 
-/// Every way `password` breaks the policy of `API.md`, at once.
+/// Every way `password` breaks the password policy (at least 8 characters
+/// with a digit, a lower and an upper case letter), at once.
 pub fn policy_violations(field: &str, password: &str) -> Vec<FieldViolation> {
     let mut violations = Vec::new();
     let mut violate = |description: &str| violations.push(FieldViolation::new(field, description));
