@@ -267,3 +267,55 @@ async fn a_service_client_renews_its_token_before_it_expires() {
     );
     fx.stop().await;
 }
+
+/// `trellis up` needs no manual step: on first start it makes a service
+/// account for its own servers and keeps its credentials in the data dir
+/// (0600); later starts reuse it while it is active.
+#[tokio::test]
+async fn trellis_up_provisions_its_own_service_account_once() {
+    use trellis_auth::service_accounts::ServiceAccounts;
+    let data_dir = temp_dir("service-accounts-up");
+    let file = data_dir.join("service-account.json");
+    let mut client_ids = Vec::new();
+    for _start in 0..2 {
+        let running = trellis_cli::start(&ServiceName::ALL, &up_args(&data_dir, &[]))
+            .await
+            .unwrap();
+        let kept: Credentials = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        let mut auth =
+            AuthServiceClient::new(channel(running.address(ServiceName::Auth).unwrap()).await);
+        let token = auth
+            .issue_service_token(IssueServiceTokenRequest {
+                client_id: kept.client_id.clone(),
+                client_secret: kept.client_secret.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(token.scope, "service");
+        let session = channel(running.address(ServiceName::Session).unwrap()).await;
+        assert_eq!(
+            internal_call(session, &token.access_token).await,
+            Code::Unimplemented,
+            "an internal RPC takes it"
+        );
+        client_ids.push(kept.client_id);
+        running.shutdown().await.unwrap();
+    }
+    assert_eq!(client_ids[0], client_ids[1], "made once, then reused");
+    let url = trellis_store::default_sqlite_url(&data_dir, "auth");
+    let database = Database::connect(&url, &DatabaseOptions::default())
+        .await
+        .unwrap();
+    let accounts = ServiceAccounts::new(database.clone()).list().await.unwrap();
+    assert_eq!(accounts.len(), 1);
+    assert_eq!(accounts[0].name, "trellis-up");
+    database.close().await;
+    std::fs::remove_dir_all(data_dir).unwrap();
+}

@@ -1,6 +1,7 @@
 //! The `trellis` command: `up`, `serve <service>...`, `migrate`, `keys`.
 #![forbid(unsafe_code)]
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,16 +12,20 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tonic::transport::{Channel, Endpoint};
 use trellis_auth::service_accounts::{self, ServiceAccountError, ServiceAccounts, ServiceScope};
 use trellis_auth::{KeyStore, KeyStoreError};
 use trellis_runtime::{
     ConfigError, JwtArgs, ServerContext, ServerLimits, SetupError, Shutdown, ShutdownTrigger,
-    TelemetryArgs,
+    TelemetryArgs, Upstreams,
 };
 use trellis_store::{
     Counters, Database, DatabaseOptions, MemoryCounters, RedisCounters, StoreError,
 };
-use trellis_tenancy::{AuthServiceJwks, AuthSessionCheck, JwksCache, SessionGuard, TokenVerifier};
+use trellis_tenancy::{
+    AuthServiceJwks, AuthSessionCheck, JwksCache, ServiceCredentials, ServiceTokens, SessionGuard,
+    TokenVerifier,
+};
 
 mod servers;
 
@@ -170,10 +175,24 @@ pub struct ServeArgs {
     /// Namespace for this deployment's Redis keys.
     #[arg(long, env = "TRELLIS_REDIS_KEY_PREFIX", default_value = "trellis:")]
     pub redis_key_prefix: String,
-    /// Where the JWKS comes from; unset = the Auth server of this process,
-    /// or `http://127.0.0.1:50051`.
-    #[arg(long, env = "TRELLIS_AUTH_URL")]
-    pub auth_url: Option<String>,
+    /// This process's service account (client credentials for calls made
+    /// as a service); in Kubernetes from a Secret. Unset on the embedded
+    /// defaults with Auth in this process (`trellis up`): the account made
+    /// on first start, kept in `<data-dir>/service-account.json`.
+    #[arg(
+        long,
+        env = "TRELLIS_SERVICE_CLIENT_ID",
+        requires = "service_client_secret"
+    )]
+    pub service_client_id: Option<String>,
+    /// Prefer the variable to the flag: flags show in the process list.
+    #[arg(
+        long,
+        env = "TRELLIS_SERVICE_CLIENT_SECRET",
+        requires = "service_client_id",
+        hide_env_values = true
+    )]
+    pub service_client_secret: Option<String>,
     /// Leave migrations to `trellis migrate` (e.g. a Kubernetes Job).
     #[arg(long, env = "TRELLIS_SKIP_MIGRATIONS", value_parser = clap::builder::BoolishValueParser::new())]
     pub skip_migrations: bool,
@@ -354,7 +373,19 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
         None => Arc::new(MemoryCounters::default()),
     };
 
-    let (verifier, session_guard) = build_verifier(args, &listeners)?;
+    let channels = upstream_channels(args, &listeners)?;
+    let auth = channels[ServiceName::Auth.as_str()].clone();
+    let (verifier, session_guard) = build_verifier(args, auth.clone());
+    let tokens = service_credentials(args, &services, &databases)
+        .await?
+        .map(|credentials| {
+            Arc::new(ServiceTokens::new(
+                auth,
+                credentials,
+                Duration::from_secs(3),
+            ))
+        });
+    let upstreams = Upstreams::new(channels, tokens);
     let (trigger, shutdown) = Shutdown::new();
     let mut tasks = JoinSet::new();
     let mut addresses = Vec::new();
@@ -365,6 +396,7 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
             data_dir: args.storage.data_dir.clone(),
             database,
             counters: counters.clone(),
+            upstreams: upstreams.clone(),
         };
         let set = service.create(&args.servers, context).await?;
         let set = if service.answers_session_checks() {
@@ -397,28 +429,70 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
     })
 }
 
-/// One verifier (one JWKS cache, one verified-token cache) for every server
-/// of the process.
-fn build_verifier(
+/// A lazily connected channel to every server: its `--<name>-url`, else
+/// this process's own listener when it runs that server, else its listen
+/// address (an unspecified IP reached on loopback).
+fn upstream_channels(
     args: &ServeArgs,
     listeners: &[(ServiceName, TcpListener, SocketAddr)],
-) -> Result<(Arc<TokenVerifier>, Arc<SessionGuard>), CliError> {
-    let auth_url = args.auth_url.clone().unwrap_or_else(|| {
-        let local_auth = listeners
-            .iter()
-            .find(|(service, _, _)| *service == ServiceName::Auth)
-            .map(|(_, _, bound)| *bound);
-        match local_auth {
-            Some(address) if !address.ip().is_unspecified() => format!("http://{address}"),
-            Some(address) => format!("http://127.0.0.1:{}", address.port()),
-            None => "http://127.0.0.1:50051".to_owned(),
-        }
-    });
-    let endpoint = tonic::transport::Endpoint::from_shared(auth_url.clone())
-        .map_err(|e| CliError::Invalid(format!("auth-url {auth_url:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(2));
-    // Lazy, so the other servers start even while Auth is still coming up.
-    let auth = endpoint.connect_lazy();
+) -> Result<HashMap<&'static str, Channel>, CliError> {
+    let reachable = |address: SocketAddr| match address.ip().is_unspecified() {
+        true => format!("http://127.0.0.1:{}", address.port()),
+        false => format!("http://{address}"),
+    };
+    let mut channels = HashMap::new();
+    for service in ServiceName::ALL {
+        let url = match service.upstream_url(&args.servers) {
+            Some(url) => url.to_owned(),
+            None => {
+                let local = listeners
+                    .iter()
+                    .find(|(running, _, _)| *running == service)
+                    .map(|(_, _, bound)| *bound);
+                reachable(local.unwrap_or_else(|| service.listen_address(&args.servers)))
+            }
+        };
+        let endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| CliError::Invalid(format!("{}-url {url:?}: {e}", service.as_str())))?
+            .connect_timeout(Duration::from_secs(2));
+        // Lazy, so every server starts even while the others come up.
+        channels.insert(service.as_str(), endpoint.connect_lazy());
+    }
+    Ok(channels)
+}
+
+/// This process's service account: from the flags, or, when it runs Auth
+/// on the embedded defaults (`trellis up`), the one it provisions for
+/// itself on first start. In production (PostgreSQL) the credentials come
+/// from a Secret; without them no call can be made as a service.
+async fn service_credentials(
+    args: &ServeArgs,
+    services: &[ServiceName],
+    databases: &[Database],
+) -> Result<Option<ServiceCredentials>, CliError> {
+    if let (Some(client_id), Some(client_secret)) =
+        (&args.service_client_id, &args.service_client_secret)
+    {
+        return Ok(Some(ServiceCredentials {
+            client_id: client_id.clone(),
+            client_secret: client_secret.clone(),
+        }));
+    }
+    let auth = services.iter().position(|s| *s == ServiceName::Auth);
+    let Some(auth) = auth.filter(|_| args.storage.database_url.is_none()) else {
+        return Ok(None);
+    };
+    let file = args.storage.data_dir.join("service-account.json");
+    let credentials = service_accounts::provision(&databases[auth], &file).await?;
+    Ok(Some(ServiceCredentials {
+        client_id: credentials.client_id,
+        client_secret: credentials.client_secret,
+    }))
+}
+
+/// One verifier (one JWKS cache, one verified-token cache) for every server
+/// of the process.
+fn build_verifier(args: &ServeArgs, auth: Channel) -> (Arc<TokenVerifier>, Arc<SessionGuard>) {
     let source = AuthServiceJwks::new(auth.clone(), Duration::from_secs(3));
     let jwks = Arc::new(JwksCache::new(Arc::new(source), args.jwt.jwks_min_refresh));
     jwks.spawn_background_refresh(args.jwt.jwks_refresh);
@@ -430,7 +504,7 @@ fn build_verifier(
         args.session_check_grace,
         args.jwt.token_cache,
     ));
-    Ok((verifier, sessions))
+    (verifier, sessions)
 }
 
 /// A line on stdout. A reader that went away (`trellis up | head`) is not

@@ -9,6 +9,7 @@ mod serve;
 mod server;
 mod shutdown;
 mod telemetry;
+mod upstreams;
 
 pub use access_log::{AccessLog, AccessLogLayer};
 pub use config::{ConfigError, JwtArgs, LogFormat, ServerLimits, TelemetryArgs, parse_duration};
@@ -17,3 +18,4 @@ pub use serve::{ServeError, ServiceSet, serve};
 pub use server::{Server, ServerContext, SetupError};
 pub use shutdown::{Shutdown, ShutdownTrigger, wait_for_signal};
 pub use telemetry::init_tracing;
+pub use upstreams::Upstreams;

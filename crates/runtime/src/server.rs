@@ -13,6 +13,7 @@ use trellis_store::{Counters, Database, ServiceMigrations, StoreError};
 
 use crate::config::{ConfigError, JwtArgs, ServerLimits};
 use crate::serve::ServiceSet;
+use crate::upstreams::Upstreams;
 #[cfg(doc)]
 use trellis_tenancy::SessionGuard;
 
@@ -34,6 +35,11 @@ pub trait Server {
 
     /// Where it listens (`--<name>-addr`).
     fn listen_address(args: &Self::Args) -> SocketAddr;
+
+    /// Where the other servers reach it (`--<name>-url`); unset, the
+    /// process's own address when it runs this server, else its listen
+    /// address.
+    fn upstream_url(args: &Self::Args) -> Option<&str>;
 
     /// Refuses flags that cannot work, before anything binds or connects.
     fn validate(_args: &Self::Args, _jwt: &JwtArgs) -> Result<(), ConfigError> {
@@ -58,6 +64,8 @@ pub struct ServerContext {
     /// Rate-limit counters shared by the servers of this process: Redis
     /// when configured (shared by every replica), else memory.
     pub counters: Arc<dyn Counters>,
+    /// Clients to every server, on behalf of the caller or as this service.
+    pub upstreams: Upstreams,
 }
 
 /// Why a server could not be built.

@@ -65,6 +65,10 @@ impl Server for AuthServer {
         args.auth_addr
     }
 
+    fn upstream_url(args: &AuthArgs) -> Option<&str> {
+        args.auth_url.as_deref()
+    }
+
     fn validate(args: &AuthArgs, jwt: &JwtArgs) -> Result<(), ConfigError> {
         args.validate(jwt)
     }

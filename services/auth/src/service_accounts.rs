@@ -15,7 +15,7 @@ pub const MAX_NAME_CHARS: usize = 100;
 
 /// What `trellis service-accounts create` prints, the only time the secret
 /// is seen.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Credentials {
     pub client_id: String,
     pub client_secret: String,
@@ -29,6 +29,8 @@ pub enum ServiceAccountError {
     NotFound(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("service-account file {path}: {message}")]
+    File { path: String, message: String },
 }
 
 /// A name an operator can tell apart in `list`: 1 to 100 characters of
@@ -77,6 +79,53 @@ pub async fn revoke(database: &Database, client_id: &str) -> Result<(), ServiceA
     } else {
         Err(ServiceAccountError::NotFound(client_id.to_owned()))
     }
+}
+
+/// The service account of a `trellis up` process, kept in `file` (mode
+/// 0600): the one made on first start while it is still active, else a new
+/// one (the file is replaced).
+pub async fn provision(
+    database: &Database,
+    file: &std::path::Path,
+) -> Result<Credentials, ServiceAccountError> {
+    let failed = |message: String| ServiceAccountError::File {
+        path: file.display().to_string(),
+        message,
+    };
+    match std::fs::read(file) {
+        Ok(bytes) => {
+            let kept: Credentials =
+                serde_json::from_slice(&bytes).map_err(|e| failed(e.to_string()))?;
+            let accounts = ServiceAccounts::new(database.clone());
+            if accounts.active(&kept.client_id).await?.is_some() {
+                return Ok(kept);
+            }
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(failed(error.to_string())),
+    }
+    let credentials = create(database, "trellis-up", ServiceScope::Service).await?;
+    write_private(
+        file,
+        &serde_json::to_vec(&credentials).expect("two strings serialize"),
+    )
+    .map_err(|e| failed(e.to_string()))?;
+    Ok(credentials)
+}
+
+/// Written beside, then renamed over: never a half-written or readable file.
+fn write_private(file: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let staging = file.with_extension("tmp");
+    let _ = std::fs::remove_file(&staging);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut out = options.open(&staging)?;
+    out.write_all(bytes)?;
+    out.sync_all()?;
+    std::fs::rename(&staging, file)
 }
 
 #[cfg(test)]

@@ -17,6 +17,11 @@ pub struct AuthArgs {
     /// Listen address of the Auth server (port 0 = any free port).
     #[arg(long, env = "TRELLIS_AUTH_ADDR", default_value = "127.0.0.1:50051")]
     pub auth_addr: SocketAddr,
+    /// Where the other servers reach Auth (the JWKS, session checks, service
+    /// tokens); unset = this process's own Auth when it runs one, else
+    /// --auth-addr (`http://127.0.0.1:50051`).
+    #[arg(long, env = "TRELLIS_AUTH_URL")]
+    pub auth_url: Option<String>,
     /// Auth's signing keys (a mounted Secret); unset = `<data-dir>/keys`,
     /// generated on first start.
     #[arg(long, env = "TRELLIS_SIGNING_KEYS_DIR")]

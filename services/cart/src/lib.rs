@@ -30,6 +30,10 @@ pub struct CartArgs {
     /// Listen address of the Cart server (port 0 = any free port).
     #[arg(long, env = "TRELLIS_CART_ADDR", default_value = "127.0.0.1:50053")]
     pub cart_addr: SocketAddr,
+    /// Where the other servers reach the Cart server; unset = this
+    /// process's own when it runs one, else --cart-addr.
+    #[arg(long, env = "TRELLIS_CART_URL")]
+    pub cart_url: Option<String>,
 }
 
 /// The Cart server as `trellis serve cart` starts it.
@@ -42,6 +46,10 @@ impl Server for CartServer {
 
     fn listen_address(args: &CartArgs) -> SocketAddr {
         args.cart_addr
+    }
+
+    fn upstream_url(args: &CartArgs) -> Option<&str> {
+        args.cart_url.as_deref()
     }
 
     async fn create(_args: &CartArgs, context: ServerContext) -> Result<ServiceSet, SetupError> {

@@ -35,6 +35,10 @@ pub struct ExecutionArgs {
         default_value = "127.0.0.1:50055"
     )]
     pub execution_addr: SocketAddr,
+    /// Where the other servers reach the Execution server; unset = this
+    /// process's own when it runs one, else --execution-addr.
+    #[arg(long, env = "TRELLIS_EXECUTION_URL")]
+    pub execution_url: Option<String>,
 }
 
 /// The Execution server as `trellis serve execution` starts it.
@@ -47,6 +51,10 @@ impl Server for ExecutionServer {
 
     fn listen_address(args: &ExecutionArgs) -> SocketAddr {
         args.execution_addr
+    }
+
+    fn upstream_url(args: &ExecutionArgs) -> Option<&str> {
+        args.execution_url.as_deref()
     }
 
     async fn create(

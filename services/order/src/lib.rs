@@ -23,6 +23,10 @@ pub struct OrderArgs {
     /// Listen address of the Order server (port 0 = any free port).
     #[arg(long, env = "TRELLIS_ORDER_ADDR", default_value = "127.0.0.1:50054")]
     pub order_addr: SocketAddr,
+    /// Where the other servers reach the Order server; unset = this
+    /// process's own when it runs one, else --order-addr.
+    #[arg(long, env = "TRELLIS_ORDER_URL")]
+    pub order_url: Option<String>,
 }
 
 /// The Order server as `trellis serve order` starts it.
@@ -35,6 +39,10 @@ impl Server for OrderServer {
 
     fn listen_address(args: &OrderArgs) -> SocketAddr {
         args.order_addr
+    }
+
+    fn upstream_url(args: &OrderArgs) -> Option<&str> {
+        args.order_url.as_deref()
     }
 
     async fn create(_args: &OrderArgs, context: ServerContext) -> Result<ServiceSet, SetupError> {

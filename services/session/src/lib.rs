@@ -33,6 +33,10 @@ pub struct SessionArgs {
     /// Listen address of the Session server (port 0 = any free port).
     #[arg(long, env = "TRELLIS_SESSION_ADDR", default_value = "127.0.0.1:50052")]
     pub session_addr: SocketAddr,
+    /// Where the other servers reach the Session server; unset = this
+    /// process's own when it runs one, else --session-addr.
+    #[arg(long, env = "TRELLIS_SESSION_URL")]
+    pub session_url: Option<String>,
 }
 
 /// The Session server as `trellis serve session` starts it.
@@ -45,6 +49,10 @@ impl Server for SessionServer {
 
     fn listen_address(args: &SessionArgs) -> SocketAddr {
         args.session_addr
+    }
+
+    fn upstream_url(args: &SessionArgs) -> Option<&str> {
+        args.session_url.as_deref()
     }
 
     async fn create(_args: &SessionArgs, context: ServerContext) -> Result<ServiceSet, SetupError> {

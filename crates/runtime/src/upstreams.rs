@@ -1,0 +1,64 @@
+//! Clients to the other Trellis servers: one pooled, lazily connected HTTP/2
+//! channel per server, in the two modes a service calls in.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tonic::transport::Channel;
+use trellis_tenancy::{AsService, AsServiceLayer, Propagate, PropagateLayer, ServiceTokens};
+
+/// Where every server of the deployment is reached (`--<name>-url`, or this
+/// process's own address for a server it runs), and this server's own
+/// service token when it has credentials.
+#[derive(Clone, Default)]
+pub struct Upstreams {
+    channels: HashMap<&'static str, Channel>,
+    tokens: Option<Arc<ServiceTokens>>,
+}
+
+impl Upstreams {
+    pub fn new(
+        channels: HashMap<&'static str, Channel>,
+        tokens: Option<Arc<ServiceTokens>>,
+    ) -> Self {
+        Upstreams { channels, tokens }
+    }
+
+    /// The channel to the server named `server` ("auth", "cart", ...).
+    pub fn channel(&self, server: &str) -> Option<Channel> {
+        self.channels.get(server).cloned()
+    }
+
+    /// A client channel *on behalf of the caller*: the caller's credentials,
+    /// request id, trace context and remaining deadline travel with each
+    /// call that carries its `CallContext::outbound`.
+    pub fn for_caller(&self, server: &str) -> Option<Propagate<Channel>> {
+        let channel = self.channel(server)?;
+        Some(tower::Layer::layer(&PropagateLayer::default(), channel))
+    }
+
+    /// A client channel *as this service*: this server's own token, renewed
+    /// before it expires; no caller's token is involved. `None` without
+    /// service-account credentials.
+    pub fn as_service(&self, server: &str) -> Option<AsService<Channel>> {
+        let tokens = self.tokens.clone()?;
+        let channel = self.channel(server)?;
+        Some(tower::Layer::layer(&AsServiceLayer::new(tokens), channel))
+    }
+
+    /// This server's own token source, when it has credentials.
+    pub fn service_tokens(&self) -> Option<&Arc<ServiceTokens>> {
+        self.tokens.as_ref()
+    }
+}
+
+impl std::fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut servers: Vec<_> = self.channels.keys().collect();
+        servers.sort();
+        f.debug_struct("Upstreams")
+            .field("servers", &servers)
+            .field("as_service", &self.tokens.is_some())
+            .finish()
+    }
+}
