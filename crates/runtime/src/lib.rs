@@ -8,6 +8,7 @@ mod error;
 mod serve;
 mod server;
 mod shutdown;
+mod tasks;
 mod telemetry;
 mod upstreams;
 
@@ -17,5 +18,6 @@ pub use error::{ServiceError, grpc_result, status_of};
 pub use serve::{ServeError, ServiceSet, serve};
 pub use server::{Server, ServerContext, SetupError};
 pub use shutdown::{Shutdown, ShutdownTrigger, wait_for_signal};
+pub use tasks::TaskError;
 pub use telemetry::init_tracing;
 pub use upstreams::Upstreams;

@@ -1,4 +1,5 @@
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -11,6 +12,7 @@ use trellis_tenancy::{AuthLayer, MethodCallers, RequestContextLayer, SessionGuar
 use crate::access_log::AccessLogLayer;
 use crate::config::ServerLimits;
 use crate::shutdown::Shutdown;
+use crate::tasks::{BackgroundTask, RunningTasks, TaskError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -28,6 +30,7 @@ pub struct ServiceSet {
     service_names: Vec<&'static str>,
     callers: MethodCallers,
     sessions: Option<Arc<SessionGuard>>,
+    tasks: Vec<BackgroundTask>,
 }
 
 impl ServiceSet {
@@ -39,7 +42,22 @@ impl ServiceSet {
             service_names: Vec::new(),
             callers: MethodCallers::from_contract(),
             sessions: None,
+            tasks: Vec::new(),
         }
+    }
+
+    /// A task to run beside the RPCs for as long as the server serves.
+    /// `start` gets the shutdown signal: the task should return soon after
+    /// it fires (it has `--shutdown-drain` + `--shutdown-grace`, then it is
+    /// aborted). A task that ends before shutdown, well or not, turns the
+    /// server's health NOT_SERVING.
+    pub fn with_background_task<F, Fut>(mut self, name: &'static str, start: F) -> Self
+    where
+        F: FnOnce(Shutdown) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), TaskError>> + Send + 'static,
+    {
+        self.tasks.push(BackgroundTask::new(name, start));
+        self
     }
 
     /// Refuse tokens whose login session has ended, asking `guard`.
@@ -86,6 +104,7 @@ pub async fn serve(
         service_names,
         callers,
         sessions,
+        tasks,
     } = services;
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -154,6 +173,13 @@ pub async fn serve(
         .into_inner();
 
     let address = listener.local_addr().ok();
+    let watcher = watch_background_tasks(
+        name,
+        RunningTasks::start(tasks, &shutdown),
+        health.clone(),
+        service_names.clone(),
+        shutdown.clone(),
+    );
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let mut on_signal = shutdown.clone();
     let drain = limits.shutdown_drain;
@@ -204,6 +230,36 @@ pub async fn serve(
             tracing::warn!(server = name, "shutdown grace exceeded; closing remaining calls");
         }
     }
+    // Told to stop when shutdown fired; most are done by now.
+    if let Ok(tasks) = watcher.await {
+        tasks.stop(name, limits.shutdown_grace).await;
+    }
     tracing::info!(server = name, "stopped");
     Ok(())
+}
+
+/// Until shutdown: a background task that ends is logged and makes every
+/// service of the server (and the server) NOT_SERVING; RPCs go on being
+/// served for the clients already connected. Hands the tasks back to be
+/// stopped.
+fn watch_background_tasks(
+    server: &'static str,
+    mut tasks: RunningTasks,
+    health: tonic_health::server::HealthReporter,
+    service_names: Vec<&'static str>,
+    mut shutdown: Shutdown,
+) -> tokio::task::JoinHandle<RunningTasks> {
+    tokio::spawn(async move {
+        tokio::select! {
+            ended = tasks.first_to_end() => {
+                tracing::error!(server, task = %ended, "background task ended before shutdown; health NOT_SERVING");
+                for service in service_names.iter().copied().chain([""]) {
+                    health.set_service_status(service, ServingStatus::NotServing).await;
+                }
+                shutdown.wait().await;
+            }
+            () = shutdown.wait() => {}
+        }
+        tasks
+    })
 }
