@@ -55,7 +55,12 @@ fn method_table(pool: &DescriptorPool) -> Result<String, Box<dyn std::error::Err
                 .name()
                 .trim_start_matches("CALLER_")
                 .split('_')
-                .map(|word| word[..1].to_owned() + &word[1..].to_lowercase())
+                .map(|word| {
+                    let mut letters = word.chars();
+                    letters.next().map_or_else(String::new, |first| {
+                        first.to_string() + &letters.as_str().to_lowercase()
+                    })
+                })
                 .collect();
             let read_only = matches!(
                 options.get_field_by_name("idempotency_level").as_deref(),

@@ -196,7 +196,8 @@ async fn revoked_accounts_and_wrong_secrets_get_no_token(extra: &[&str]) {
         Code::InvalidArgument
     );
 
-    service_accounts::revoke(&fx.auth_database, &credentials.client_id)
+    // Any spelling of the id names the account.
+    service_accounts::revoke(&fx.auth_database, &credentials.client_id.to_uppercase())
         .await
         .unwrap();
     assert_eq!(refused(fx.token(&credentials).await.unwrap_err()), invalid);
@@ -318,4 +319,25 @@ async fn trellis_up_provisions_its_own_service_account_once() {
     assert_eq!(accounts[0].name, "trellis-up");
     database.close().await;
     std::fs::remove_dir_all(data_dir).unwrap();
+}
+
+/// Service-token requests are limited per client address (every call
+/// counts), with no per-account limit anyone could fill.
+#[tokio::test]
+async fn service_token_requests_are_limited_per_address() {
+    let mut fx = Fixture::start(&["--issue-service-token-rate", "3/1m"]).await;
+    let credentials = fx.account(ServiceScope::Worker).await;
+    let wrong = Credentials {
+        client_secret: "wrong".into(),
+        ..credentials.clone()
+    };
+    assert_eq!(
+        fx.token(&wrong).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    fx.token(&credentials).await.unwrap();
+    fx.token(&credentials).await.unwrap();
+    let limited = fx.token(&credentials).await.unwrap_err();
+    assert_eq!(limited.code(), Code::ResourceExhausted, "{limited:?}");
+    fx.stop().await;
 }

@@ -192,7 +192,7 @@ pub struct ServeArgs {
         requires = "service_client_id",
         hide_env_values = true
     )]
-    pub service_client_secret: Option<String>,
+    pub service_client_secret: Option<Secret>,
     /// Leave migrations to `trellis migrate` (e.g. a Kubernetes Job).
     #[arg(long, env = "TRELLIS_SKIP_MIGRATIONS", value_parser = clap::builder::BoolishValueParser::new())]
     pub skip_migrations: bool,
@@ -211,6 +211,22 @@ pub struct ServeArgs {
     pub jwt: JwtArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+}
+
+/// A secret from a flag or variable: never in `Debug` output.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret(value)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -475,7 +491,7 @@ async fn service_credentials(
     {
         return Ok(Some(ServiceCredentials {
             client_id: client_id.clone(),
-            client_secret: client_secret.clone(),
+            client_secret: client_secret.0.clone(),
         }));
     }
     let auth = services.iter().position(|s| *s == ServiceName::Auth);
@@ -676,6 +692,21 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_service_secret_never_shows_in_debug_output() {
+        let cli = Cli::parse_from([
+            "trellis",
+            "up",
+            "--service-client-id",
+            "0b6f3a52-8a8e-4c47-9d0e-3f1c2a7b5e11",
+            "--service-client-secret",
+            "s3cr3t-value",
+        ]);
+        let shown = format!("{cli:?}");
+        assert!(!shown.contains("s3cr3t-value"), "{shown}");
+        assert!(shown.contains("Secret(***)"), "{shown}");
+    }
 
     #[tokio::test]
     async fn a_panicked_server_is_a_bug_not_a_configuration_error() {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use http::HeaderValue;
 use tonic::Status;
 use tonic::transport::Channel;
+use tower::ServiceExt;
 use trellis::auth::v1::IssueServiceTokenRequest;
 use trellis::auth::v1::auth_service_client::AuthServiceClient;
 
@@ -43,14 +44,28 @@ struct Held {
     expires_at: Instant,
 }
 
+/// After a failed fetch, calls are served from the held token (or refused)
+/// this long before Auth is asked again: a down Auth or a revoked account
+/// costs one request a second, not one per call.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+/// Longest lifetime believed from an answer (the verifiers' ceiling).
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Default)]
+struct State {
+    held: Option<Held>,
+    failed_at: Option<Instant>,
+}
+
 /// This server's own token.
 pub struct ServiceTokens {
     auth: AuthServiceClient<Channel>,
     credentials: ServiceCredentials,
     timeout: Duration,
     /// Held across a fetch, so concurrent calls wait for one renewal
-    /// instead of each asking Auth.
-    held: tokio::sync::Mutex<Option<Held>>,
+    /// (at most `timeout`) instead of each asking Auth.
+    state: tokio::sync::Mutex<State>,
     fetched: AtomicU64,
 }
 
@@ -61,7 +76,7 @@ impl ServiceTokens {
             auth: AuthServiceClient::new(auth),
             credentials,
             timeout,
-            held: tokio::sync::Mutex::new(None),
+            state: tokio::sync::Mutex::new(State::default()),
             fetched: AtomicU64::new(0),
         }
     }
@@ -75,29 +90,48 @@ impl ServiceTokens {
     /// for renewal; while Auth cannot renew it, the held one as long as it
     /// has not expired; UNAVAILABLE after that.
     pub async fn authorization(&self) -> Result<HeaderValue, Status> {
-        let mut held = self.held.lock().await;
+        let mut state = self.state.lock().await;
         let now = Instant::now();
-        if let Some(current) = held.as_ref().filter(|held| now < held.renew_at) {
-            return Ok(current.authorization.clone());
+        let usable = |state: &State, now: Instant| {
+            state
+                .held
+                .as_ref()
+                .filter(|held| now < held.expires_at)
+                .map(|held| held.authorization.clone())
+        };
+        let due = state.held.as_ref().is_none_or(|held| now >= held.renew_at);
+        let resting = state
+            .failed_at
+            .is_some_and(|at| now.duration_since(at) < RETRY_AFTER_FAILURE);
+        if !due || resting {
+            return usable(&state, now)
+                .ok_or_else(|| Status::unavailable("cannot get this service's token from Auth"));
         }
         match self.fetch().await {
             Ok(fresh) => {
                 let authorization = fresh.authorization.clone();
-                *held = Some(fresh);
+                *state = State {
+                    held: Some(fresh),
+                    failed_at: None,
+                };
                 Ok(authorization)
             }
-            Err(status) => match held.as_ref().filter(|held| now < held.expires_at) {
-                Some(current) => {
-                    tracing::warn!(code = ?status.code(), "renewing the service token failed; using the current one");
-                    Ok(current.authorization.clone())
+            Err(status) => {
+                let now = Instant::now();
+                state.failed_at = Some(now);
+                match usable(&state, now) {
+                    Some(authorization) => {
+                        tracing::warn!(code = ?status.code(), "renewing the service token failed; using the current one");
+                        Ok(authorization)
+                    }
+                    None => {
+                        tracing::warn!(code = ?status.code(), message = status.message(), "no service token");
+                        Err(Status::unavailable(
+                            "cannot get this service's token from Auth",
+                        ))
+                    }
                 }
-                None => {
-                    tracing::warn!(code = ?status.code(), message = status.message(), "no service token");
-                    Err(Status::unavailable(
-                        "cannot get this service's token from Auth",
-                    ))
-                }
-            },
+            }
         }
     }
 
@@ -115,7 +149,8 @@ impl ServiceTokens {
                 .into_inner();
         let authorization = HeaderValue::try_from(format!("Bearer {}", answer.access_token))
             .map_err(|_| Status::internal("Auth answered an unusable token"))?;
-        let lifetime = Duration::from_secs(u64::try_from(answer.expires_in).unwrap_or(0));
+        let lifetime =
+            Duration::from_secs(u64::try_from(answer.expires_in).unwrap_or(0)).min(MAX_LIFETIME);
         self.fetched.fetch_add(1, Ordering::Relaxed);
         Ok(Held {
             authorization,
@@ -180,31 +215,36 @@ where
     type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    /// Always ready: the inner service is made ready inside the call, once
+    /// the token is in hand, so a call waiting for Auth holds no slot of
+    /// the channel's buffer (the same channel serves the token fetch).
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let tokens = self.tokens.clone();
         let default_timeout = self.default_timeout;
-        // The clone is not ready; keep the one poll_ready was called on.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = self.inner.clone();
         Box::pin(async move {
             let context = request.extensions_mut().remove::<CallContext>();
             let timeout = match prepare_outbound(&mut request, context.as_ref(), default_timeout) {
                 Ok(timeout) => timeout,
                 Err(status) => return Ok(status.into_http()),
             };
-            let authorization = match tokens.authorization().await {
-                Ok(authorization) => authorization,
-                Err(status) => return Ok(status.into_http()),
-            };
-            request
-                .headers_mut()
-                .insert(http::header::AUTHORIZATION, authorization);
             let path = request.uri().path().to_owned();
-            match tokio::time::timeout(timeout, inner.call(request)).await {
+            let call = async move {
+                let authorization = match tokens.authorization().await {
+                    Ok(authorization) => authorization,
+                    Err(status) => return Ok(status.into_http()),
+                };
+                request
+                    .headers_mut()
+                    .insert(http::header::AUTHORIZATION, authorization);
+                inner.ready().await?.call(request).await
+            };
+            // The deadline covers getting the token too.
+            match tokio::time::timeout(timeout, call).await {
                 Ok(result) => result,
                 Err(_) => Ok(Status::deadline_exceeded(format!("{path} timed out")).into_http()),
             }

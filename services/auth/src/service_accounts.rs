@@ -15,10 +15,18 @@ pub const MAX_NAME_CHARS: usize = 100;
 
 /// What `trellis service-accounts create` prints, the only time the secret
 /// is seen.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct Credentials {
     pub client_id: String,
     pub client_secret: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,10 +78,16 @@ pub async fn create(
 /// Ends an account: its tokens stop working on every server within the
 /// session-check interval.
 pub async fn revoke(database: &Database, client_id: &str) -> Result<(), ServiceAccountError> {
-    let known = uuid::Uuid::parse_str(client_id).is_ok()
-        && ServiceAccounts::new(database.clone())
-            .revoke(client_id)
-            .await?;
+    // Stored hyphenated and lower case: any other spelling of the same id
+    // (upper case, braces, urn:uuid:) still names it.
+    let known = match uuid::Uuid::parse_str(client_id) {
+        Ok(id) => {
+            ServiceAccounts::new(database.clone())
+                .revoke(&id.to_string())
+                .await?
+        }
+        Err(_) => false,
+    };
     if known {
         Ok(())
     } else {
@@ -97,7 +111,8 @@ pub async fn provision(
             let kept: Credentials =
                 serde_json::from_slice(&bytes).map_err(|e| failed(e.to_string()))?;
             let accounts = ServiceAccounts::new(database.clone());
-            if accounts.active(&kept.client_id).await?.is_some() {
+            let account = accounts.active(&kept.client_id).await?;
+            if account.is_some_and(|account| account.scope == ServiceScope::Service) {
                 return Ok(kept);
             }
         }
@@ -113,11 +128,11 @@ pub async fn provision(
     Ok(credentials)
 }
 
-/// Written beside, then renamed over: never a half-written or readable file.
+/// Written beside under a name of its own, then renamed over: never a
+/// half-written or readable file, even with two processes at it.
 fn write_private(file: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let staging = file.with_extension("tmp");
-    let _ = std::fs::remove_file(&staging);
+    let staging = file.with_extension(format!("{}.tmp", uuid::Uuid::new_v4().simple()));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -125,7 +140,12 @@ fn write_private(file: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut out = options.open(&staging)?;
     out.write_all(bytes)?;
     out.sync_all()?;
-    std::fs::rename(&staging, file)
+    std::fs::rename(&staging, file)?;
+    // The rename itself survives a crash only once the directory is synced.
+    if let Some(dir) = file.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

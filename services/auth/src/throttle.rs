@@ -66,6 +66,7 @@ pub enum PublicRpc {
     SignUp,
     AcceptInvitation,
     Refresh,
+    IssueServiceToken,
 }
 
 impl PublicRpc {
@@ -74,6 +75,7 @@ impl PublicRpc {
             PublicRpc::SignUp => "sign-up",
             PublicRpc::AcceptInvitation => "accept-invitation",
             PublicRpc::Refresh => "refresh",
+            PublicRpc::IssueServiceToken => "issue-service-token",
         }
     }
 
@@ -85,6 +87,9 @@ impl PublicRpc {
                 "too many invitation acceptances from this address; retry later"
             }
             PublicRpc::Refresh => "too many token refreshes from this address; retry later",
+            PublicRpc::IssueServiceToken => {
+                "too many service-token requests from this address; retry later"
+            }
         }
     }
 }
@@ -104,6 +109,16 @@ pub struct PublicRpcLimits {
     /// clients behind one address.
     #[arg(long, env = "TRELLIS_REFRESH_RATE", default_value = "300/5m")]
     pub refresh_rate: RateLimit,
+    /// Service-token requests per client address and window. Secrets are
+    /// 256 random bits, so this bounds load, not guessing; there is no
+    /// per-account limit, which anyone knowing a client id (the `sub` of
+    /// its tokens) could fill to lock the account out.
+    #[arg(
+        long,
+        env = "TRELLIS_ISSUE_SERVICE_TOKEN_RATE",
+        default_value = "60/1m"
+    )]
+    pub issue_service_token_rate: RateLimit,
 }
 
 impl Default for PublicRpcLimits {
@@ -121,6 +136,10 @@ impl Default for PublicRpcLimits {
                 count: 300,
                 window: Duration::from_secs(300),
             },
+            issue_service_token_rate: RateLimit {
+                count: 60,
+                window: Duration::from_secs(60),
+            },
         }
     }
 }
@@ -131,6 +150,7 @@ impl PublicRpcLimits {
             PublicRpc::SignUp => self.sign_up_rate,
             PublicRpc::AcceptInvitation => self.accept_invitation_rate,
             PublicRpc::Refresh => self.refresh_rate,
+            PublicRpc::IssueServiceToken => self.issue_service_token_rate,
         }
     }
 }

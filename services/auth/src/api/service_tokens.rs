@@ -10,6 +10,7 @@ use crate::audit::{Caller, audit, audit_throttled};
 use crate::clock::now_ms;
 use crate::error::{AuthServiceError, Result};
 use crate::store::{ServiceAccountRow, ServiceScope};
+use crate::throttle::PublicRpc;
 use crate::tokens::token_hash;
 use crate::validate;
 
@@ -46,19 +47,13 @@ impl AuthApi {
                 return Err(AuthServiceError::InvalidFields(violations));
             }
         };
-        // Throttled as a login is, with the client id for the account: a
-        // guessed secret gets no more tries than a guessed password.
-        let attempt = match self
-            .throttle
-            .admit(&format!("client:{client_id}"), caller.address)
-            .await?
-        {
-            Ok(attempt) => attempt,
-            Err(retry_after) => {
-                audit_throttled("issue_service_token", caller);
-                return Err(AuthServiceError::Throttled(retry_after));
-            }
-        };
+        // Per client address, on counters of its own: no per-account limit
+        // (see PublicRpcLimits::issue_service_token_rate) and no share of
+        // the logins' address budget.
+        if let Err(error) = self.admit_call(PublicRpc::IssueServiceToken, caller).await {
+            audit_throttled("issue_service_token", caller);
+            return Err(error);
+        }
         let presented = token_hash(&input.client_secret);
         let account = self
             .service_accounts
@@ -73,11 +68,8 @@ impl AuthApi {
                 &client_id,
                 "invalid_client",
             );
-            let tarpit = self.throttle.failed(attempt).await?;
-            tokio::time::sleep(tarpit).await;
             return Err(AuthServiceError::InvalidClientCredentials);
         };
-        self.throttle.succeeded(attempt).await?;
         let answer = self.service_token(&account)?;
         audit("issue_service_token", caller, "", &account.id, "ok");
         Ok(answer)
