@@ -20,12 +20,6 @@ pub struct MethodPolicy {
 
 include!(concat!(env!("OUT_DIR"), "/trellis_methods.rs"));
 
-/// The policy of the RPC at `path`, or `None` for one that is not Trellis's
-/// (health, reflection) or does not exist.
-pub fn method_policy(path: &str) -> Option<&'static MethodPolicy> {
-    METHODS.iter().find(|method| method.path == path)
-}
-
 pub mod common {
     pub mod v1 {
         tonic::include_proto!("trellis.common.v1");

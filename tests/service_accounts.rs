@@ -15,8 +15,9 @@ use trellis::execution::v1::worker_service_client::WorkerServiceClient;
 use trellis::session::v1::login_session_service_client::LoginSessionServiceClient;
 use trellis_auth::service_accounts::{self, Credentials, ServiceScope};
 use trellis_cli::ServiceName;
+use trellis_runtime::Upstreams;
 use trellis_store::{Database, DatabaseOptions};
-use trellis_tenancy::{AsServiceLayer, ServiceCredentials, ServiceTokens};
+use trellis_tenancy::{ServiceCredentials, ServiceTokens};
 
 /// Every server, re-checking sessions (and service accounts) each second,
 /// and Auth's database as the CLI opens it.
@@ -240,9 +241,21 @@ async fn a_service_client_renews_its_token_before_it_expires() {
         },
         Duration::from_secs(2),
     ));
-    let channel = tower::ServiceBuilder::new()
-        .layer(AsServiceLayer::new(tokens.clone()))
-        .service(fx.channel(ServiceName::Session).await);
+    // As a service's handler gets it: ServerContext::upstreams.
+    let upstreams = Upstreams::new(
+        [("session", fx.channel(ServiceName::Session).await)].into(),
+        Some(tokens.clone()),
+    );
+    let channel = upstreams.as_service("session").unwrap();
+    assert!(
+        Upstreams::new(
+            [("session", fx.channel(ServiceName::Session).await)].into(),
+            None
+        )
+        .as_service("session")
+        .is_none(),
+        "no credentials, no calls as a service"
+    );
     let mut internal = LoginSessionServiceClient::new(channel);
     let started = Instant::now();
     let mut calls = 0;

@@ -45,11 +45,6 @@ impl Upstreams {
         let channel = self.channel(server)?;
         Some(tower::Layer::layer(&AsServiceLayer::new(tokens), channel))
     }
-
-    /// This server's own token source, when it has credentials.
-    pub fn service_tokens(&self) -> Option<&Arc<ServiceTokens>> {
-        self.tokens.as_ref()
-    }
 }
 
 impl std::fmt::Debug for Upstreams {

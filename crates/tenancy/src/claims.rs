@@ -231,14 +231,6 @@ pub enum Principal {
 }
 
 impl Principal {
-    pub fn kind_name(&self) -> &'static str {
-        match self {
-            Principal::User(_) => USER_SCOPE,
-            Principal::Worker(_) => WORKER_SCOPE,
-            Principal::Service(_) => SERVICE_SCOPE,
-        }
-    }
-
     /// Unix seconds.
     pub fn expires_at(&self) -> i64 {
         match self {
