@@ -75,6 +75,8 @@ mod tests {
         let subscriber =
             tracing_subscriber::registry().with(human_layer(move || writer.clone(), false));
         tracing::subscriber::with_default(subscriber, || {
+            // Interest another thread cached without a subscriber: ask again.
+            tracing::callsite::rebuild_interest_cache();
             tracing::info!(target: "audit", event = "login", result = "ok");
         });
         let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();

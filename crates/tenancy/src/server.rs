@@ -660,6 +660,8 @@ mod tests {
             expires_at: 0,
         };
         tracing::subscriber::with_default(subscriber, || {
+            // Interest another thread cached without a subscriber: ask again.
+            tracing::callsite::rebuild_interest_cache();
             let span = tracing::info_span!(
                 "rpc",
                 org = tracing::field::Empty,
