@@ -21,7 +21,8 @@ fn proto_files(dir: &Path, found: &mut Vec<PathBuf>) -> io::Result<()> {
 }
 
 /// `METHODS`: every RPC of the `trellis.` packages with its declared caller
-/// (`trellis.common.v1.caller`) and whether it is `NO_SIDE_EFFECTS`.
+/// (`trellis.common.v1.caller`), whether it is `NO_SIDE_EFFECTS` and whether
+/// it answers with a stream.
 fn method_table(pool: &DescriptorPool) -> Result<String, Box<dyn std::error::Error>> {
     let caller = pool
         .get_extension_by_name("trellis.common.v1.caller")
@@ -66,9 +67,10 @@ fn method_table(pool: &DescriptorPool) -> Result<String, Box<dyn std::error::Err
                 options.get_field_by_name("idempotency_level").as_deref(),
                 Some(Value::EnumNumber(1))
             );
+            let streams = method.is_server_streaming();
             writeln!(
                 table,
-                "    crate::MethodPolicy {{ path: \"/{}/{}\", caller: crate::common::v1::Caller::{variant}, read_only: {read_only} }},",
+                "    crate::MethodPolicy {{ path: \"/{}/{}\", caller: crate::common::v1::Caller::{variant}, read_only: {read_only}, server_streaming: {streams} }},",
                 service.full_name(),
                 method.name(),
             )?;

@@ -16,6 +16,9 @@ pub struct MethodPolicy {
     /// `idempotency_level = NO_SIDE_EFFECTS`: it only reads, so a cookie call
     /// needs no CSRF token.
     pub read_only: bool,
+    /// Answers with a stream (`returns (stream ...)`): the stream rules of
+    /// the server stack apply (token expiry, session end, shutdown, caps).
+    pub server_streaming: bool,
 }
 
 include!(concat!(env!("OUT_DIR"), "/trellis_methods.rs"));

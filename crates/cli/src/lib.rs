@@ -352,6 +352,13 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
     args.limits.validate()?;
     args.jwt.validate()?;
     args.servers.validate(&args.jwt)?;
+    // Streams look at their session every TTL: zero would spin.
+    if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&args.session_check_ttl) {
+        return Err(CliError::Invalid(format!(
+            "session-check-ttl must be between 100ms and 1h, got {:?}",
+            args.session_check_ttl
+        )));
+    }
     if args.session_check_grace > Duration::from_secs(3600) {
         return Err(CliError::Invalid(format!(
             "session-check-grace must be at most 1h, got {}s",

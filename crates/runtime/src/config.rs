@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use trellis_tenancy::{MAX_LEEWAY_SECS, TrustedProxies, VerifierConfig};
+use trellis_tenancy::{MAX_LEEWAY_SECS, StreamLimits, TrustedProxies, VerifierConfig};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -68,9 +68,18 @@ pub struct ServerLimits {
     /// HTTP/2 streams one connection may open at once.
     #[arg(long, env = "TRELLIS_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
     pub max_concurrent_streams: u32,
-    /// Upper bound for any request; a shorter client `grpc-timeout` wins.
+    /// Upper bound for a unary call, and for a stream's first response; a
+    /// shorter client `grpc-timeout` wins. An open stream is not cut by it
+    /// (only by its caller's own deadline, token, session or shutdown).
     #[arg(long, env = "TRELLIS_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+    /// Server streams one organization (or worker/service account) may hold
+    /// open on this server; more get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TRELLIS_MAX_STREAMS_PER_ORG", default_value_t = 100)]
+    pub max_streams_per_org: usize,
+    /// Server streams open on this server from all callers together.
+    #[arg(long, env = "TRELLIS_MAX_STREAMS", default_value_t = 10_000)]
+    pub max_streams: usize,
     /// HTTP/2 PING interval that finds dead peers.
     #[arg(long, env = "TRELLIS_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub keepalive_interval: Duration,
@@ -100,6 +109,8 @@ impl Default for ServerLimits {
             concurrency_limit: 1024,
             max_concurrent_streams: 256,
             request_timeout: Duration::from_secs(30),
+            max_streams_per_org: 100,
+            max_streams: 10_000,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             shutdown_drain: Duration::ZERO,
@@ -110,6 +121,13 @@ impl Default for ServerLimits {
 }
 
 impl ServerLimits {
+    pub fn stream_limits(&self) -> StreamLimits {
+        StreamLimits {
+            per_owner: self.max_streams_per_org,
+            total: self.max_streams,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         check(
             "max-message-bytes",
@@ -134,6 +152,18 @@ impl ServerLimits {
             !self.request_timeout.is_zero(),
             "greater than zero",
             self.request_timeout,
+        )?;
+        check(
+            "max-streams-per-org",
+            (1..=self.max_streams.max(1)).contains(&self.max_streams_per_org),
+            "between 1 and --max-streams",
+            self.max_streams_per_org,
+        )?;
+        check(
+            "max-streams",
+            (1..=1_000_000).contains(&self.max_streams),
+            "between 1 and 1000000",
+            self.max_streams,
         )?;
         check(
             "keepalive-interval",

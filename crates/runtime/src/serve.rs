@@ -7,7 +7,9 @@ use tonic::server::NamedService;
 use tonic::service::{Routes, RoutesBuilder};
 use tonic_health::ServingStatus;
 use tower::ServiceBuilder;
-use trellis_tenancy::{AuthLayer, MethodCallers, RequestContextLayer, SessionGuard, TokenVerifier};
+use trellis_tenancy::{
+    AuthLayer, MethodCallers, RequestContextLayer, SessionGuard, StreamLayer, TokenVerifier,
+};
 
 use crate::access_log::AccessLogLayer;
 use crate::config::ServerLimits;
@@ -137,6 +139,10 @@ pub async fn serve(
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?);
     let routes: Routes = routes.routes();
+    // Turns true when the drain ends, as the server sends GOAWAY: open
+    // streams end then with UNAVAILABLE, so a client's reconnect goes to a
+    // new connection, to another replica.
+    let (close_streams, streams_closing) = tokio::sync::watch::channel(false);
 
     // The stack, outermost first. Outside it all, tonic applies the request
     // timeout (the shorter of `--request-timeout` and the client's
@@ -169,7 +175,18 @@ pub async fn serve(
         // tokens whose login session or service account has ended; then
         // hands the handler its Principal. Nothing after it runs for a
         // refused call.
-        .layer(AuthLayer::new(verifier, callers).with_session_guard(sessions))
+        .layer(AuthLayer::new(verifier.clone(), callers).with_session_guard(sessions.clone()))
+        // Innermost, for server streams only (unary calls pass untouched):
+        // a stream ends when its token expires, its session ends (looked at
+        // every --session-check-ttl), its caller's deadline passes or the
+        // server stops taking calls, each with a status the client can act
+        // on; and each organization holds at most --max-streams-per-org.
+        // Streams hold no concurrency slot once their first response is out,
+        // and --request-timeout does not cut them.
+        .layer(
+            StreamLayer::new(limits.stream_limits(), streams_closing, verifier.leeway())
+                .with_session_guard(sessions),
+        )
         .into_inner();
 
     let address = listener.local_addr().ok();
@@ -197,6 +214,7 @@ pub async fn serve(
         }
         tracing::info!(server = name, "shutting down: health NOT_SERVING, draining");
         tokio::time::sleep(drain).await;
+        close_streams.send_replace(true);
     };
 
     let server = tonic::transport::Server::builder()

@@ -4,7 +4,8 @@
 //! (request id, trace context, deadline, credentials) and [`AuthLayer`]
 //! verifies the bearer JWT, checks the caller's kind against what the
 //! contract declares for the method, and puts a [`Principal`] (for users, a
-//! [`TenantContext`]) in the request extensions. Client side: [`PropagateLayer`] forwards that context on every
+//! [`TenantContext`]) in the request extensions; [`StreamLayer`] keeps
+//! server streams to the same rules for as long as they are open. Client side: [`PropagateLayer`] forwards that context on every
 //! service-to-service call.
 #![forbid(unsafe_code)]
 
@@ -17,6 +18,7 @@ mod server;
 mod service_token;
 mod session_guard;
 mod signing;
+mod streams;
 mod verifier;
 
 pub use claims::{
@@ -35,4 +37,5 @@ pub use server::{
 pub use service_token::{AsService, AsServiceLayer, ServiceCredentials, ServiceTokens};
 pub use session_guard::{AuthSessionCheck, SessionCheck, SessionGuard, SessionState};
 pub use signing::{KeyError, SigningKey};
+pub use streams::{RulesFuture, StreamBody, StreamLayer, StreamLimits, StreamRules, StreamWatch};
 pub use verifier::{AuthError, MAX_LEEWAY_SECS, MAX_TOKEN_BYTES, TokenVerifier, VerifierConfig};

@@ -150,6 +150,11 @@ impl SessionGuard {
         }
     }
 
+    /// How long a verdict is trusted (`--session-check-ttl`).
+    pub(crate) fn fresh_for(&self) -> Duration {
+        self.fresh_for
+    }
+
     /// The verdict on a [`Principal::session_key`].
     pub(crate) fn cached(&self, key: &Uuid) -> Cached {
         match self.verdicts.get(key) {
@@ -170,6 +175,39 @@ impl SessionGuard {
             }
             _ => Cached::Ask,
         }
+    }
+
+    /// For an open stream: the session's state and when to look again. A
+    /// verdict still fresh is taken as it is, so the streams of one session
+    /// share one question to Auth per `fresh_for`, and a session that ends
+    /// is noticed within `fresh_for` of Auth knowing it.
+    pub(crate) async fn recheck(
+        &self,
+        principal: &Principal,
+        authorization: HeaderValue,
+    ) -> Result<(SessionState, Instant), Status> {
+        let key = principal.session_key();
+        if let Some(verdict) = self.verdicts.get(&key) {
+            if verdict.state == SessionState::Ended {
+                return Ok((SessionState::Ended, Instant::now()));
+            }
+            if verdict.checked.elapsed() < self.fresh_for {
+                return Ok((verdict.state, verdict.checked + self.fresh_for));
+            }
+        }
+        let state = self.ask(principal, authorization).await?;
+        // Served from a recent verdict because Auth could not answer: ask
+        // again soon rather than a whole `fresh_for` later.
+        let served_stale = self
+            .verdicts
+            .get(&key)
+            .is_some_and(|verdict| verdict.failed.is_some());
+        let wait = if served_stale {
+            RETRY_AFTER_FAILURE.min(self.fresh_for)
+        } else {
+            self.fresh_for
+        };
+        Ok((state, Instant::now() + wait))
     }
 
     /// Asks, and remembers the answer. When Auth cannot answer, a recent

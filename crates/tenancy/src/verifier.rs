@@ -163,6 +163,12 @@ impl TokenVerifier {
         }
     }
 
+    /// Clock skew tolerated past `exp`: a stream ends when its token would
+    /// be refused.
+    pub fn leeway(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.leeway.unsigned_abs())
+    }
+
     pub fn jwks(&self) -> &Arc<JwksCache> {
         &self.jwks
     }
