@@ -354,3 +354,90 @@ async fn service_token_requests_are_limited_per_address() {
     assert_eq!(limited.code(), Code::ResourceExhausted, "{limited:?}");
     fx.stop().await;
 }
+
+/// Answers IssueServiceToken after 300 ms with tokens of `lifetime_secs`,
+/// counting the questions.
+#[derive(Clone)]
+struct SlowAuth {
+    asked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    lifetime_secs: i64,
+}
+
+#[tonic::async_trait]
+impl trellis::auth::v1::auth_service_server::AuthService for SlowAuth {
+    async fn issue_service_token(
+        &self,
+        _: tonic::Request<trellis::auth::v1::IssueServiceTokenRequest>,
+    ) -> Result<tonic::Response<trellis::auth::v1::IssueServiceTokenResponse>, tonic::Status> {
+        let n = self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        Ok(tonic::Response::new(
+            trellis::auth::v1::IssueServiceTokenResponse {
+                access_token: format!("token-{n}"),
+                expires_in: self.lifetime_secs,
+                ..Default::default()
+            },
+        ))
+    }
+}
+
+/// Renewal runs on its own: callers whose deadlines are shorter than Auth's
+/// answer stop waiting without cancelling it, and a token due for renewal
+/// keeps being handed out, at once, until the new one arrives.
+#[tokio::test]
+async fn renewing_the_service_token_neither_blocks_nor_is_cancelled_by_callers() {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let auth = SlowAuth {
+        asked: asked.clone(),
+        lifetime_secs: 2,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(trellis::auth::v1::auth_service_server::AuthServiceServer::new(auth))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let tokens = std::sync::Arc::new(ServiceTokens::new(
+        channel(address).await,
+        ServiceCredentials {
+            client_id: "id".into(),
+            client_secret: "secret".into(),
+        },
+        Duration::from_secs(2),
+    ));
+    let started = Instant::now();
+    for _ in 0..20 {
+        let hurried = tokio::time::timeout(Duration::from_millis(10), tokens.authorization());
+        assert!(hurried.await.is_err(), "no token can be had in 10 ms");
+    }
+    let first = tokens.authorization().await.unwrap();
+    assert_eq!(first, "Bearer token-0");
+    assert!(
+        started.elapsed() < Duration::from_millis(600),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        1,
+        "one fetch, never cancelled"
+    );
+
+    // Due for renewal 1.6 s after it was asked for, expiring at 2 s: in
+    // between, the held token still comes at once.
+    tokio::time::sleep(Duration::from_millis(1700).saturating_sub(started.elapsed())).await;
+    let due = Instant::now();
+    assert_eq!(tokens.authorization().await.unwrap(), "Bearer token-0");
+    assert!(
+        due.elapsed() < Duration::from_millis(50),
+        "{:?}",
+        due.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(tokens.authorization().await.unwrap(), "Bearer token-1");
+    assert_eq!(tokens.fetched(), 2);
+    server.abort();
+}

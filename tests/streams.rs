@@ -16,6 +16,8 @@ use common::*;
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 use trellis::auth::v1::auth_service_client::AuthServiceClient;
 use trellis::auth::v1::{LogoutRequest, SignUpRequest};
 use trellis::execution::v1::execution_service_client::ExecutionServiceClient;
@@ -27,8 +29,9 @@ use trellis::execution::v1::{
 use trellis_cli::ServiceName;
 use trellis_runtime::{ServerLimits, ServiceSet};
 use trellis_tenancy::{
-    AccessClaims, AuthServiceJwks, AuthSessionCheck, JwksCache, Role, SessionGuard, SigningKey,
-    StaticJwks, TokenVerifier, VerifierConfig,
+    AccessClaims, AuthServiceJwks, AuthSessionCheck, BoxFuture, JwksCache, Principal, Role,
+    SessionCheck, SessionGuard, SessionState, SigningKey, StaticJwks, TokenVerifier,
+    VerifierConfig,
 };
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -105,6 +108,24 @@ fn token(key: &SigningKey, org: uuid::Uuid, lifetime_secs: i64) -> String {
         ..claims(org, Role::Viewer)
     };
     key.sign(&claims).unwrap()
+}
+
+/// Says every session is live, counting the questions.
+#[derive(Default)]
+struct CountingCheck(AtomicU64);
+
+impl SessionCheck for CountingCheck {
+    fn check(
+        &self,
+        _: &Principal,
+        _: http::HeaderValue,
+    ) -> BoxFuture<Result<SessionState, Status>> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Ok(SessionState::Live(None))
+        })
+    }
 }
 
 fn limits() -> ServerLimits {
@@ -266,7 +287,12 @@ async fn each_organization_holds_at_most_its_cap_of_open_streams() {
     }
     let refused = watch(&mut client, &bea).await.unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
-    assert!(refused.message().contains("at most 3"), "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("this organization on this server (at most 3)"),
+        "{refused:?}"
+    );
 
     // Another organization is not held back by it.
     let mut theirs = watch(&mut client, &token(&key, other, 600)).await.unwrap();
@@ -339,6 +365,104 @@ async fn a_slow_reader_holds_the_producer_back() {
     }
     assert!(made.load(Ordering::SeqCst) > 500);
     drop(lines);
+    server.trigger.trigger();
+    server.task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn one_user_takes_at_most_its_share_and_public_streams_have_a_pool_of_their_own() {
+    let key = SigningKey::generate("key-a");
+    let server = spawn_server(
+        streaming_set(Streaming::default()),
+        strict_verifier(&key).await,
+        ServerLimits {
+            max_streams_per_org: 10,
+            max_streams_per_user: 2,
+            // Public pool: a tenth, 2.
+            max_streams: 20,
+            ..limits()
+        },
+    )
+    .await;
+    let channel = channel(server.address).await;
+    let mut client = ExecutionServiceClient::new(channel.clone());
+    let org = uuid::Uuid::new_v4();
+    let stalling = token(&key, org, 600);
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        open.push(watch(&mut client, &stalling).await.unwrap());
+    }
+    let refused = watch(&mut client, &stalling).await.unwrap_err();
+    assert!(refused.message().contains("this user"), "{refused:?}");
+    // A colleague still gets in.
+    let mut colleague = watch(&mut client, &token(&key, org, 600)).await.unwrap();
+    colleague.message().await.unwrap().unwrap();
+
+    // Anyone can open health watches, without a token: they fill a pool
+    // (and a per-address share) of their own.
+    let mut health = HealthClient::new(channel);
+    let mut watches = Vec::new();
+    for _ in 0..2 {
+        let mut stream = health
+            .watch(HealthCheckRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        stream.message().await.unwrap().unwrap();
+        watches.push(stream);
+    }
+    let refused = health
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    let mut user = watch(&mut client, &token(&key, uuid::Uuid::new_v4(), 600))
+        .await
+        .unwrap();
+    user.message().await.unwrap().unwrap();
+    server.trigger.trigger();
+    server.task.await.unwrap().unwrap();
+}
+
+/// The streams of one session share its checks: one question to Auth per
+/// TTL, not one per stream.
+#[tokio::test]
+async fn streams_of_one_session_share_its_checks() {
+    let key = SigningKey::generate("key-a");
+    let check = Arc::new(CountingCheck::default());
+    let guard = Arc::new(SessionGuard::new(
+        check.clone(),
+        Duration::from_millis(300),
+        Duration::from_secs(60),
+        100,
+    ));
+    let set = streaming_set(Streaming::default()).with_session_guard(Some(guard));
+    let server = spawn_server(set, strict_verifier(&key).await, limits()).await;
+    let mut client = ExecutionServiceClient::new(channel(server.address).await);
+    let token = token(&key, uuid::Uuid::new_v4(), 600);
+    let mut open = Vec::new();
+    for _ in 0..20 {
+        open.push(watch(&mut client, &token).await.unwrap());
+    }
+    let before = check.0.load(Ordering::SeqCst);
+    // Keep them flowing, so each is polled and looks at its session.
+    let reading = tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            for stream in &mut open {
+                stream.message().await.unwrap().unwrap();
+            }
+        }
+        open
+    });
+    let open = reading.await.unwrap();
+    let asked = check.0.load(Ordering::SeqCst) - before;
+    // 3 s / 0.3 s = 10 checks for the session, give or take the edges.
+    assert!(
+        (5..=14).contains(&asked),
+        "{asked} checks for 20 streams in 3 s"
+    );
+    drop(open);
     server.trigger.trigger();
     server.task.await.unwrap().unwrap();
 }

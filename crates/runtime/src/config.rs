@@ -73,11 +73,16 @@ pub struct ServerLimits {
     /// (only by its caller's own deadline, token, session or shutdown).
     #[arg(long, env = "TRELLIS_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
-    /// Server streams one organization (or worker/service account) may hold
-    /// open on this server; more get RESOURCE_EXHAUSTED.
+    /// Server streams one organization (or worker account) may hold open on
+    /// this server; more get RESOURCE_EXHAUSTED.
     #[arg(long, env = "TRELLIS_MAX_STREAMS_PER_ORG", default_value_t = 100)]
     pub max_streams_per_org: usize,
-    /// Server streams open on this server from all callers together.
+    /// Of those, what one user may hold; also what one client address may
+    /// hold of public streams (health Watch, reflection).
+    #[arg(long, env = "TRELLIS_MAX_STREAMS_PER_USER", default_value_t = 20)]
+    pub max_streams_per_user: usize,
+    /// Authenticated server streams open on this server from all callers
+    /// together; public streams have a pool of a tenth of this beside it.
     #[arg(long, env = "TRELLIS_MAX_STREAMS", default_value_t = 10_000)]
     pub max_streams: usize,
     /// HTTP/2 PING interval that finds dead peers.
@@ -110,6 +115,7 @@ impl Default for ServerLimits {
             max_concurrent_streams: 256,
             request_timeout: Duration::from_secs(30),
             max_streams_per_org: 100,
+            max_streams_per_user: 20,
             max_streams: 10_000,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
@@ -123,8 +129,10 @@ impl Default for ServerLimits {
 impl ServerLimits {
     pub fn stream_limits(&self) -> StreamLimits {
         StreamLimits {
-            per_owner: self.max_streams_per_org,
+            per_org: self.max_streams_per_org,
+            per_user: self.max_streams_per_user,
             total: self.max_streams,
+            public_total: (self.max_streams / 10).max(1),
         }
     }
 
@@ -158,6 +166,12 @@ impl ServerLimits {
             (1..=self.max_streams.max(1)).contains(&self.max_streams_per_org),
             "between 1 and --max-streams",
             self.max_streams_per_org,
+        )?;
+        check(
+            "max-streams-per-user",
+            (1..=self.max_streams_per_org.max(1)).contains(&self.max_streams_per_user),
+            "between 1 and --max-streams-per-org",
+            self.max_streams_per_user,
         )?;
         check(
             "max-streams",

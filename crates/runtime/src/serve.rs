@@ -184,7 +184,7 @@ pub async fn serve(
         // Streams hold no concurrency slot once their first response is out,
         // and --request-timeout does not cut them.
         .layer(
-            StreamLayer::new(limits.stream_limits(), streams_closing, verifier.leeway())
+            StreamLayer::new(limits.stream_limits(), streams_closing, verifier.clone())
                 .with_session_guard(sessions),
         )
         .into_inner();

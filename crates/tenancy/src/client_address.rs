@@ -122,12 +122,17 @@ pub fn canonical(address: IpAddr) -> IpAddr {
 /// /64 (one subscriber usually holds a whole /64, so per-address counting
 /// would give them 2^64 tries).
 pub fn rate_limit_key(address: IpAddr) -> String {
-    match canonical(address) {
+    match client_network(address) {
         IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => {
-            let network = Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64));
-            format!("{network}/64")
-        }
+        IpAddr::V6(network) => format!("{network}/64"),
+    }
+}
+
+/// What a per-client limit counts: an IPv4 address, or an IPv6 client's /64.
+pub(crate) fn client_network(address: IpAddr) -> IpAddr {
+    match canonical(address) {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
     }
 }
 

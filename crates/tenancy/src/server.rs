@@ -321,7 +321,7 @@ fn strip_spoofable_headers(headers: &mut HeaderMap) -> Option<http::HeaderValue>
 }
 
 /// The token of `authorization: Bearer <token>` (scheme case-insensitive).
-fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
     let value = headers
         .get(http::header::AUTHORIZATION)
         .ok_or(AuthError::Missing)?;

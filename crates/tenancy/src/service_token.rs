@@ -4,12 +4,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
+use tokio::sync::watch;
 use tonic::Status;
 use tonic::transport::Channel;
 use tower::ServiceExt;
@@ -56,6 +57,8 @@ const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 struct State {
     held: Option<Held>,
     failed_at: Option<Instant>,
+    /// Closed when the renewal under way ends.
+    renewing: Option<watch::Receiver<()>>,
 }
 
 /// This server's own token.
@@ -63,9 +66,8 @@ pub struct ServiceTokens {
     auth: AuthServiceClient<Channel>,
     credentials: ServiceCredentials,
     timeout: Duration,
-    /// Held across a fetch, so concurrent calls wait for one renewal
-    /// (at most `timeout`) instead of each asking Auth.
-    state: tokio::sync::Mutex<State>,
+    /// Never held across an await: renewals run in a task of their own.
+    state: Mutex<State>,
     fetched: AtomicU64,
 }
 
@@ -76,7 +78,7 @@ impl ServiceTokens {
             auth: AuthServiceClient::new(auth),
             credentials,
             timeout,
-            state: tokio::sync::Mutex::new(State::default()),
+            state: Mutex::new(State::default()),
             fetched: AtomicU64::new(0),
         }
     }
@@ -86,50 +88,69 @@ impl ServiceTokens {
         self.fetched.load(Ordering::Relaxed)
     }
 
-    /// `Bearer <token>` for the next call: the held token until it is due
-    /// for renewal; while Auth cannot renew it, the held one as long as it
-    /// has not expired; UNAVAILABLE after that.
-    pub async fn authorization(&self) -> Result<HeaderValue, Status> {
-        let mut state = self.state.lock().await;
-        let now = Instant::now();
-        let usable = |state: &State, now: Instant| {
-            state
-                .held
-                .as_ref()
-                .filter(|held| now < held.expires_at)
-                .map(|held| held.authorization.clone())
-        };
-        let due = state.held.as_ref().is_none_or(|held| now >= held.renew_at);
-        let resting = state
-            .failed_at
-            .is_some_and(|at| now.duration_since(at) < RETRY_AFTER_FAILURE);
-        if !due || resting {
-            return usable(&state, now)
-                .ok_or_else(|| Status::unavailable("cannot get this service's token from Auth"));
-        }
-        match self.fetch().await {
-            Ok(fresh) => {
-                let authorization = fresh.authorization.clone();
-                *state = State {
-                    held: Some(fresh),
-                    failed_at: None,
+    /// `Bearer <token>` for the next call. A token due for renewal is still
+    /// handed out while one renewal runs in the background; only a call
+    /// with no unexpired token waits for it. The renewal is a task of its
+    /// own, so a caller whose deadline passes stops waiting without
+    /// stopping it. While Auth cannot renew, the held token serves until it
+    /// expires; UNAVAILABLE after that.
+    pub async fn authorization(self: &Arc<Self>) -> Result<HeaderValue, Status> {
+        loop {
+            let mut renewal = {
+                let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                let now = Instant::now();
+                let usable = state
+                    .held
+                    .as_ref()
+                    .filter(|held| now < held.expires_at)
+                    .map(|held| held.authorization.clone());
+                let due = state.held.as_ref().is_none_or(|held| now >= held.renew_at);
+                let resting = state
+                    .failed_at
+                    .is_some_and(|at| now.duration_since(at) < RETRY_AFTER_FAILURE);
+                if !due || resting {
+                    return usable.ok_or_else(|| {
+                        Status::unavailable("cannot get this service's token from Auth")
+                    });
+                }
+                let renewal = match &state.renewing {
+                    Some(renewal) => renewal.clone(),
+                    None => {
+                        let (done, renewal) = watch::channel(());
+                        state.renewing = Some(renewal.clone());
+                        tokio::spawn(self.clone().renew(done));
+                        renewal
+                    }
                 };
-                Ok(authorization)
+                if let Some(authorization) = usable {
+                    return Ok(authorization);
+                }
+                renewal
+            };
+            // Ends when the renewal's sender is dropped; then look again.
+            let _ = renewal.changed().await;
+        }
+    }
+
+    async fn renew(self: Arc<Self>, _done: watch::Sender<()>) {
+        let result = self.fetch().await;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.renewing = None;
+        match result {
+            Ok(fresh) => {
+                state.held = Some(fresh);
+                state.failed_at = None;
             }
             Err(status) => {
-                let now = Instant::now();
-                state.failed_at = Some(now);
-                match usable(&state, now) {
-                    Some(authorization) => {
-                        tracing::warn!(code = ?status.code(), "renewing the service token failed; using the current one");
-                        Ok(authorization)
-                    }
-                    None => {
-                        tracing::warn!(code = ?status.code(), message = status.message(), "no service token");
-                        Err(Status::unavailable(
-                            "cannot get this service's token from Auth",
-                        ))
-                    }
+                state.failed_at = Some(Instant::now());
+                let held = state
+                    .held
+                    .as_ref()
+                    .is_some_and(|held| Instant::now() < held.expires_at);
+                if held {
+                    tracing::warn!(code = ?status.code(), "renewing the service token failed; using the current one");
+                } else {
+                    tracing::warn!(code = ?status.code(), message = status.message(), "no service token");
                 }
             }
         }

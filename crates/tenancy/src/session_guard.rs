@@ -2,10 +2,12 @@
 //! each login session's liveness, and its user's current role, are asked of
 //! Auth and remembered briefly.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
+use tokio::sync::watch;
 use tonic::Status;
 use trellis::auth::v1 as pb;
 use trellis::auth::v1::{CheckSessionRequest, auth_service_client::AuthServiceClient};
@@ -133,6 +135,33 @@ pub struct SessionGuard {
     /// How long past `fresh_for` a "live" verdict still serves while Auth
     /// cannot be asked (`--session-check-grace`).
     stale_grace: Duration,
+    /// Sessions being asked about for open streams, with their answer to
+    /// come. Holds only questions in flight: bounded by open streams.
+    asking: Mutex<HashMap<Uuid, AnswerSender>>,
+}
+
+type AnswerSender = watch::Sender<Option<Result<(SessionState, Instant), Status>>>;
+
+/// A question in flight; leaves the map when answered or dropped.
+struct Asking<'a> {
+    guard: &'a SessionGuard,
+    key: Uuid,
+}
+
+impl Asking<'_> {
+    fn answer(self, result: Result<(SessionState, Instant), Status>) {
+        let asking = self.guard.asking.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(answer) = asking.get(&self.key) {
+            answer.send_replace(Some(result));
+        }
+    }
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        let mut asking = self.guard.asking.lock().unwrap_or_else(|e| e.into_inner());
+        asking.remove(&self.key);
+    }
 }
 
 impl SessionGuard {
@@ -147,67 +176,92 @@ impl SessionGuard {
             verdicts: quick_cache::sync::Cache::new(capacity.max(1)),
             fresh_for,
             stale_grace,
+            asking: Mutex::new(HashMap::new()),
         }
-    }
-
-    /// How long a verdict is trusted (`--session-check-ttl`).
-    pub(crate) fn fresh_for(&self) -> Duration {
-        self.fresh_for
     }
 
     /// The verdict on a [`Principal::session_key`].
     pub(crate) fn cached(&self, key: &Uuid) -> Cached {
-        match self.verdicts.get(key) {
-            // An ended session never comes back.
-            Some(Verdict {
-                state: SessionState::Ended,
-                ..
-            }) => Cached::Ended,
-            Some(Verdict {
-                state: SessionState::Live(role),
-                checked,
-                failed,
-            }) if checked.elapsed() < self.fresh_for
-                || (failed.is_some_and(|at| at.elapsed() < RETRY_AFTER_FAILURE)
-                    && checked.elapsed() < self.fresh_for + self.stale_grace) =>
-            {
-                Cached::Live(role)
-            }
-            _ => Cached::Ask,
+        match self.usable_verdict(key) {
+            Some((SessionState::Live(role), _)) => Cached::Live(role),
+            Some((SessionState::Ended, _)) => Cached::Ended,
+            None => Cached::Ask,
         }
     }
 
+    /// The remembered verdict, if it may be used now, and until when.
+    fn usable_verdict(&self, key: &Uuid) -> Option<(SessionState, Instant)> {
+        let verdict = self.verdicts.get(key)?;
+        match verdict.state {
+            // An ended session never comes back.
+            SessionState::Ended => Some((SessionState::Ended, Instant::now())),
+            SessionState::Live(_) if verdict.checked.elapsed() < self.fresh_for => {
+                Some((verdict.state, verdict.checked + self.fresh_for))
+            }
+            SessionState::Live(_) => {
+                let failed = verdict.failed?;
+                (failed.elapsed() < RETRY_AFTER_FAILURE
+                    && verdict.checked.elapsed() < self.fresh_for + self.stale_grace)
+                    .then_some((verdict.state, failed + RETRY_AFTER_FAILURE))
+            }
+        }
+    }
+
+    /// When an open stream admitted just now should look at its session
+    /// again: when the verdict it was admitted on goes stale.
+    pub(crate) fn next_check(&self, key: &Uuid) -> Instant {
+        self.usable_verdict(key)
+            .map_or_else(Instant::now, |(_, until)| until)
+    }
+
     /// For an open stream: the session's state and when to look again. A
-    /// verdict still fresh is taken as it is, so the streams of one session
-    /// share one question to Auth per `fresh_for`, and a session that ends
-    /// is noticed within `fresh_for` of Auth knowing it.
+    /// usable verdict is taken as it is, and only one question per session
+    /// is in flight at a time (the streams of a session that wake together
+    /// wait for it), so Auth is asked about a session at most once per
+    /// `fresh_for` (once a second while it cannot answer), however many
+    /// streams it has.
     pub(crate) async fn recheck(
         &self,
         principal: &Principal,
         authorization: HeaderValue,
     ) -> Result<(SessionState, Instant), Status> {
         let key = principal.session_key();
-        if let Some(verdict) = self.verdicts.get(&key) {
-            if verdict.state == SessionState::Ended {
-                return Ok((SessionState::Ended, Instant::now()));
+        loop {
+            if let Some(usable) = self.usable_verdict(&key) {
+                return Ok(usable);
             }
-            if verdict.checked.elapsed() < self.fresh_for {
-                return Ok((verdict.state, verdict.checked + self.fresh_for));
+            let waiting = {
+                let mut asking = self.asking.lock().unwrap_or_else(|e| e.into_inner());
+                match asking.get(&key) {
+                    // A receiver, never the sender: only the asker's entry
+                    // keeps the channel open.
+                    Some(answer) => Some(answer.subscribe()),
+                    None => {
+                        let (answer, _) = watch::channel(None);
+                        asking.insert(key, answer);
+                        None
+                    }
+                }
+            };
+            let Some(answer) = waiting else {
+                let question = Asking { guard: self, key };
+                let result = self.ask(principal, authorization.clone()).await;
+                let next = self
+                    .usable_verdict(&key)
+                    .map_or_else(Instant::now, |(_, until)| until);
+                let result = result.map(|state| (state, next));
+                question.answer(result.clone());
+                return result;
+            };
+            let mut answers = answer;
+            // An error if the asker went away before it had an answer: look
+            // again, and ask if still nobody does.
+            if let Ok(answered) = answers.wait_for(Option::is_some).await
+                && let Some(result) = answered.clone()
+            {
+                return result;
             }
         }
-        let state = self.ask(principal, authorization).await?;
-        // Served from a recent verdict because Auth could not answer: ask
-        // again soon rather than a whole `fresh_for` later.
-        let served_stale = self
-            .verdicts
-            .get(&key)
-            .is_some_and(|verdict| verdict.failed.is_some());
-        let wait = if served_stale {
-            RETRY_AFTER_FAILURE.min(self.fresh_for)
-        } else {
-            self.fresh_for
-        };
-        Ok((state, Instant::now() + wait))
     }
 
     /// Asks, and remembers the answer. When Auth cannot answer, a recent

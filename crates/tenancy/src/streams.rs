@@ -1,6 +1,7 @@
 //! The rules every server stream lives by, whatever its handler does. A
 //! stream ends, with trailers the client can act on, when
-//! - its access token expires (UNAUTHENTICATED: refresh and reopen),
+//! - its access token expires or stops verifying (its key retired)
+//!   (UNAUTHENTICATED: refresh and reopen),
 //! - its login session ends or its service account is revoked
 //!   (UNAUTHENTICATED; looked at at least every `--session-check-ttl`),
 //! - its caller's `grpc-timeout` passes (DEADLINE_EXCEEDED; the server's
@@ -9,18 +10,24 @@
 //! - the server stops taking calls (UNAVAILABLE: reconnect, which lands on
 //!   another replica since this one has sent GOAWAY);
 //!
-//! and an organization (for workers and services: an account) holds at most
-//! so many open streams per server (RESOURCE_EXHAUSTED).
+//! and an organization, a user within it, a worker account, and a client
+//! address for public streams each hold at most so many open streams per
+//! server (RESOURCE_EXHAUSTED). Public streams (health `Watch`, reflection)
+//! have a pool of their own and a lifetime, so holding them open costs
+//! users nothing.
 //!
 //! Back-pressure needs nothing here: hyper polls a response body only while
 //! the client's HTTP/2 window has room, so a slow reader leaves at most one
 //! window plus one encoded chunk waiting on the server. The same means a
 //! reader that stops reading altogether is only ended once it reads again
 //! (or resets, or its connection dies), and sends nothing past the end: its
-//! stream keeps its slot, so it is counted against its organization's cap.
+//! stream keeps its slot meanwhile (a logout does not free it), which keeps
+//! the memory such streams hold within the caps; one user's stalled streams
+//! take at most its per-user share of the organization's.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
@@ -34,25 +41,45 @@ use tonic::Status;
 use uuid::Uuid;
 
 use crate::claims::Principal;
+use crate::client_address::client_network;
 use crate::context::CallContext;
 use crate::jwks::BoxFuture;
+use crate::server::{LogBudget, bearer_token};
 use crate::session_guard::{SessionGuard, SessionState};
+use crate::verifier::TokenVerifier;
 
-/// Streams that are not Trellis RPCs but live as long: health `Watch`
-/// (public, so only the server-wide cap and shutdown apply) and reflection.
-const OTHER_STREAMING_METHODS: [&str; 3] = [
+/// Streams that are not Trellis RPCs but live as long: health `Watch` and
+/// reflection. Public: no token, so they count per client address, in a
+/// pool of their own, and end after [`PUBLIC_STREAM_LIFETIME`].
+const PUBLIC_STREAMING_METHODS: [&str; 3] = [
     "/grpc.health.v1.Health/Watch",
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 ];
 
+/// A public stream ends (UNAVAILABLE, reconnect) after this long, so one
+/// cannot be held for ever.
+const PUBLIC_STREAM_LIFETIME: Duration = Duration::from_secs(600);
+
+/// How often a stream's token is verified again on a server without a
+/// session guard (Auth's own).
+const RECHECK_WITHOUT_GUARD: Duration = Duration::from_secs(5);
+
+/// Lines a second about streams ended by the rules, per process.
+static STREAM_ENDS_LOGGED: LogBudget = LogBudget::new(10);
+
 /// How many streams may be open at once on one server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StreamLimits {
-    /// Per organization (users) or per account (workers, services).
-    pub per_owner: usize,
-    /// All callers together, public streams included.
+    /// Per organization (users), and per worker account.
+    pub per_org: usize,
+    /// Per user within an organization; and per client address for public
+    /// streams.
+    pub per_user: usize,
+    /// Authenticated streams of all callers together.
     pub total: usize,
+    /// Public streams of all clients together, counted apart.
+    pub public_total: usize,
 }
 
 /// Applies the stream rules to the contract's streaming methods (and
@@ -62,27 +89,31 @@ pub struct StreamLimits {
 pub struct StreamLayer {
     streaming: Arc<HashSet<&'static str>>,
     slots: Arc<StreamSlots>,
+    verifier: Arc<TokenVerifier>,
     sessions: Option<Arc<SessionGuard>>,
     closing: watch::Receiver<bool>,
-    leeway_secs: i64,
 }
 
 impl StreamLayer {
-    /// `closing` turns true when the server stops taking calls; `leeway` is
-    /// the verifier's, so a stream ends when its token would be refused.
-    pub fn new(limits: StreamLimits, closing: watch::Receiver<bool>, leeway: Duration) -> Self {
+    /// `closing` turns true when the server stops taking calls; `verifier`
+    /// is the server's, so a stream ends when its token would be refused.
+    pub fn new(
+        limits: StreamLimits,
+        closing: watch::Receiver<bool>,
+        verifier: Arc<TokenVerifier>,
+    ) -> Self {
         let streaming = trellis::METHODS
             .iter()
             .filter(|method| method.server_streaming)
             .map(|method| method.path)
-            .chain(OTHER_STREAMING_METHODS)
+            .chain(PUBLIC_STREAMING_METHODS)
             .collect();
         StreamLayer {
             streaming: Arc::new(streaming),
             slots: Arc::new(StreamSlots::new(limits)),
+            verifier,
             sessions: None,
             closing,
-            leeway_secs: i64::try_from(leeway.as_secs()).unwrap_or(i64::MAX),
         }
     }
 
@@ -131,7 +162,11 @@ where
             };
         };
         let principal = request.extensions().get::<Principal>().cloned();
-        let slot = match self.layer.slots.acquire(principal.as_ref().map(owner_of)) {
+        let client = request
+            .extensions()
+            .get::<CallContext>()
+            .and_then(CallContext::client_address);
+        let slot = match self.layer.slots.acquire(principal.as_ref(), client) {
             Ok(slot) => slot,
             Err(status) => {
                 return RulesFuture::Refused {
@@ -144,14 +179,6 @@ where
             inner: self.inner.call(request),
             watch: Some(Box::new(watch)),
         }
-    }
-}
-
-/// Whose cap a stream counts against.
-fn owner_of(principal: &Principal) -> Uuid {
-    match principal {
-        Principal::User(tenant) => tenant.org_id,
-        Principal::Worker(identity) | Principal::Service(identity) => identity.account_id,
     }
 }
 
@@ -224,10 +251,10 @@ impl<B: Body> Body for StreamBody<B> {
             return Poll::Ready(None);
         }
         // Before any data: nothing goes out once a rule says the stream is over.
-        if let Some(status) = watch.poll_end(cx) {
+        if let Some(ending) = watch.poll_end(cx) {
             watch.ended = true;
-            watch.log_end(&status);
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers_of(&status)))));
+            watch.log_end(&ending);
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers_of(&ending.status)))));
         }
         let frame = ready!(this.inner.poll_frame(cx));
         let last = match &frame {
@@ -259,34 +286,96 @@ fn trailers_of(status: &Status) -> HeaderMap {
     trailers
 }
 
+/// Why the rules end a stream.
+struct Ending {
+    status: Status,
+    /// The caller's own doing or plain housekeeping (its deadline, a public
+    /// stream's lifetime): logged at DEBUG only.
+    routine: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Timed {
+    TokenExpiry,
+    CallerDeadline,
+    PublicLifetime,
+}
+
+impl Timed {
+    fn ending(self) -> Ending {
+        match self {
+            Timed::TokenExpiry => Ending {
+                status: Status::unauthenticated(
+                    "access token expired: refresh it and reopen the stream",
+                ),
+                routine: false,
+            },
+            Timed::CallerDeadline => Ending {
+                status: Status::deadline_exceeded("the caller's deadline passed"),
+                routine: true,
+            },
+            Timed::PublicLifetime => Ending {
+                status: Status::unavailable("stream lifetime reached: reconnect"),
+                routine: true,
+            },
+        }
+    }
+}
+
 /// The timers and checks of one open stream.
 pub struct StreamWatch {
     method: &'static str,
+    /// The organization or account, for the log line.
     owner: Option<Uuid>,
     _slot: StreamSlot,
-    /// The earliest of token expiry and the caller's deadline, and what the
-    /// stream is told then.
-    ends_at: Option<(Instant, fn() -> Status)>,
-    session: Option<SessionWatch>,
+    /// The earliest timed end, and which it is.
+    ends_at: Option<(Instant, Timed)>,
+    recheck: Option<Recheck>,
     closing: BoxFuture<()>,
     timer: Pin<Box<Sleep>>,
     ended: bool,
 }
 
-struct SessionWatch {
-    guard: Arc<SessionGuard>,
+/// Verifies the token again, and asks about the session, every so often.
+struct Recheck {
+    verifier: Arc<TokenVerifier>,
+    guard: Option<Arc<SessionGuard>>,
     principal: Principal,
+    token: Arc<str>,
     authorization: HeaderValue,
-    next_check: Instant,
-    pending: Option<BoxFuture<Result<(SessionState, Instant), Status>>>,
+    next: Instant,
+    pending: Option<BoxFuture<Result<Instant, Status>>>,
 }
 
-fn token_expired() -> Status {
-    Status::unauthenticated("access token expired: refresh it and reopen the stream")
+impl Recheck {
+    fn start(&self) -> BoxFuture<Result<Instant, Status>> {
+        let verifier = self.verifier.clone();
+        let guard = self.guard.clone();
+        let principal = self.principal.clone();
+        let token = self.token.clone();
+        let authorization = self.authorization.clone();
+        Box::pin(async move {
+            // A retired or replaced key ends the stream as it would a call.
+            verifier
+                .verify(&token)
+                .await
+                .map_err(|error| error.to_status())?;
+            let Some(guard) = guard else {
+                return Ok(Instant::now() + RECHECK_WITHOUT_GUARD);
+            };
+            match guard.recheck(&principal, authorization).await? {
+                (SessionState::Ended, _) => Err(Status::unauthenticated("session ended")),
+                (SessionState::Live(_), next) => Ok(next),
+            }
+        })
+    }
 }
 
-fn deadline_passed() -> Status {
-    Status::deadline_exceeded("the caller's deadline passed")
+fn earliest(a: Option<(Instant, Timed)>, b: Option<(Instant, Timed)>) -> Option<(Instant, Timed)> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+        (a, b) => a.or(b),
+    }
 }
 
 impl StreamWatch {
@@ -300,38 +389,46 @@ impl StreamWatch {
         let now = Instant::now();
         // Beyond what an Instant can hold is never.
         let expiry = principal.as_ref().and_then(|principal| {
-            let left = principal.expires_at().saturating_add(layer.leeway_secs) - unix_now();
+            let leeway = i64::try_from(layer.verifier.leeway().as_secs()).unwrap_or(i64::MAX);
+            let left = principal.expires_at().saturating_add(leeway) - unix_now();
             let left = Duration::from_secs(u64::try_from(left).unwrap_or(0));
-            Some((now.checked_add(left)?, token_expired as fn() -> Status))
+            Some((now.checked_add(left)?, Timed::TokenExpiry))
         });
+        let lifetime = principal
+            .is_none()
+            .then(|| (now + PUBLIC_STREAM_LIFETIME, Timed::PublicLifetime));
         let deadline = request
             .extensions()
             .get::<CallContext>()
             .and_then(CallContext::remaining)
-            .and_then(|left| Some((now.checked_add(left)?, deadline_passed as fn() -> Status)));
-        let ends_at = match (expiry, deadline) {
-            (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
-            (a, b) => a.or(b),
-        };
-        let authorization = request.headers().get(http::header::AUTHORIZATION).cloned();
-        let session = match (&layer.sessions, &principal, authorization) {
-            (Some(guard), Some(principal), Some(authorization)) => Some(SessionWatch {
-                guard: guard.clone(),
+            .and_then(|left| Some((now.checked_add(left)?, Timed::CallerDeadline)));
+        let recheck = principal.as_ref().and_then(|principal| {
+            let token = bearer_token(request.headers()).ok()?;
+            let authorization = request.headers().get(http::header::AUTHORIZATION)?;
+            let guard = layer.sessions.clone();
+            Some(Recheck {
+                verifier: layer.verifier.clone(),
+                // When the verdict the stream was admitted on goes stale.
+                next: guard.as_ref().map_or(now + RECHECK_WITHOUT_GUARD, |guard| {
+                    guard.next_check(&principal.session_key())
+                }),
+                guard,
                 principal: principal.clone(),
-                authorization,
-                // AuthLayer has just looked.
-                next_check: now + guard.fresh_for(),
+                token: Arc::from(token),
+                authorization: authorization.clone(),
                 pending: None,
-            }),
-            _ => None,
-        };
+            })
+        });
         let mut closing = layer.closing.clone();
         StreamWatch {
             method,
-            owner: principal.as_ref().map(owner_of),
+            owner: principal.as_ref().map(|principal| match principal {
+                Principal::User(tenant) => tenant.org_id,
+                Principal::Worker(identity) | Principal::Service(identity) => identity.account_id,
+            }),
             _slot: slot,
-            ends_at,
-            session,
+            ends_at: earliest(earliest(expiry, lifetime), deadline),
+            recheck,
             closing: Box::pin(async move {
                 // The sender gone means the server is gone: stop too.
                 let _ = closing.wait_for(|closing| *closing).await;
@@ -341,49 +438,49 @@ impl StreamWatch {
         }
     }
 
-    /// The status to end the stream with, if a rule applies now; otherwise
-    /// arranges to be woken when one might.
-    fn poll_end(&mut self, cx: &mut Context<'_>) -> Option<Status> {
+    /// Why the stream must end now, if a rule says so; otherwise arranges
+    /// to be woken when one might.
+    fn poll_end(&mut self, cx: &mut Context<'_>) -> Option<Ending> {
         if self.closing.as_mut().poll(cx).is_ready() {
-            return Some(Status::unavailable(
-                "server shutting down: reconnect to another replica",
-            ));
+            return Some(Ending {
+                status: Status::unavailable("server shutting down: reconnect to another replica"),
+                routine: false,
+            });
         }
         loop {
             let now = Instant::now();
-            if let Some((at, status)) = self.ends_at
+            if let Some((at, timed)) = self.ends_at
                 && at <= now
             {
-                return Some(status());
+                return Some(timed.ending());
             }
-            if let Some(session) = &mut self.session {
-                if session.pending.is_none() && session.next_check <= now {
-                    let (guard, principal) = (session.guard.clone(), session.principal.clone());
-                    let authorization = session.authorization.clone();
-                    session.pending = Some(Box::pin(async move {
-                        guard.recheck(&principal, authorization).await
-                    }));
+            if let Some(recheck) = &mut self.recheck {
+                if recheck.pending.is_none() && recheck.next <= now {
+                    recheck.pending = Some(recheck.start());
                 }
-                if let Some(pending) = &mut session.pending {
+                if let Some(pending) = &mut recheck.pending {
                     match pending.as_mut().poll(cx) {
                         Poll::Pending => {}
-                        Poll::Ready(Ok((SessionState::Ended, _))) => {
-                            return Some(Status::unauthenticated("session ended"));
+                        Poll::Ready(Ok(next)) => {
+                            recheck.pending = None;
+                            // Never sooner than a tick from now: no spinning.
+                            recheck.next = next.max(now + Duration::from_millis(50));
                         }
-                        Poll::Ready(Ok((SessionState::Live(_), next))) => {
-                            session.pending = None;
-                            session.next_check = next;
+                        Poll::Ready(Err(status)) => {
+                            return Some(Ending {
+                                status,
+                                routine: false,
+                            });
                         }
-                        Poll::Ready(Err(status)) => return Some(status),
                     }
                 }
             }
-            let session_wake = self
-                .session
+            let recheck_at = self
+                .recheck
                 .as_ref()
-                .filter(|session| session.pending.is_none())
-                .map(|session| session.next_check);
-            let wake = match (self.ends_at.map(|(at, _)| at), session_wake) {
+                .filter(|recheck| recheck.pending.is_none())
+                .map(|recheck| recheck.next);
+            let wake = match (self.ends_at.map(|(at, _)| at), recheck_at) {
                 (Some(a), Some(b)) => a.min(b),
                 // Nothing timed: only shutdown (or a pending check) can end it.
                 (a, b) => a.or(b)?,
@@ -397,19 +494,34 @@ impl StreamWatch {
         }
     }
 
-    fn log_end(&self, status: &Status) {
+    fn log_end(&self, ending: &Ending) {
+        let (code, reason) = (ending.status.code(), ending.status.message());
+        if ending.routine {
+            tracing::debug!(
+                method = self.method,
+                ?code,
+                reason,
+                "stream ended by the server"
+            );
+            return;
+        }
+        let Some(suppressed) = STREAM_ENDS_LOGGED.admit() else {
+            return;
+        };
         match self.owner {
             Some(owner) => tracing::info!(
                 method = self.method,
                 owner = %owner,
-                code = ?status.code(),
-                reason = status.message(),
+                ?code,
+                reason,
+                suppressed,
                 "stream ended by the server"
             ),
             None => tracing::info!(
                 method = self.method,
-                code = ?status.code(),
-                reason = status.message(),
+                ?code,
+                reason,
+                suppressed,
                 "stream ended by the server"
             ),
         }
@@ -424,8 +536,31 @@ fn unix_now() -> i64 {
         })
 }
 
-/// Open streams, per owner and in all. The map holds only owners with an
-/// open stream, so it is bounded by `total`.
+/// What a stream counts against, beside its pool's total.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum Counted {
+    Organization(Uuid),
+    User(Uuid),
+    Account(Uuid),
+    Client(IpAddr),
+}
+
+impl Counted {
+    fn refusal(self, limit: usize) -> Status {
+        let whose = match self {
+            Counted::Organization(_) => "this organization",
+            Counted::User(_) => "this user",
+            Counted::Account(_) => "this account",
+            Counted::Client(_) => "this address",
+        };
+        Status::resource_exhausted(format!(
+            "too many open streams for {whose} on this server (at most {limit}): close one first"
+        ))
+    }
+}
+
+/// Open streams, per pool and per what they count against. The map holds
+/// only keys with an open stream, so it is bounded by the pools' totals.
 struct StreamSlots {
     limits: StreamLimits,
     open: Mutex<OpenStreams>,
@@ -433,8 +568,9 @@ struct StreamSlots {
 
 #[derive(Default)]
 struct OpenStreams {
-    total: usize,
-    per_owner: HashMap<Uuid, usize>,
+    authenticated: usize,
+    public: usize,
+    per_key: HashMap<Counted, usize>,
 }
 
 impl StreamSlots {
@@ -445,27 +581,68 @@ impl StreamSlots {
         }
     }
 
-    fn acquire(self: &Arc<Self>, owner: Option<Uuid>) -> Result<StreamSlot, Status> {
+    /// The caps a caller's stream counts against. Trellis's own servers
+    /// (service tokens) count in the total only: they act for many
+    /// organizations at once.
+    fn caps(
+        &self,
+        principal: Option<&Principal>,
+        client: Option<IpAddr>,
+    ) -> [Option<(Counted, usize)>; 2] {
+        let StreamLimits {
+            per_org, per_user, ..
+        } = self.limits;
+        match principal {
+            Some(Principal::User(tenant)) => [
+                Some((Counted::Organization(tenant.org_id), per_org)),
+                Some((Counted::User(tenant.user_id), per_user)),
+            ],
+            Some(Principal::Worker(identity)) => {
+                [Some((Counted::Account(identity.account_id), per_org)), None]
+            }
+            Some(Principal::Service(_)) => [None, None],
+            None => [
+                client.map(|client| (Counted::Client(client_network(client)), per_user)),
+                None,
+            ],
+        }
+    }
+
+    fn acquire(
+        self: &Arc<Self>,
+        principal: Option<&Principal>,
+        client: Option<IpAddr>,
+    ) -> Result<StreamSlot, Status> {
+        let public = principal.is_none();
+        let caps = self.caps(principal, client);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if open.total >= self.limits.total {
+        let (count, limit) = if public {
+            (open.public, self.limits.public_total)
+        } else {
+            (open.authenticated, self.limits.total)
+        };
+        if count >= limit {
             return Err(Status::resource_exhausted(
                 "too many open streams on this server: retry later",
             ));
         }
-        if let Some(owner) = owner {
-            let count = open.per_owner.entry(owner).or_default();
-            if *count >= self.limits.per_owner {
-                return Err(Status::resource_exhausted(format!(
-                    "too many open streams for this organization on this server (at most {}): close one first",
-                    self.limits.per_owner
-                )));
+        for (key, limit) in caps.iter().flatten() {
+            if open.per_key.get(key).copied().unwrap_or(0) >= *limit {
+                return Err(key.refusal(*limit));
             }
-            *count += 1;
         }
-        open.total += 1;
+        for (key, _) in caps.iter().flatten() {
+            *open.per_key.entry(*key).or_default() += 1;
+        }
+        if public {
+            open.public += 1;
+        } else {
+            open.authenticated += 1;
+        }
         Ok(StreamSlot {
             slots: self.clone(),
-            owner,
+            public,
+            keys: caps.map(|cap| cap.map(|(key, _)| key)),
         })
     }
 }
@@ -473,19 +650,24 @@ impl StreamSlots {
 /// One open stream's place; given back when the stream's body is dropped.
 struct StreamSlot {
     slots: Arc<StreamSlots>,
-    owner: Option<Uuid>,
+    public: bool,
+    keys: [Option<Counted>; 2],
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
         let mut open = self.slots.open.lock().unwrap_or_else(|e| e.into_inner());
-        open.total -= 1;
-        if let Some(owner) = self.owner
-            && let Some(count) = open.per_owner.get_mut(&owner)
-        {
-            *count -= 1;
-            if *count == 0 {
-                open.per_owner.remove(&owner);
+        if self.public {
+            open.public -= 1;
+        } else {
+            open.authenticated -= 1;
+        }
+        for key in self.keys.iter().flatten() {
+            if let Some(count) = open.per_key.get_mut(key) {
+                *count -= 1;
+                if *count == 0 {
+                    open.per_key.remove(key);
+                }
             }
         }
     }
@@ -494,65 +676,139 @@ impl Drop for StreamSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::claims::{Role, ServiceIdentity, ServiceKind, TenantContext};
 
-    #[test]
-    fn slots_are_capped_per_owner_and_in_all_and_given_back() {
-        let slots = Arc::new(StreamSlots::new(StreamLimits {
-            per_owner: 2,
-            total: 3,
-        }));
-        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        let first = slots.acquire(Some(a)).unwrap();
-        let _second = slots.acquire(Some(a)).unwrap();
-        let refused = slots.acquire(Some(a)).err().unwrap();
-        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
-        assert!(refused.message().contains("at most 2"), "{refused:?}");
-        let _other = slots.acquire(Some(b)).unwrap();
-        // Three open: even a public stream waits now.
-        assert!(slots.acquire(None).is_err());
-        drop(first);
-        let _again = slots.acquire(Some(a)).unwrap();
-        assert_eq!(slots.open.lock().unwrap().per_owner.len(), 2);
+    fn user(org: Uuid, user: Uuid) -> Principal {
+        Principal::User(TenantContext {
+            org_id: org,
+            user_id: user,
+            role: Role::Viewer,
+            session_id: Uuid::new_v4(),
+            token_id: Uuid::new_v4(),
+            expires_at: 0,
+        })
+    }
+
+    fn limited(
+        per_org: usize,
+        per_user: usize,
+        total: usize,
+        public_total: usize,
+    ) -> Arc<StreamSlots> {
+        Arc::new(StreamSlots::new(StreamLimits {
+            per_org,
+            per_user,
+            total,
+            public_total,
+        }))
     }
 
     #[test]
-    fn owners_that_close_their_last_stream_leave_the_map() {
-        let slots = Arc::new(StreamSlots::new(StreamLimits {
-            per_owner: 1,
-            total: 10,
-        }));
+    fn slots_are_capped_per_organization_per_user_and_in_all_and_given_back() {
+        let slots = limited(3, 2, 4, 1);
+        let (org, other_org) = (Uuid::new_v4(), Uuid::new_v4());
+        let (ana, bea) = (user(org, Uuid::new_v4()), user(org, Uuid::new_v4()));
+        let first = slots.acquire(Some(&ana), None).unwrap();
+        let _second = slots.acquire(Some(&ana), None).unwrap();
+        let refused = slots.acquire(Some(&ana), None).err().unwrap();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("this user"), "{refused:?}");
+        let _third = slots.acquire(Some(&bea), None).unwrap();
+        let refused = slots.acquire(Some(&bea), None).err().unwrap();
+        assert!(
+            refused
+                .message()
+                .contains("this organization on this server (at most 3)"),
+            "{refused:?}"
+        );
+        let _elsewhere = slots
+            .acquire(Some(&user(other_org, Uuid::new_v4())), None)
+            .unwrap();
+        // Four open: the server's total is reached...
+        let refused = slots.acquire(Some(&user(Uuid::new_v4(), Uuid::new_v4())), None);
+        assert!(refused.err().unwrap().message().contains("on this server"));
+        // ...which public streams do not share.
+        let _public = slots
+            .acquire(None, Some("10.0.0.1".parse().unwrap()))
+            .unwrap();
+        drop(first);
+        let _again = slots.acquire(Some(&ana), None).unwrap();
+    }
+
+    #[test]
+    fn public_streams_count_per_address_apart_from_users() {
+        let slots = limited(10, 2, 10, 10);
+        let address: IpAddr = "2001:db8::1".parse().unwrap();
+        let neighbour: IpAddr = "2001:db8::2".parse().unwrap();
+        let _a = slots.acquire(None, Some(address)).unwrap();
+        let _b = slots.acquire(None, Some(neighbour)).unwrap();
+        // One /64, one client.
+        let refused = slots.acquire(None, Some(address)).err().unwrap();
+        assert!(refused.message().contains("this address"), "{refused:?}");
+        let _c = slots
+            .acquire(None, Some("2001:db8:1::1".parse().unwrap()))
+            .unwrap();
+        let _user = slots
+            .acquire(Some(&user(Uuid::new_v4(), Uuid::new_v4())), None)
+            .unwrap();
+    }
+
+    #[test]
+    fn service_streams_count_in_the_total_only_and_workers_per_account() {
+        let slots = limited(1, 1, 3, 1);
+        let identity = |kind| ServiceIdentity {
+            account_id: Uuid::new_v4(),
+            kind,
+            token_id: Uuid::new_v4(),
+            expires_at: 0,
+        };
+        let service = Principal::Service(identity(ServiceKind::Service));
+        let _one = slots.acquire(Some(&service), None).unwrap();
+        let _two = slots.acquire(Some(&service), None).unwrap();
+        let worker = Principal::Worker(identity(ServiceKind::Worker));
+        let _three = slots.acquire(Some(&worker), None).unwrap();
+        assert!(slots.acquire(Some(&worker), None).is_err());
+    }
+
+    #[test]
+    fn keys_that_close_their_last_stream_leave_the_map_and_refusals_add_none() {
+        let slots = limited(1, 1, 10, 10);
         let held: Vec<_> = (0..5)
-            .map(|_| slots.acquire(Some(Uuid::new_v4())).unwrap())
+            .map(|_| {
+                slots
+                    .acquire(Some(&user(Uuid::new_v4(), Uuid::new_v4())), None)
+                    .unwrap()
+            })
             .collect();
-        assert_eq!(slots.open.lock().unwrap().per_owner.len(), 5);
+        assert_eq!(slots.open.lock().unwrap().per_key.len(), 10);
         drop(held);
         let open = slots.open.lock().unwrap();
-        assert_eq!((open.total, open.per_owner.len()), (0, 0));
+        assert_eq!((open.authenticated, open.per_key.len()), (0, 0));
+        drop(open);
+        let none = limited(0, 0, 10, 10);
+        for _ in 0..5 {
+            assert!(
+                none.acquire(Some(&user(Uuid::new_v4(), Uuid::new_v4())), None)
+                    .is_err()
+            );
+        }
+        assert_eq!(none.open.lock().unwrap().per_key.len(), 0);
     }
 
     #[test]
     fn the_contracts_streams_are_known() {
-        let (_closing, watching) = watch::channel(false);
-        let layer = StreamLayer::new(
-            StreamLimits {
-                per_owner: 1,
-                total: 1,
-            },
-            watching,
-            Duration::ZERO,
-        );
+        let streaming: HashSet<&str> = trellis::METHODS
+            .iter()
+            .filter(|method| method.server_streaming)
+            .map(|method| method.path)
+            .collect();
         for path in [
             "/trellis.execution.v1.ExecutionService/WatchExecutions",
             "/trellis.execution.v1.ExecutionService/StreamLogs",
             "/trellis.order.v1.OrderService/WatchOrder",
-            "/grpc.health.v1.Health/Watch",
         ] {
-            assert!(layer.streaming.contains(path), "{path}");
+            assert!(streaming.contains(path), "{path}");
         }
-        assert!(
-            !layer
-                .streaming
-                .contains("/trellis.execution.v1.ExecutionService/GetExecution")
-        );
+        assert!(!streaming.contains("/trellis.execution.v1.ExecutionService/GetExecution"));
     }
 }
