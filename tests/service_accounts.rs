@@ -209,7 +209,7 @@ async fn revoked_accounts_and_wrong_secrets_get_no_token(extra: &[&str]) {
         .unwrap_err();
     assert_eq!(
         (ended.code(), ended.message()),
-        (Code::Unauthenticated, "session ended")
+        (Code::Unauthenticated, "service account revoked")
     );
     assert!(
         service_accounts::revoke(&fx.auth_database, &credentials.client_id)

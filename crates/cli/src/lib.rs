@@ -197,7 +197,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TRELLIS_SKIP_MIGRATIONS", value_parser = clap::builder::BoolishValueParser::new())]
     pub skip_migrations: bool,
     /// How long a server trusts a session-liveness answer from Auth: the
-    /// most a logout can take to reach every server.
+    /// most a logout can take to reach every server (100ms to 1h).
     #[arg(long, env = "TRELLIS_SESSION_CHECK_TTL", default_value = "5s", value_parser = trellis_runtime::parse_duration)]
     pub session_check_ttl: Duration,
     /// While Auth cannot be asked, how long past --session-check-ttl a
@@ -355,8 +355,8 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
     // Streams look at their session every TTL: zero would spin.
     if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&args.session_check_ttl) {
         return Err(CliError::Invalid(format!(
-            "session-check-ttl must be between 100ms and 1h, got {:?}",
-            args.session_check_ttl
+            "session-check-ttl must be between 100ms and 1h, got {}ms",
+            args.session_check_ttl.as_millis()
         )));
     }
     if args.session_check_grace > Duration::from_secs(3600) {
@@ -586,6 +586,19 @@ async fn service_accounts_command(command: &ServiceAccountsCommand) -> Result<()
         | ServiceAccountsCommand::List(storage)
         | ServiceAccountsCommand::Revoke { storage, .. } => storage,
     };
+    // Reading or revoking in a directory with no Trellis data is a mistyped
+    // --data-dir (or the wrong working directory), not an empty list.
+    let reads = !matches!(command, ServiceAccountsCommand::Create { .. });
+    let sqlite_file = storage
+        .data_dir
+        .join(format!("{}.db", ServiceName::Auth.as_str()));
+    if reads && storage.database_url.is_none() && !sqlite_file.exists() {
+        return Err(CliError::Invalid(format!(
+            "no Trellis data in {} (no {}): pass the --data-dir (or --database-url) the servers use",
+            storage.data_dir.display(),
+            sqlite_file.display()
+        )));
+    }
     let database = open_databases(storage, &[ServiceName::Auth], true)
         .await?
         .remove(0);
@@ -606,6 +619,10 @@ async fn service_accounts_command(command: &ServiceAccountsCommand) -> Result<()
             .await
             .map_err(ServiceAccountError::from)
             .map(|accounts| {
+                say(&format!(
+                    "{:<36}  {:<8} {:<8} NAME",
+                    "CLIENT_ID", "SCOPE", "STATE"
+                ));
                 for account in accounts {
                     let state = if account.revoked_at.is_some() {
                         "revoked"

@@ -66,3 +66,22 @@ fn create_prints_credentials_once_and_list_and_revoke_complete_the_set() {
     assert!(stdout(&bad_name).is_empty());
     std::fs::remove_dir_all(data_dir).unwrap();
 }
+
+#[test]
+fn listing_where_there_is_no_data_is_an_error_that_creates_nothing() {
+    let data_dir = std::env::temp_dir().join(format!("trellis-cli-empty-{}", std::process::id()));
+    for args in [
+        &["service-accounts", "list"][..],
+        &[
+            "service-accounts",
+            "revoke",
+            "00000000-0000-0000-0000-000000000000",
+        ],
+    ] {
+        let listed = trellis(args, &data_dir);
+        assert_eq!(listed.status.code(), Some(2), "{listed:?}");
+        let said = String::from_utf8_lossy(&listed.stderr);
+        assert!(said.contains("no Trellis data in"), "{said}");
+        assert!(!data_dir.exists(), "made {}", data_dir.display());
+    }
+}

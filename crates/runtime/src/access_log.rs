@@ -8,6 +8,7 @@ use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use tonic::Code;
 use tracing::{Instrument, Span};
+use trellis_tenancy::EndedByRules;
 
 /// Unknown methods are logged too; their paths are cut to this many bytes.
 const MAX_LOGGED_METHOD: usize = 128;
@@ -43,6 +44,8 @@ struct Completion {
     started: Instant,
     method: PathAndQuery,
     request_id: HeaderValue,
+    /// A stream's; set when the stream rules ended it.
+    ended_by_rules: Option<EndedByRules>,
 }
 
 impl Completion {
@@ -51,6 +54,11 @@ impl Completion {
         let _entered = self.span.enter();
         let method = trellis_tenancy::truncated(self.method.path(), MAX_LOGGED_METHOD);
         let request_id = self.request_id.to_str().unwrap_or("");
+        if self.ended_by_rules.is_some_and(|ended| ended.is_set()) {
+            // Not a fault: the stream rules ended it and logged why.
+            tracing::debug!(method, request_id, status = ?status, latency_us, "stream ended by the rules");
+            return;
+        }
         match status {
             Some(Code::Ok) => {
                 tracing::debug!(
@@ -167,6 +175,7 @@ where
                 started,
                 method,
                 request_id,
+                ended_by_rules: parts.extensions.get::<EndedByRules>().cloned(),
             };
             // Trailers-only responses (every error) carry the status here;
             // successful ones carry it in the trailers.

@@ -161,24 +161,20 @@ impl ServerLimits {
             "greater than zero",
             self.request_timeout,
         )?;
-        check(
-            "max-streams-per-org",
-            (1..=self.max_streams.max(1)).contains(&self.max_streams_per_org),
-            "between 1 and --max-streams",
-            self.max_streams_per_org,
-        )?;
-        check(
-            "max-streams-per-user",
-            (1..=self.max_streams_per_org.max(1)).contains(&self.max_streams_per_user),
-            "between 1 and --max-streams-per-org",
-            self.max_streams_per_user,
-        )?;
-        check(
-            "max-streams",
-            (1..=1_000_000).contains(&self.max_streams),
-            "between 1 and 1000000",
-            self.max_streams,
-        )?;
+        // Each cap stands on its own: one above another is simply never
+        // the one that refuses.
+        for (name, value) in [
+            ("max-streams", self.max_streams),
+            ("max-streams-per-org", self.max_streams_per_org),
+            ("max-streams-per-user", self.max_streams_per_user),
+        ] {
+            check(
+                name,
+                (1..=1_000_000).contains(&value),
+                "between 1 and 1000000",
+                value,
+            )?;
+        }
         check(
             "keepalive-interval",
             self.keepalive_interval >= Duration::from_secs(1),

@@ -37,5 +37,7 @@ pub use server::{
 pub use service_token::{AsService, AsServiceLayer, ServiceCredentials, ServiceTokens};
 pub use session_guard::{AuthSessionCheck, SessionCheck, SessionGuard, SessionState};
 pub use signing::{KeyError, SigningKey};
-pub use streams::{RulesFuture, StreamBody, StreamLayer, StreamLimits, StreamRules, StreamWatch};
+pub use streams::{
+    EndedByRules, RulesFuture, StreamBody, StreamLayer, StreamLimits, StreamRules, StreamWatch,
+};
 pub use verifier::{AuthError, MAX_LEEWAY_SECS, MAX_TOKEN_BYTES, TokenVerifier, VerifierConfig};

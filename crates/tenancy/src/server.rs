@@ -489,7 +489,7 @@ fn admit<B>(
                 request.uri().path(),
                 client_address(request),
             );
-            return Err(session_ended());
+            return Err(session_ended(&principal));
         }
         Some(SessionState::Live(Some(role))) => {
             if let Principal::User(tenant) = &mut principal {
@@ -506,8 +506,12 @@ fn admit<B>(
     Ok(())
 }
 
-fn session_ended() -> Status {
-    Status::unauthenticated("session ended")
+/// A user's login session, or a worker's or service's account, has ended.
+pub(crate) fn session_ended(principal: &Principal) -> Status {
+    Status::unauthenticated(match principal {
+        Principal::User(_) => "session ended",
+        Principal::Worker(_) | Principal::Service(_) => "service account revoked",
+    })
 }
 
 /// Fills the caller fields of the per-RPC span opened by the runtime.

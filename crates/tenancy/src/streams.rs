@@ -29,6 +29,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -44,7 +45,7 @@ use crate::claims::Principal;
 use crate::client_address::client_network;
 use crate::context::CallContext;
 use crate::jwks::BoxFuture;
-use crate::server::{LogBudget, bearer_token};
+use crate::server::{LogBudget, bearer_token, session_ended};
 use crate::session_guard::{SessionGuard, SessionState};
 use crate::verifier::TokenVerifier;
 
@@ -65,8 +66,22 @@ const PUBLIC_STREAM_LIFETIME: Duration = Duration::from_secs(600);
 /// session guard (Auth's own).
 const RECHECK_WITHOUT_GUARD: Duration = Duration::from_secs(5);
 
-/// Lines a second about streams ended by the rules, per process.
+/// Lines a second about streams ended by the rules, and about streams
+/// refused at a cap, per process.
 static STREAM_ENDS_LOGGED: LogBudget = LogBudget::new(10);
+static STREAM_REFUSALS_LOGGED: LogBudget = LogBudget::new(10);
+
+/// In a stream's response extensions: set once the rules end it, so the
+/// access log does not report the end (a shutdown's UNAVAILABLE, say) as a
+/// server fault; the rules log it themselves.
+#[derive(Clone, Debug, Default)]
+pub struct EndedByRules(Arc<AtomicBool>);
+
+impl EndedByRules {
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
 
 /// How many streams may be open at once on one server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,6 +184,14 @@ where
         let slot = match self.layer.slots.acquire(principal.as_ref(), client) {
             Ok(slot) => slot,
             Err(status) => {
+                if let Some(suppressed) = STREAM_REFUSALS_LOGGED.admit() {
+                    tracing::info!(
+                        method,
+                        reason = status.message(),
+                        suppressed,
+                        "stream refused: a cap is reached"
+                    );
+                }
                 return RulesFuture::Refused {
                     status: Some(status),
                 };
@@ -206,8 +229,13 @@ where
                 Poll::Ready(Ok(status.into_http::<ResBody>().map(StreamBody::plain)))
             }
             RulesFutureProjection::Admitted { inner, watch } => {
-                let response = ready!(inner.poll(cx))?;
+                let mut response = ready!(inner.poll(cx))?;
                 let watch = watch.take();
+                if let Some(watch) = &watch {
+                    response
+                        .extensions_mut()
+                        .insert(watch.ended_by_rules.clone());
+                }
                 Poll::Ready(Ok(response.map(|inner| StreamBody { inner, watch })))
             }
         }
@@ -253,6 +281,7 @@ impl<B: Body> Body for StreamBody<B> {
         // Before any data: nothing goes out once a rule says the stream is over.
         if let Some(ending) = watch.poll_end(cx) {
             watch.ended = true;
+            watch.ended_by_rules.0.store(true, Ordering::Relaxed);
             watch.log_end(&ending);
             return Poll::Ready(Some(Ok(Frame::trailers(trailers_of(&ending.status)))));
         }
@@ -334,6 +363,7 @@ pub struct StreamWatch {
     closing: BoxFuture<()>,
     timer: Pin<Box<Sleep>>,
     ended: bool,
+    ended_by_rules: EndedByRules,
 }
 
 /// Verifies the token again, and asks about the session, every so often.
@@ -364,7 +394,7 @@ impl Recheck {
                 return Ok(Instant::now() + RECHECK_WITHOUT_GUARD);
             };
             match guard.recheck(&principal, authorization).await? {
-                (SessionState::Ended, _) => Err(Status::unauthenticated("session ended")),
+                (SessionState::Ended, _) => Err(session_ended(&principal)),
                 (SessionState::Live(_), next) => Ok(next),
             }
         })
@@ -435,6 +465,7 @@ impl StreamWatch {
             }),
             timer: Box::pin(tokio::time::sleep_until(now.into())),
             ended: false,
+            ended_by_rules: EndedByRules::default(),
         }
     }
 
