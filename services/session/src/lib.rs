@@ -68,9 +68,6 @@ impl Server for SessionServer {
     }
 }
 
-/// This service's tables; they arrive with the service's own issue.
-pub const MIGRATIONS: ServiceMigrations = ServiceMigrations {
-    service: "session",
-    sqlite: &[],
-    postgres: &[],
-};
+pub mod store;
+
+pub use store::MIGRATIONS;
