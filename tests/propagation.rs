@@ -90,9 +90,11 @@ async fn outbound_calls_carry_the_callers_context() {
         ServerLimits::default(),
     )
     .await;
-    let downstream_channel = ServiceBuilder::new()
-        .layer(PropagateLayer::new(Duration::from_secs(10)))
-        .service(channel(downstream.address).await);
+    // As a service's handler gets it: ServerContext::upstreams.
+    let upstreams =
+        trellis_runtime::Upstreams::new([("echo", channel(downstream.address).await)].into(), None);
+    let downstream_channel = upstreams.for_caller("echo").unwrap();
+    assert!(upstreams.for_caller("nowhere").is_none());
     let upstream = spawn_server(
         ServiceSet::new("relay").add_service(AuthServiceServer::new(Relay {
             downstream: AuthServiceClient::new(downstream_channel),
@@ -138,7 +140,7 @@ async fn outbound_calls_carry_the_callers_context() {
         "{remaining:?}"
     );
 
-    // No caller deadline: the outbound call still gets one.
+    // No caller deadline: the outbound call still gets one (10 s).
     let request = with_metadata(WhoAmIRequest {}, &[("authorization", &token)]);
     let body = client.who_am_i(request).await.unwrap().into_inner();
     let (seen_traceparent, seen_timeout) = body.session_id.split_once('|').unwrap();
