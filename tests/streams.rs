@@ -30,8 +30,7 @@ use trellis_cli::ServiceName;
 use trellis_runtime::{ServerLimits, ServiceSet};
 use trellis_tenancy::{
     AccessClaims, AuthServiceJwks, AuthSessionCheck, BoxFuture, JwksCache, Principal, Role,
-    SessionCheck, SessionGuard, SessionState, SigningKey, StaticJwks, TokenVerifier,
-    VerifierConfig,
+    SessionCheck, SessionGuard, SessionState, SigningKey, TokenVerifier, VerifierConfig,
 };
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -83,23 +82,18 @@ impl ExecutionService for Streaming {
     }
 }
 
-/// No clock-skew leeway, so a token's stream ends at its `exp`.
-async fn strict_verifier(key: &SigningKey) -> Arc<TokenVerifier> {
-    let jwks = Arc::new(JwksCache::new(
-        Arc::new(StaticJwks::new(vec![key.public_jwk()])),
-        Duration::from_secs(10),
-    ));
-    jwks.refresh().await.unwrap();
-    Arc::new(TokenVerifier::new(
-        jwks,
-        VerifierConfig {
-            issuer: ISSUER.into(),
-            audience: AUDIENCE.into(),
-            leeway_secs: 0,
-            max_lifetime_secs: 3600,
-            cache_capacity: 1000,
-        },
-    ))
+/// The streaming service behind the real stack, with a key of its own
+/// and no clock-skew leeway, so a token's stream ends at its `exp`.
+async fn streaming_server(service: Streaming, limits: ServerLimits) -> (SigningKey, TestServer) {
+    let key = SigningKey::generate("key-a");
+    let verifier = verifier_with_leeway(&key, 0).await;
+    let server = spawn_server(streaming_set(service), verifier, limits).await;
+    (key, server)
+}
+
+async fn stop(server: TestServer) {
+    server.trigger.trigger();
+    server.task.await.unwrap().unwrap();
 }
 
 fn token(key: &SigningKey, org: uuid::Uuid, lifetime_secs: i64) -> String {
@@ -167,13 +161,7 @@ async fn drain(stream: &mut tonic::Streaming<WatchExecutionsResponse>) -> (usize
 
 #[tokio::test]
 async fn a_stream_outlives_the_request_timeout_and_ends_when_its_token_expires() {
-    let key = SigningKey::generate("key-a");
-    let server = spawn_server(
-        streaming_set(Streaming::default()),
-        strict_verifier(&key).await,
-        limits(),
-    )
-    .await;
+    let (key, server) = streaming_server(Streaming::default(), limits()).await;
     let mut client = ExecutionServiceClient::new(channel(server.address).await);
     let opened = Instant::now();
     let mut stream = watch(&mut client, &token(&key, uuid::Uuid::new_v4(), 3))
@@ -189,19 +177,12 @@ async fn a_stream_outlives_the_request_timeout_and_ends_when_its_token_expires()
         "ended after {lived:?}"
     );
     assert!(events >= 30, "{events} events in {lived:?}");
-    server.trigger.trigger();
-    server.task.await.unwrap().unwrap();
+    stop(server).await;
 }
 
 #[tokio::test]
 async fn a_stream_ends_at_its_callers_deadline() {
-    let key = SigningKey::generate("key-a");
-    let server = spawn_server(
-        streaming_set(Streaming::default()),
-        strict_verifier(&key).await,
-        limits(),
-    )
-    .await;
+    let (key, server) = streaming_server(Streaming::default(), limits()).await;
     let mut client = ExecutionServiceClient::new(channel(server.address).await);
     let mut request = authed(
         WatchExecutionsRequest::default(),
@@ -218,16 +199,13 @@ async fn a_stream_ends_at_its_callers_deadline() {
         "ended after {lived:?}"
     );
     assert!(events >= 20, "{events} events");
-    server.trigger.trigger();
-    server.task.await.unwrap().unwrap();
+    stop(server).await;
 }
 
 #[tokio::test]
 async fn streams_end_with_unavailable_when_the_drain_ends_and_the_server_stops_promptly() {
-    let key = SigningKey::generate("key-a");
-    let server = spawn_server(
-        streaming_set(Streaming::default()),
-        strict_verifier(&key).await,
+    let (key, server) = streaming_server(
+        Streaming::default(),
         ServerLimits {
             shutdown_drain: Duration::from_millis(500),
             ..limits()
@@ -265,10 +243,8 @@ async fn streams_end_with_unavailable_when_the_drain_ends_and_the_server_stops_p
 
 #[tokio::test]
 async fn each_organization_holds_at_most_its_cap_of_open_streams() {
-    let key = SigningKey::generate("key-a");
-    let server = spawn_server(
-        streaming_set(Streaming::default()),
-        strict_verifier(&key).await,
+    let (key, server) = streaming_server(
+        Streaming::default(),
         ServerLimits {
             max_streams_per_org: 3,
             ..limits()
@@ -320,21 +296,14 @@ async fn each_organization_holds_at_most_its_cap_of_open_streams() {
             }
         }
     }
-    server.trigger.trigger();
-    server.task.await.unwrap().unwrap();
+    stop(server).await;
 }
 
 #[tokio::test]
 async fn a_slow_reader_holds_the_producer_back() {
-    let key = SigningKey::generate("key-a");
     let service = Streaming::default();
     let made = service.lines_made.clone();
-    let server = spawn_server(
-        streaming_set(service),
-        strict_verifier(&key).await,
-        limits(),
-    )
-    .await;
+    let (key, server) = streaming_server(service, limits()).await;
     // A 64 KiB receive window, as a careful client would set.
     let channel = Channel::from_shared(format!("http://{}", server.address))
         .unwrap()
@@ -365,16 +334,13 @@ async fn a_slow_reader_holds_the_producer_back() {
     }
     assert!(made.load(Ordering::SeqCst) > 500);
     drop(lines);
-    server.trigger.trigger();
-    server.task.await.unwrap().unwrap();
+    stop(server).await;
 }
 
 #[tokio::test]
 async fn one_user_takes_at_most_its_share_and_public_streams_have_a_pool_of_their_own() {
-    let key = SigningKey::generate("key-a");
-    let server = spawn_server(
-        streaming_set(Streaming::default()),
-        strict_verifier(&key).await,
+    let (key, server) = streaming_server(
+        Streaming::default(),
         ServerLimits {
             max_streams_per_org: 10,
             max_streams_per_user: 2,
@@ -420,8 +386,7 @@ async fn one_user_takes_at_most_its_share_and_public_streams_have_a_pool_of_thei
         .await
         .unwrap();
     user.message().await.unwrap().unwrap();
-    server.trigger.trigger();
-    server.task.await.unwrap().unwrap();
+    stop(server).await;
 }
 
 /// The streams of one session share its checks: one question to Auth per
@@ -437,7 +402,7 @@ async fn streams_of_one_session_share_its_checks() {
         100,
     ));
     let set = streaming_set(Streaming::default()).with_session_guard(Some(guard));
-    let server = spawn_server(set, strict_verifier(&key).await, limits()).await;
+    let server = spawn_server(set, verifier_with_leeway(&key, 0).await, limits()).await;
     let mut client = ExecutionServiceClient::new(channel(server.address).await);
     let token = token(&key, uuid::Uuid::new_v4(), 600);
     let mut open = Vec::new();
@@ -463,8 +428,7 @@ async fn streams_of_one_session_share_its_checks() {
         "{asked} checks for 20 streams in 3 s"
     );
     drop(open);
-    server.trigger.trigger();
-    server.task.await.unwrap().unwrap();
+    stop(server).await;
 }
 
 /// With real Auth: a logout ends the user's open stream within

@@ -316,6 +316,11 @@ pub fn bearer(key: &SigningKey, claims: &AccessClaims) -> String {
 
 /// A verifier that trusts exactly `key`.
 pub async fn verifier_for(key: &SigningKey) -> Arc<TokenVerifier> {
+    verifier_with_leeway(key, 30).await
+}
+
+/// [`verifier_for`] with another clock-skew leeway (0: a token ends at its `exp`).
+pub async fn verifier_with_leeway(key: &SigningKey, leeway_secs: u64) -> Arc<TokenVerifier> {
     let jwks = Arc::new(JwksCache::new(
         Arc::new(StaticJwks::new(vec![key.public_jwk()])),
         Duration::from_secs(10),
@@ -326,7 +331,7 @@ pub async fn verifier_for(key: &SigningKey) -> Arc<TokenVerifier> {
         VerifierConfig {
             issuer: ISSUER.into(),
             audience: AUDIENCE.into(),
-            leeway_secs: 30,
+            leeway_secs,
             max_lifetime_secs: 3600,
             cache_capacity: 1000,
         },
