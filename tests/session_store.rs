@@ -7,9 +7,10 @@ mod common;
 use std::collections::BTreeMap;
 
 use trellis_session::store::{
-    ACTIVITY_WRITE_INTERVAL_MS, SessionKind, SessionRecord, SessionStore, SqlSessions,
+    ACTIVITY_WRITE_INTERVAL_MS, RedisSessions, SessionKind, SessionRecord, SessionStore,
+    SqlSessions,
 };
-use trellis_store::{Database, Page};
+use trellis_store::Page;
 use uuid::Uuid;
 
 const HOUR: i64 = 3_600_000;
@@ -17,11 +18,63 @@ const MINUTE: i64 = 60_000;
 /// Some time in 2026, Unix ms.
 const T0: i64 = 1_790_000_000_000;
 
-async fn sql_store(database: &Database) -> SqlSessions {
-    trellis_store::migrate(database, &trellis_session::MIGRATIONS)
+/// One test per backend for a scenario over `&dyn SessionStore`: SQLite
+/// and PostgreSQL (a database of the test's own, migrated) and Redis (keys
+/// under a prefix of the test's own, removed after).
+macro_rules! store_suite {
+    ($scenario:ident) => {
+        mod $scenario {
+            use super::*;
+
+            async fn in_sql(backend: common::Backend) {
+                let Some(test) = common::TestDatabase::fresh(backend, "session store").await else {
+                    return;
+                };
+                trellis_store::migrate(&test.database, &trellis_session::MIGRATIONS)
+                    .await
+                    .unwrap();
+                super::$scenario(&SqlSessions::new(test.database.clone())).await;
+                test.remove().await;
+            }
+
+            #[tokio::test]
+            async fn sqlite() {
+                in_sql(common::Backend::Sqlite).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                in_sql(common::Backend::Postgres).await;
+            }
+
+            #[tokio::test]
+            async fn redis() {
+                let Some(url) = common::redis_url("session store") else {
+                    return;
+                };
+                let pool = trellis_store::connect_redis(&url, 4).await.unwrap();
+                let prefix = format!("trellis-test:{}:", Uuid::new_v4().simple());
+                super::$scenario(&RedisSessions::new(pool.clone(), prefix.clone())).await;
+                remove_keys(&pool, &prefix).await;
+            }
+        }
+    };
+}
+
+async fn remove_keys(pool: &trellis_store::RedisPool, prefix: &str) {
+    let mut connection = pool.get().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut *connection)
         .await
         .unwrap();
-    SqlSessions::new(database.clone())
+    if !keys.is_empty() {
+        let _: i64 = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut *connection)
+            .await
+            .unwrap();
+    }
 }
 
 fn session(org_id: Uuid, user_id: Uuid, created_at: i64) -> SessionRecord {
@@ -41,8 +94,9 @@ fn session(org_id: Uuid, user_id: Uuid, created_at: i64) -> SessionRecord {
     }
 }
 
-async fn sessions_live_until_either_expiry_and_only_in_their_organization(database: &Database) {
-    let store = sql_store(database).await;
+async fn sessions_live_until_either_expiry_and_only_in_their_organization(
+    store: &dyn SessionStore,
+) {
     let (org, other_org, user) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let opened = session(org, user, T0);
     store.insert(&opened).await.unwrap();
@@ -85,13 +139,9 @@ async fn sessions_live_until_either_expiry_and_only_in_their_organization(databa
     );
 }
 
-backend_suite!(
-    database sessions_live_until_either_expiry_and_only_in_their_organization,
-    "session store": sqlite, postgres
-);
+store_suite!(sessions_live_until_either_expiry_and_only_in_their_organization);
 
-async fn activity_slides_expiry_but_is_written_at_most_once_a_minute(database: &Database) {
-    let store = sql_store(database).await;
+async fn activity_slides_expiry_but_is_written_at_most_once_a_minute(store: &dyn SessionStore) {
     let (org, user) = (Uuid::new_v4(), Uuid::new_v4());
     let opened = session(org, user, T0);
     store.insert(&opened).await.unwrap();
@@ -133,13 +183,9 @@ async fn activity_slides_expiry_but_is_written_at_most_once_a_minute(database: &
     );
 }
 
-backend_suite!(
-    database activity_slides_expiry_but_is_written_at_most_once_a_minute,
-    "session store": sqlite, postgres
-);
+store_suite!(activity_slides_expiry_but_is_written_at_most_once_a_minute);
 
-async fn a_users_sessions_page_newest_first_and_end_together(database: &Database) {
-    let store = sql_store(database).await;
+async fn a_users_sessions_page_newest_first_and_end_together(store: &dyn SessionStore) {
     let (org, ana, bea) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let mut anas = Vec::new();
     for n in 0..5 {
@@ -199,13 +245,9 @@ async fn a_users_sessions_page_newest_first_and_end_together(database: &Database
     assert_eq!(store.delete(org, kept, now).await.unwrap(), None);
 }
 
-backend_suite!(
-    database a_users_sessions_page_newest_first_and_end_together,
-    "session store": sqlite, postgres
-);
+store_suite!(a_users_sessions_page_newest_first_and_end_together);
 
-async fn counts_cover_live_sessions_of_one_organization(database: &Database) {
-    let store = sql_store(database).await;
+async fn counts_cover_live_sessions_of_one_organization(store: &dyn SessionStore) {
     let (org, other_org) = (Uuid::new_v4(), Uuid::new_v4());
     let now = T0 + 2 * HOUR;
     let quiet = session(org, Uuid::new_v4(), T0);
@@ -235,13 +277,72 @@ async fn counts_cover_live_sessions_of_one_organization(database: &Database) {
     let empty = store.counts(Uuid::new_v4(), now, now).await.unwrap();
     assert_eq!((empty.total, empty.oldest_created_at), (0, None));
 
-    // The sweeper takes the expired one, in batches.
-    assert_eq!(store.sweep_expired(now, 10).await.unwrap(), 1);
+    // The sweeper takes the expired one, unless the backend expires its own.
+    let expired = if store.expires_entries_itself() { 0 } else { 1 };
+    assert_eq!(store.sweep_expired(now, 10).await.unwrap(), expired);
     assert_eq!(store.sweep_expired(now, 10).await.unwrap(), 0);
     assert_eq!(store.counts(org, now, 0).await.unwrap().total, 2);
 }
 
-backend_suite!(
-    database counts_cover_live_sessions_of_one_organization,
-    "session store": sqlite, postgres
-);
+store_suite!(counts_cover_live_sessions_of_one_organization);
+
+async fn a_touch_never_brings_back_an_ended_session(store: &dyn SessionStore) {
+    let (org, user) = (Uuid::new_v4(), Uuid::new_v4());
+    let opened = session(org, user, T0);
+    store.insert(&opened).await.unwrap();
+    assert!(
+        store
+            .delete(org, opened.id, T0 + 1)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let later = T0 + 2 * ACTIVITY_WRITE_INTERVAL_MS;
+    assert_eq!(
+        store.touch(org, opened.id, later, 24 * HOUR).await.unwrap(),
+        None
+    );
+    assert_eq!(store.get(org, opened.id, later).await.unwrap(), None);
+    assert_eq!(store.counts(org, later, 0).await.unwrap().total, 0);
+}
+
+store_suite!(a_touch_never_brings_back_an_ended_session);
+
+/// Redis keeps index entries beside each session; those of expired sessions
+/// are pruned as the organization is written, so they do not pile up.
+#[tokio::test]
+async fn redis_indexes_do_not_keep_expired_sessions() {
+    let Some(url) = common::redis_url("session store") else {
+        return;
+    };
+    let pool = trellis_store::connect_redis(&url, 4).await.unwrap();
+    let prefix = format!("trellis-test:{}:", Uuid::new_v4().simple());
+    let store = RedisSessions::new(pool.clone(), prefix.clone());
+    let org = Uuid::new_v4();
+    for n in 0..150 {
+        // Each lives an hour; the next day's sessions find them expired.
+        let mut short = session(org, Uuid::new_v4(), T0 + n);
+        short.idle_expires_at = short.created_at + HOUR;
+        store.insert(&short).await.unwrap();
+    }
+    let next_day = T0 + 24 * HOUR;
+    store
+        .insert(&session(org, Uuid::new_v4(), next_day))
+        .await
+        .unwrap();
+    store
+        .insert(&session(org, Uuid::new_v4(), next_day + 1))
+        .await
+        .unwrap();
+    let mut connection = pool.get().await.unwrap();
+    let key = format!("{prefix}sess:{{{org}}}:exp");
+    let indexed: i64 = redis::cmd("ZCARD")
+        .arg(&key)
+        .query_async(&mut *connection)
+        .await
+        .unwrap();
+    // 100 pruned per write: two writes took all 150 expired.
+    assert_eq!(indexed, 2, "{key}");
+    drop(connection);
+    remove_keys(&pool, &prefix).await;
+}

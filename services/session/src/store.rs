@@ -1,5 +1,6 @@
 //! Where sessions live: one trait, [`SessionStore`], with a SQL backend
-//! (the service's SQLite file by default, PostgreSQL with `--database-url`).
+//! (the service's SQLite file by default, PostgreSQL with `--database-url`)
+//! and a Redis backend (`--redis-url`).
 //! Every call names the organization; no session is read by id alone.
 
 use std::collections::BTreeMap;
@@ -7,8 +8,10 @@ use std::collections::BTreeMap;
 use trellis_store::{EmbeddedMigration, Page, ServiceMigrations, StoreError};
 use uuid::Uuid;
 
+mod redis;
 mod sql;
 
+pub use self::redis::RedisSessions;
 pub use sql::SqlSessions;
 
 const SESSIONS: EmbeddedMigration = EmbeddedMigration {
@@ -137,4 +140,10 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Removes up to `limit` sessions expired at `now`; how many. Backends
     /// that expire entries themselves remove none.
     async fn sweep_expired(&self, now: i64, limit: i64) -> Result<u64, StoreError>;
+
+    /// Whether expired sessions vanish on their own (Redis TTLs), so no
+    /// sweeper needs to run.
+    fn expires_entries_itself(&self) -> bool {
+        false
+    }
 }
