@@ -177,10 +177,11 @@ pub async fn serve(
         // refused call.
         .layer(AuthLayer::new(verifier.clone(), callers).with_session_guard(sessions.clone()))
         // Innermost, for server streams only (unary calls pass untouched):
-        // a stream ends when its token expires, its session ends (looked at
-        // every --session-check-ttl), its caller's deadline passes or the
-        // server stops taking calls, each with a status the client can act
-        // on; and each organization holds at most --max-streams-per-org.
+        // a stream ends when its token expires or stops verifying, its
+        // session ends (looked at every --session-check-ttl), its caller's
+        // deadline passes or the server stops taking calls, each with a
+        // status the client can act on; open streams are capped per
+        // organization, per user and in all, public ones in a pool apart.
         // Streams hold no concurrency slot once their first response is out,
         // and --request-timeout does not cut them.
         .layer(
