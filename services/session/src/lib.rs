@@ -68,6 +68,7 @@ impl Server for SessionServer {
     }
 }
 
+pub mod sessions;
 pub mod store;
 
 pub use store::MIGRATIONS;
