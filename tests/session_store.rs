@@ -55,26 +55,12 @@ macro_rules! store_suite {
                 let pool = trellis_store::connect_redis(&url, 4).await.unwrap();
                 let prefix = format!("trellis-test:{}:", Uuid::new_v4().simple());
                 super::$scenario(&RedisSessions::new(pool.clone(), prefix.clone())).await;
-                remove_keys(&pool, &prefix).await;
+                trellis_store::remove_keys_under(&pool, &prefix)
+                    .await
+                    .unwrap();
             }
         }
     };
-}
-
-async fn remove_keys(pool: &trellis_store::RedisPool, prefix: &str) {
-    let mut connection = pool.get().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut *connection)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let _: i64 = redis::cmd("DEL")
-            .arg(&keys)
-            .query_async(&mut *connection)
-            .await
-            .unwrap();
-    }
 }
 
 fn session(org_id: Uuid, user_id: Uuid, created_at: i64) -> SessionRecord {
@@ -344,5 +330,7 @@ async fn redis_indexes_do_not_keep_expired_sessions() {
     // 100 pruned per write: two writes took all 150 expired.
     assert_eq!(indexed, 2, "{key}");
     drop(connection);
-    remove_keys(&pool, &prefix).await;
+    trellis_store::remove_keys_under(&pool, &prefix)
+        .await
+        .unwrap();
 }

@@ -19,7 +19,7 @@ pub use database::{BeginWrite, Database, DatabaseOptions, default_sqlite_url, re
 pub use error::StoreError;
 pub use migrate::{EmbeddedMigration, ServiceMigrations, migrate};
 pub use page::{Page, PageError, newest_first};
-pub use redis_pool::{RedisPool, connect_redis};
+pub use redis_pool::{RedisPool, connect_redis, remove_keys_under};
 pub use row::UnknownName;
 /// For [`row!`]: the sqlx its expansions name.
 #[doc(hidden)]

@@ -35,3 +35,33 @@ pub async fn connect_redis(url: &str, max_size: u32) -> Result<RedisPool, StoreE
     }
     Ok(pool)
 }
+
+/// Deletes every key that starts with `prefix` (SCAN, so Redis is never
+/// blocked by one big KEYS): for tests and benchmarks that made their keys
+/// under a prefix of their own. How many were deleted.
+pub async fn remove_keys_under(pool: &RedisPool, prefix: &str) -> Result<u64, StoreError> {
+    let mut connection = pool.get().await?;
+    let pattern = format!("{prefix}*");
+    let (mut cursor, mut removed) = (0_u64, 0_u64);
+    loop {
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut *connection)
+            .await?;
+        if !keys.is_empty() {
+            let deleted: u64 = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut *connection)
+                .await?;
+            removed += deleted;
+        }
+        if next == 0 {
+            return Ok(removed);
+        }
+        cursor = next;
+    }
+}

@@ -94,30 +94,9 @@ async fn main() {
             after - before,
             (after - before) as f64 / count as f64
         );
-        let mut connection = pool.get().await.unwrap();
-        let mut cursor = 0_u64;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{prefix}*"))
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut *connection)
-                .await
-                .unwrap();
-            if !keys.is_empty() {
-                let _: i64 = redis::cmd("DEL")
-                    .arg(&keys)
-                    .query_async(&mut *connection)
-                    .await
-                    .unwrap();
-            }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
+        trellis_store::remove_keys_under(&pool, &prefix)
+            .await
+            .unwrap();
     } else {
         println!("redis:  skipped (set REDIS_URL)");
     }

@@ -68,6 +68,20 @@ impl SessionRecord {
     pub fn is_live(&self, now: i64) -> bool {
         now < self.expires_at()
     }
+
+    /// This session used at `now`: what to write back, if a write is due
+    /// ([`ACTIVITY_WRITE_INTERVAL_MS`] after the last), with the idle
+    /// expiry slid to `now + idle_ms`, never past the absolute one.
+    pub fn used_at(&self, now: i64, idle_ms: i64) -> Option<SessionRecord> {
+        if now - self.last_activity_at < ACTIVITY_WRITE_INTERVAL_MS {
+            return None;
+        }
+        Some(SessionRecord {
+            last_activity_at: now,
+            idle_expires_at: now.saturating_add(idle_ms).min(self.absolute_expires_at),
+            ..self.clone()
+        })
+    }
 }
 
 /// Counts over one organization's live sessions.

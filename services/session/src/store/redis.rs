@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use trellis_store::{Page, RedisPool, StoreError};
 use uuid::Uuid;
 
-use super::{ACTIVITY_WRITE_INTERVAL_MS, SessionCounts, SessionKind, SessionRecord, SessionStore};
+use super::{SessionCounts, SessionKind, SessionRecord, SessionStore};
 
 /// Expired index entries removed per write, so pruning never stalls Redis.
 const PRUNE_PER_WRITE: i64 = 100;
@@ -292,14 +292,12 @@ impl SessionStore for RedisSessions {
         now: i64,
         idle_ms: i64,
     ) -> Result<Option<SessionRecord>, StoreError> {
-        let Some(mut session) = self.get(org_id, id, now).await? else {
+        let Some(session) = self.get(org_id, id, now).await? else {
             return Ok(None);
         };
-        if now - session.last_activity_at < ACTIVITY_WRITE_INTERVAL_MS {
+        let Some(session) = session.used_at(now, idle_ms) else {
             return Ok(Some(session));
-        }
-        session.last_activity_at = now;
-        session.idle_expires_at = now.saturating_add(idle_ms).min(session.absolute_expires_at);
+        };
         let keys = self.keys(org_id);
         let mut connection = self.connection().await?;
         let written: i64 = self

@@ -4,7 +4,7 @@
 use trellis_store::{Database, Page, StoreError, with_pool};
 use uuid::Uuid;
 
-use super::{ACTIVITY_WRITE_INTERVAL_MS, SessionCounts, SessionKind, SessionRecord, SessionStore};
+use super::{SessionCounts, SessionKind, SessionRecord, SessionStore};
 
 const COLUMNS: &str = "id, org_id, user_id, kind, created_at, last_activity_at, idle_expires_at, \
      absolute_expires_at, metadata, csrf_token, user_agent, client_address";
@@ -127,13 +127,12 @@ impl SessionStore for SqlSessions {
         now: i64,
         idle_ms: i64,
     ) -> Result<Option<SessionRecord>, StoreError> {
-        let Some(mut session) = self.get(org_id, id, now).await? else {
+        let Some(session) = self.get(org_id, id, now).await? else {
             return Ok(None);
         };
-        if now - session.last_activity_at < ACTIVITY_WRITE_INTERVAL_MS {
+        let Some(used) = session.used_at(now, idle_ms) else {
             return Ok(Some(session));
-        }
-        let idle_expires_at = now.saturating_add(idle_ms).min(session.absolute_expires_at);
+        };
         // Conditional on the activity read: of two touches racing, one
         // writes; both answer the session as live.
         with_pool!(&self.db, |pool| {
@@ -141,17 +140,15 @@ impl SessionStore for SqlSessions {
                 "UPDATE session_sessions SET last_activity_at = $1, idle_expires_at = $2 \
                  WHERE org_id = $3 AND id = $4 AND last_activity_at = $5",
             )
-            .bind(now)
-            .bind(idle_expires_at)
+            .bind(used.last_activity_at)
+            .bind(used.idle_expires_at)
             .bind(org_id.to_string())
             .bind(id.to_string())
             .bind(session.last_activity_at)
             .execute(pool)
             .await?;
         });
-        session.last_activity_at = now;
-        session.idle_expires_at = idle_expires_at;
-        Ok(Some(session))
+        Ok(Some(used))
     }
 
     async fn list_for_user(
