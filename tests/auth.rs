@@ -32,7 +32,7 @@ impl Fixture {
         let mut args = vec!["--session-check-ttl", "1s"];
         args.extend_from_slice(extra);
         let running = trellis_cli::start(
-            &[ServiceName::Auth, ServiceName::Cart],
+            &[ServiceName::Auth, ServiceName::Session, ServiceName::Cart],
             &up_args(&data_dir, &args),
         )
         .await
@@ -421,9 +421,12 @@ async fn brute_force_is_throttled(extra: &[&str]) {
     use std::time::{Duration, Instant};
 
     let data_dir = temp_dir("auth-throttle");
-    let running = trellis_cli::start(&[ServiceName::Auth], &up_args(&data_dir, extra))
-        .await
-        .unwrap();
+    let running = trellis_cli::start(
+        &[ServiceName::Auth, ServiceName::Session],
+        &up_args(&data_dir, extra),
+    )
+    .await
+    .unwrap();
     let address = running.address(ServiceName::Auth).unwrap();
     let mut attacker = AuthServiceClient::new(channel(address).await);
     let from_elsewhere = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
@@ -512,9 +515,12 @@ backend_suite!(brute_force_is_throttled, "login throttling": memory, redis);
 /// succeed with slugs of their own.
 async fn concurrent_sign_ups_get_unique_slugs(extra: &[&str]) {
     let data_dir = temp_dir("auth-sign-ups");
-    let running = trellis_cli::start(&[ServiceName::Auth], &up_args(&data_dir, extra))
-        .await
-        .unwrap();
+    let running = trellis_cli::start(
+        &[ServiceName::Auth, ServiceName::Session],
+        &up_args(&data_dir, extra),
+    )
+    .await
+    .unwrap();
     let auth = AuthServiceClient::new(channel(running.address(ServiceName::Auth).unwrap()).await);
     let unique = uuid::Uuid::new_v4().simple().to_string();
     let mut sign_ups = tokio::task::JoinSet::new();
@@ -559,9 +565,12 @@ backend_suite!(concurrent_sign_ups_get_unique_slugs, "concurrent sign-ups": sqli
 /// attempts hold their place in the count while their password is checked.
 async fn concurrent_guesses_are_bounded(extra: &[&str]) {
     let data_dir = temp_dir("auth-concurrent");
-    let running = trellis_cli::start(&[ServiceName::Auth], &up_args(&data_dir, extra))
-        .await
-        .unwrap();
+    let running = trellis_cli::start(
+        &[ServiceName::Auth, ServiceName::Session],
+        &up_args(&data_dir, extra),
+    )
+    .await
+    .unwrap();
     let auth = AuthServiceClient::new(channel(running.address(ServiceName::Auth).unwrap()).await);
     let email = format!("target.{}@example.com", uuid::Uuid::new_v4().simple());
     auth.clone()
@@ -625,9 +634,12 @@ async fn a_hash_made_with_older_parameters_is_upgraded_at_login() {
     use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version};
 
     let data_dir = temp_dir("auth-rehash");
-    let running = trellis_cli::start(&[ServiceName::Auth], &up_args(&data_dir, &[]))
-        .await
-        .unwrap();
+    let running = trellis_cli::start(
+        &[ServiceName::Auth, ServiceName::Session],
+        &up_args(&data_dir, &[]),
+    )
+    .await
+    .unwrap();
     let mut auth =
         AuthServiceClient::new(channel(running.address(ServiceName::Auth).unwrap()).await);
     let email = format!("old.{}@example.com", uuid::Uuid::new_v4().simple());
@@ -687,9 +699,11 @@ async fn a_hash_made_with_older_parameters_is_upgraded_at_login() {
     std::fs::remove_dir_all(data_dir).unwrap();
 }
 
-/// One authenticated call to `service` (past the tenancy layer it answers
-/// UNIMPLEMENTED until the service lands); `None` for Auth, which checks
-/// sessions itself. Exhaustive, so a new server joins the test below.
+/// One authenticated call to `service`, with an empty request: past the
+/// tenancy layer the handler refuses it (INVALID_ARGUMENT, or UNIMPLEMENTED
+/// until the service lands), never as UNAUTHENTICATED. `None` for Auth,
+/// which checks sessions itself. Exhaustive, so a new server joins the test
+/// below.
 async fn call_past_the_tenancy_layer(
     service: ServiceName,
     channel: Channel,
@@ -749,9 +763,8 @@ async fn every_server_refuses_the_token_of_an_ended_session() {
     for service in ServiceName::ALL {
         let channel = channel(running.address(service).unwrap()).await;
         if let Some(status) = call_past_the_tenancy_layer(service, channel.clone(), &token).await {
-            assert_eq!(
-                status.code(),
-                Code::Unimplemented,
+            assert!(
+                matches!(status.code(), Code::Unimplemented | Code::InvalidArgument),
                 "{service:?}: {status:?}"
             );
             guarded.push((service, channel));

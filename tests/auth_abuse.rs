@@ -14,10 +14,7 @@ use tonic_types::StatusExt;
 use trellis::auth::v1 as pb;
 use trellis::auth::v1::auth_service_client::AuthServiceClient;
 use trellis::auth::v1::organization_service_client::OrganizationServiceClient;
-use trellis_auth::{
-    AuthDeps, AuthSettings, KeyStore, LocalLoginSessions, Passwords, SessionLifetimes, Throttle,
-    ThrottlePolicy,
-};
+use trellis_auth::{AuthDeps, AuthSettings, KeyStore, Passwords, Throttle, ThrottlePolicy};
 use trellis_cli::ServiceName;
 use trellis_runtime::ServerLimits;
 use trellis_store::{Database, DatabaseOptions, MemoryCounters};
@@ -41,9 +38,12 @@ async fn channel_from(server: SocketAddr, last: u8) -> Channel {
 
 async fn start_auth(extra: &[&str]) -> (trellis_cli::Running, std::path::PathBuf) {
     let data_dir = temp_dir("auth-abuse");
-    let running = trellis_cli::start(&[ServiceName::Auth], &up_args(&data_dir, extra))
-        .await
-        .unwrap();
+    let running = trellis_cli::start(
+        &[ServiceName::Auth, ServiceName::Session],
+        &up_args(&data_dir, extra),
+    )
+    .await
+    .unwrap();
     (running, data_dir)
 }
 
@@ -333,10 +333,7 @@ async fn auth_that_cannot_hash_new_passwords(
         &limits,
         AuthDeps {
             keys: keys.clone(),
-            sessions: Arc::new(LocalLoginSessions::new(
-                database.clone(),
-                SessionLifetimes::default(),
-            )),
+            sessions: Arc::new(RecordingSessions::default()),
             database,
             passwords: Arc::new(Passwords::with_queues(1, 16, 0).unwrap()),
             settings: AuthSettings::default(),

@@ -165,9 +165,12 @@ struct TwoOrgs {
 impl TwoOrgs {
     async fn start(extra: &[&str]) -> TwoOrgs {
         let data_dir = temp_dir("orgs");
-        let running = trellis_cli::start(&[ServiceName::Auth], &up_args(&data_dir, extra))
-            .await
-            .unwrap();
+        let running = trellis_cli::start(
+            &[ServiceName::Auth, ServiceName::Session],
+            &up_args(&data_dir, extra),
+        )
+        .await
+        .unwrap();
         let channel = channel(running.address(ServiceName::Auth).unwrap()).await;
         let mut auth = AuthServiceClient::new(channel.clone());
         let mut orgs = OrganizationServiceClient::new(channel);

@@ -436,9 +436,12 @@ async fn streams_of_one_session_share_its_checks() {
 #[tokio::test]
 async fn a_stream_ends_when_its_session_ends() {
     let data_dir = temp_dir("streams-session");
-    let running = trellis_cli::start(&[ServiceName::Auth], &up_args(&data_dir, &[]))
-        .await
-        .unwrap();
+    let running = trellis_cli::start(
+        &[ServiceName::Auth, ServiceName::Session],
+        &up_args(&data_dir, &[]),
+    )
+    .await
+    .unwrap();
     let auth_channel = channel(running.address(ServiceName::Auth).unwrap()).await;
     let jwks = Arc::new(JwksCache::new(
         Arc::new(AuthServiceJwks::new(

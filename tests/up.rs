@@ -225,7 +225,7 @@ async fn the_tenancy_layer_guards_every_server_and_public_rpcs_pass() {
 async fn oversized_messages_get_resource_exhausted() {
     let data_dir = temp_dir("up-limits");
     let running = trellis_cli::start(
-        &[ServiceName::Auth],
+        &[ServiceName::Auth, ServiceName::Session],
         &up_args(&data_dir, &["--max-message-bytes", "65536"]),
     )
     .await
@@ -279,10 +279,13 @@ async fn bad_configuration_and_busy_ports_fail_with_clear_errors() {
             "session-check-grace must be at most 1h",
         ),
     ] {
-        let error = trellis_cli::start(&[ServiceName::Auth], &up_args(&data_dir, &[flag, value]))
-            .await
-            .err()
-            .unwrap();
+        let error = trellis_cli::start(
+            &[ServiceName::Auth, ServiceName::Session],
+            &up_args(&data_dir, &[flag, value]),
+        )
+        .await
+        .err()
+        .unwrap();
         assert!(error.to_string().contains(complaint), "{flag}: {error}");
     }
     for (flag, value, complaint) in [
@@ -347,7 +350,7 @@ async fn bad_configuration_and_busy_ports_fail_with_clear_errors() {
     let mounted = data_dir.join("mounted-keys");
     std::fs::create_dir(&mounted).unwrap();
     let error = trellis_cli::start(
-        &[ServiceName::Auth],
+        &[ServiceName::Auth, ServiceName::Session],
         &up_args(
             &data_dir,
             &["--signing-keys-dir", mounted.to_str().unwrap()],

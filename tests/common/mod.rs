@@ -2,6 +2,10 @@
 //! clients, tokens signed by a test key.
 #![allow(dead_code)]
 
+mod recording_sessions;
+#[allow(unused_imports)]
+pub use recording_sessions::{CSRF_TOKEN, RecordingSessions};
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -16,8 +16,8 @@ use tonic::transport::{Channel, Endpoint};
 use trellis_auth::service_accounts::{self, ServiceAccountError, ServiceAccounts, ServiceScope};
 use trellis_auth::{KeyStore, KeyStoreError};
 use trellis_runtime::{
-    ConfigError, JwtArgs, ServerContext, ServerLimits, SetupError, Shutdown, ShutdownTrigger,
-    TelemetryArgs, Upstreams,
+    ConfigError, JwtArgs, RedisKeyspace, ServerContext, ServerLimits, SetupError, Shutdown,
+    ShutdownTrigger, TelemetryArgs, Upstreams,
 };
 use trellis_store::{
     Counters, Database, DatabaseOptions, MemoryCounters, RedisCounters, StoreError,
@@ -152,6 +152,14 @@ pub struct StorageArgs {
     /// under the data dir.
     #[arg(long, env = "TRELLIS_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// `redis://...` for sessions and for the login-throttle and rate-limit
+    /// counters, shared by every replica; unset = sessions in the Session
+    /// server's SQL database and counters in this process's memory.
+    #[arg(long, env = "TRELLIS_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Namespace for this deployment's Redis keys.
+    #[arg(long, env = "TRELLIS_REDIS_KEY_PREFIX", default_value = "trellis:")]
+    pub redis_key_prefix: String,
 }
 
 impl StorageArgs {
@@ -168,13 +176,6 @@ pub struct ServeArgs {
     pub storage: StorageArgs,
     #[command(flatten)]
     pub servers: ServerArgs,
-    /// `redis://...` for the login-throttle and rate-limit counters, shared
-    /// by every replica; unset = this process's memory.
-    #[arg(long, env = "TRELLIS_REDIS_URL")]
-    pub redis_url: Option<String>,
-    /// Namespace for this deployment's Redis keys.
-    #[arg(long, env = "TRELLIS_REDIS_KEY_PREFIX", default_value = "trellis:")]
-    pub redis_key_prefix: String,
     /// This process's service account (client credentials for calls made
     /// as a service); in Kubernetes from a Secret. Unset on the embedded
     /// defaults with Auth in this process (`trellis up`): the account made
@@ -341,9 +342,91 @@ async fn open_databases(
 
 /// Applies the migrations of `services` on their configured databases.
 pub async fn migrate(storage: &StorageArgs, services: &[ServiceName]) -> Result<(), CliError> {
-    for database in open_databases(storage, services, true).await? {
+    let databases = open_databases(storage, services, true).await?;
+    let redis = connect_redis(storage).await?;
+    hand_over_login_sessions(services, &databases, redis.as_ref()).await?;
+    for database in databases {
         database.close().await;
     }
+    Ok(())
+}
+
+/// The process's Redis, when `--redis-url` is set.
+async fn connect_redis(storage: &StorageArgs) -> Result<Option<RedisKeyspace>, CliError> {
+    Ok(match &storage.redis_url {
+        Some(url) => Some(RedisKeyspace {
+            pool: trellis_store::connect_redis(url, REDIS_POOL_SIZE).await?,
+            key_prefix: storage.redis_key_prefix.clone(),
+        }),
+        None => None,
+    })
+}
+
+/// Live sessions per handover round.
+const HANDOVER_BATCH: i64 = 500;
+
+/// The upgrade that made the Session service the owner of login sessions:
+/// the live ones still in Auth's old table move to the Session store (same
+/// ids, same times, so every token and refresh token keeps working), then
+/// the table is dropped. Runs where both Auth's and Session's storage are
+/// at hand (`trellis migrate`, `trellis up`); a no-op once the table is
+/// gone, and safe to repeat if interrupted (a session already moved is
+/// left alone).
+async fn hand_over_login_sessions(
+    services: &[ServiceName],
+    databases: &[Database],
+    redis: Option<&RedisKeyspace>,
+) -> Result<(), CliError> {
+    let position = |name| services.iter().position(|s| *s == name);
+    let (Some(auth), Some(session)) = (position(ServiceName::Auth), position(ServiceName::Session))
+    else {
+        return Ok(());
+    };
+    let (auth, store) = (
+        &databases[auth],
+        trellis_session::open_store(redis, databases[session].clone()),
+    );
+    let mut after = String::new();
+    let mut moved = 0_u64;
+    loop {
+        let now = trellis_session::now_ms();
+        let Some(batch) =
+            trellis_auth::legacy_login_sessions(auth, now, &after, HANDOVER_BATCH).await?
+        else {
+            return Ok(());
+        };
+        for legacy in &batch {
+            let Some(record) = trellis_session::imported_login_session(
+                &legacy.id,
+                &legacy.org_id,
+                &legacy.user_id,
+                [
+                    legacy.created_at,
+                    legacy.last_used_at,
+                    legacy.idle_expires_at,
+                    legacy.absolute_expires_at,
+                ],
+                &legacy.user_agent,
+                &legacy.client_address,
+            ) else {
+                tracing::warn!(session = %legacy.id, "login session with unreadable ids not handed over");
+                continue;
+            };
+            if store.get(record.org_id, record.id, now).await?.is_none() {
+                store.insert(&record).await?;
+                moved += 1;
+            }
+        }
+        match batch.last() {
+            Some(last) if batch.len() as i64 == HANDOVER_BATCH => after = last.id.clone(),
+            _ => break,
+        }
+    }
+    trellis_auth::drop_legacy_login_sessions(auth).await?;
+    tracing::info!(
+        moved,
+        "login sessions handed over to the Session service; Auth's table dropped"
+    );
     Ok(())
 }
 
@@ -386,12 +469,17 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
     }
 
     let databases = open_databases(&args.storage, &services, !args.skip_migrations).await?;
-    // Shared counters (failed logins, rate limits): Redis when configured,
-    // so every replica sees the same counts; else this process's memory.
-    let counters: Arc<dyn Counters> = match &args.redis_url {
-        Some(url) => Arc::new(RedisCounters::new(
-            trellis_store::connect_redis(url, 8).await?,
-            args.redis_key_prefix.clone(),
+    let redis = connect_redis(&args.storage).await?;
+    if !args.skip_migrations {
+        hand_over_login_sessions(&services, &databases, redis.as_ref()).await?;
+    }
+    // Sessions and shared counters (failed logins, rate limits) live in
+    // Redis when configured, so every replica sees the same; else counters
+    // are this process's memory.
+    let counters: Arc<dyn Counters> = match &redis {
+        Some(redis) => Arc::new(RedisCounters::new(
+            redis.pool.clone(),
+            redis.key_prefix.clone(),
         )),
         None => Arc::new(MemoryCounters::default()),
     };
@@ -420,6 +508,7 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
             database,
             counters: counters.clone(),
             upstreams: upstreams.clone(),
+            redis: redis.clone(),
         };
         let set = service.create(&args.servers, context).await?;
         let set = if service.answers_session_checks() {
@@ -451,6 +540,9 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
         tasks,
     })
 }
+
+/// Redis connections of the process, shared by sessions and counters.
+const REDIS_POOL_SIZE: u32 = 16;
 
 /// A lazily connected channel to every server: its `--<name>-url`, else
 /// this process's own listener when it runs that server, else its listen
@@ -485,9 +577,10 @@ fn upstream_channels(
 }
 
 /// This process's service account: from the flags, or, when it runs Auth
-/// on the embedded defaults (`trellis up`), the one it provisions for
-/// itself on first start. In production (PostgreSQL) the credentials come
-/// from a Secret; without them no call can be made as a service.
+/// itself (`trellis up`), the one it provisions on first start and keeps in
+/// `<data-dir>/service-account.json`. In production the credentials come
+/// from a Secret (k8s/base); without them no call can be made as a service,
+/// and Auth, which keeps login sessions in the Session service, cannot start.
 async fn service_credentials(
     args: &ServeArgs,
     services: &[ServiceName],
@@ -502,7 +595,7 @@ async fn service_credentials(
         }));
     }
     let auth = services.iter().position(|s| *s == ServiceName::Auth);
-    let Some(auth) = auth.filter(|_| args.storage.database_url.is_none()) else {
+    let Some(auth) = auth else {
         return Ok(None);
     };
     let file = args.storage.data_dir.join("service-account.json");

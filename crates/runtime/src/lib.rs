@@ -16,7 +16,7 @@ pub use access_log::{AccessLog, AccessLogLayer};
 pub use config::{ConfigError, JwtArgs, LogFormat, ServerLimits, TelemetryArgs, parse_duration};
 pub use error::{ServiceError, grpc_result, status_of};
 pub use serve::{ServeError, ServiceSet, serve};
-pub use server::{Server, ServerContext, SetupError};
+pub use server::{RedisKeyspace, Server, ServerContext, SetupError};
 pub use shutdown::{Shutdown, ShutdownTrigger, wait_for_signal};
 pub use tasks::TaskError;
 pub use telemetry::init_tracing;

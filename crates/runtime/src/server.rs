@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use trellis_store::{Counters, Database, ServiceMigrations, StoreError};
+use trellis_store::{Counters, Database, RedisPool, ServiceMigrations, StoreError};
 
 use crate::config::{ConfigError, JwtArgs, ServerLimits};
 use crate::serve::ServiceSet;
@@ -66,6 +66,16 @@ pub struct ServerContext {
     pub counters: Arc<dyn Counters>,
     /// Clients to every server, on behalf of the caller or as this service.
     pub upstreams: Upstreams,
+    /// The process's Redis (`--redis-url`), for servers that keep state
+    /// there in production.
+    pub redis: Option<RedisKeyspace>,
+}
+
+/// A Redis pool and the prefix every key of this deployment starts with.
+#[derive(Clone)]
+pub struct RedisKeyspace {
+    pub pool: RedisPool,
+    pub key_prefix: String,
 }
 
 /// Why a server could not be built.

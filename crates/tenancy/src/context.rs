@@ -73,6 +73,18 @@ impl CallContext {
             .unwrap_or_else(CallContext::new_root)
     }
 
+    /// The caller's `user-agent`, made safe to store and log: printable
+    /// ASCII only (a newline could forge a log entry), at most
+    /// [`MAX_USER_AGENT_BYTES`].
+    pub fn user_agent_of<T>(request: &tonic::Request<T>) -> String {
+        request
+            .metadata()
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok())
+            .map(bounded_user_agent)
+            .unwrap_or_default()
+    }
+
     pub fn request_id(&self) -> &str {
         self.request_id.to_str().unwrap_or("")
     }
@@ -238,9 +250,34 @@ where
     }
 }
 
+/// What a stored or logged user agent may hold.
+pub const MAX_USER_AGENT_BYTES: usize = 256;
+
+/// `raw` as [`CallContext::user_agent_of`] keeps it.
+pub fn bounded_user_agent(raw: &str) -> String {
+    raw.chars()
+        .take(MAX_USER_AGENT_BYTES)
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_agents_lose_control_characters_and_length() {
+        assert_eq!(bounded_user_agent("grpc-go/1.60"), "grpc-go/1.60");
+        assert_eq!(bounded_user_agent("a\nb\u{1b}[31m"), "a?b?[31m");
+        assert_eq!(bounded_user_agent(&"x".repeat(5000)).len(), 256);
+        assert_eq!(bounded_user_agent("ñ"), "?");
+    }
 
     #[test]
     fn grpc_timeout_round_trips() {

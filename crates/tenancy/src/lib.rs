@@ -29,7 +29,10 @@ pub use client::{DEFAULT_OUTBOUND_TIMEOUT, Propagate, PropagateLayer};
 pub use client_address::{
     Cidr, FORWARDED_FOR_HEADER, TrustedProxies, rate_limit_block, rate_limit_key,
 };
-pub use context::{CallContext, REQUEST_ID_HEADER, RequestContext, RequestContextLayer};
+pub use context::{
+    CallContext, MAX_USER_AGENT_BYTES, REQUEST_ID_HEADER, RequestContext, RequestContextLayer,
+    bounded_user_agent,
+};
 pub use jwks::{AuthServiceJwks, BoxFuture, JwksCache, JwksError, JwksSource, StaticJwks};
 pub use server::{
     Accepts, AuthLayer, Authenticate, LogBudget, MethodCallers, ORG_HINT_HEADER, truncated,

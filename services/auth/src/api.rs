@@ -86,7 +86,7 @@ impl AuthApi {
             user_agent: caller.user_agent.clone(),
             client_address: caller.address_text(),
         };
-        self.sessions.open(&session).await?;
+        let csrf_token = self.sessions.open(&session).await?;
         let now = now_ms();
         let refresh_token = new_opaque_token();
         let recorded = self
@@ -127,6 +127,7 @@ impl AuthApi {
             refresh_token,
             expires_in,
             session_id: session.id,
+            csrf_token,
             user: user_message(&user),
             organization: organization_message(org),
         })
@@ -139,7 +140,23 @@ impl AuthApi {
             .sessions
             .is_live(&org_id, &tenant.session_id.to_string())
             .await?;
-        if !live {
+        self.active_user(tenant, live).await
+    }
+
+    /// As [`Self::live_user`], recording a use of the session.
+    async fn used_user(&self, tenant: &TenantContext) -> Result<UserRow> {
+        let org_id = tenant.org_id.to_string();
+        let live = self
+            .sessions
+            .touch(&org_id, &tenant.session_id.to_string())
+            .await?
+            .is_some();
+        self.active_user(tenant, live).await
+    }
+
+    async fn active_user(&self, tenant: &TenantContext, session_live: bool) -> Result<UserRow> {
+        let org_id = tenant.org_id.to_string();
+        if !session_live {
             return Err(AuthServiceError::SessionEnded);
         }
         match self

@@ -6,8 +6,6 @@ use std::net::IpAddr;
 use tonic::Request;
 use trellis_tenancy::{CallContext, LogBudget};
 
-use crate::validate;
-
 /// Who is calling, as the audit log and the session record see it.
 pub struct Caller {
     pub user_agent: String,
@@ -19,14 +17,8 @@ pub struct Caller {
 impl Caller {
     pub fn of<T>(request: &Request<T>) -> Caller {
         let context = CallContext::from_request(request);
-        let user_agent = request
-            .metadata()
-            .get("user-agent")
-            .and_then(|v| v.to_str().ok())
-            .map(validate::user_agent)
-            .unwrap_or_default();
         Caller {
-            user_agent,
+            user_agent: CallContext::user_agent_of(request),
             address: context.client_address(),
             request_id: context.request_id().to_owned(),
         }

@@ -85,6 +85,7 @@ pub struct Issued {
     pub refresh_token: String,
     pub expires_in: i64,
     pub session_id: String,
+    pub csrf_token: String,
     pub user: pb::User,
     pub organization: pb::Organization,
 }
@@ -98,6 +99,7 @@ macro_rules! from_issued {
                     refresh_token: issued.refresh_token,
                     expires_in: issued.expires_in,
                     session_id: issued.session_id,
+                    csrf_token: issued.csrf_token,
                     user: Some(issued.user),
                     organization: Some(issued.organization),
                 }

@@ -10,6 +10,7 @@ use trellis_runtime::ServiceError;
 use trellis_store::StoreError;
 
 use crate::password::HashError;
+use crate::sessions::LoginSessionsError;
 use crate::throttle::PublicRpc;
 
 pub type Result<T, E = AuthServiceError> = std::result::Result<T, E>;
@@ -80,6 +81,8 @@ pub enum AuthServiceError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
+    Sessions(#[from] LoginSessionsError),
+    #[error(transparent)]
     Hash(#[from] HashError),
     #[error("internal: {0}")]
     Internal(String),
@@ -133,7 +136,10 @@ impl ServiceError for AuthServiceError {
             Hash(HashError::Busy) => Code::ResourceExhausted,
             SlugContended => Code::Aborted,
             Store(error) => error.code(),
-            Hash(HashError::Failed(_)) | Internal(_) => Code::Internal,
+            Sessions(LoginSessionsError::Unavailable(_)) => Code::Unavailable,
+            Sessions(LoginSessionsError::Failed(_)) | Hash(HashError::Failed(_)) | Internal(_) => {
+                Code::Internal
+            }
         }
     }
 
@@ -163,7 +169,10 @@ impl ServiceError for AuthServiceError {
             RateLimited(..) => "RATE_LIMITED",
             Hash(HashError::Busy) => "HASHING_BUSY",
             Store(error) => error.reason(),
-            Hash(HashError::Failed(_)) | Internal(_) => "INTERNAL",
+            Sessions(LoginSessionsError::Unavailable(_)) => "SESSIONS_UNAVAILABLE",
+            Sessions(LoginSessionsError::Failed(_)) | Hash(HashError::Failed(_)) | Internal(_) => {
+                "INTERNAL"
+            }
         }
     }
 
@@ -173,6 +182,9 @@ impl ServiceError for AuthServiceError {
                 "too many logins in progress; retry later".into()
             }
             AuthServiceError::Store(error) => error.message(),
+            AuthServiceError::Sessions(LoginSessionsError::Unavailable(_)) => {
+                "sessions temporarily unavailable, retry later".into()
+            }
             other => other.to_string(),
         }
     }

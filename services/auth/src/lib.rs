@@ -46,9 +46,12 @@ pub use api::AuthApi;
 pub use error::AuthServiceError;
 pub use keys::{KeyStore, KeyStoreError, Rotation, replace_compromised_signer, rotate};
 pub use password::{HashPriority, Passwords};
-pub use sessions::{LocalLoginSessions, LoginSessions, NewLoginSession, SessionLifetimes};
+pub use sessions::{
+    LoginSessions, LoginSessionsError, NewLoginSession, RemoteLoginSessions, SessionsResult,
+};
 pub use settings::{AuthArgs, AuthSettings};
 pub use store::MIGRATIONS;
+pub use store::{LegacyLoginSession, drop_legacy_login_sessions, legacy_login_sessions};
 pub use throttle::{PublicRpc, PublicRpcLimits, RateLimit, Throttle, ThrottlePolicy};
 
 /// The Auth server as `trellis serve auth` starts it.
@@ -58,7 +61,8 @@ impl Server for AuthServer {
     const NAME: &'static str = "auth";
     const MIGRATIONS: ServiceMigrations = MIGRATIONS;
     type Args = AuthArgs;
-    /// Auth answers session checks from its own tables.
+    /// Auth answers session checks: from the Session service for users, from
+    /// its own accounts for workers and services.
     const ANSWERS_SESSION_CHECKS: bool = true;
 
     fn listen_address(args: &AuthArgs) -> SocketAddr {
@@ -81,12 +85,17 @@ impl Server for AuthServer {
         let hashing_threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let passwords =
             Passwords::new(hashing_threads).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        // Login sessions live in the Session service, called as this service.
+        let sessions = context.upstreams.as_service("session").ok_or_else(|| {
+            ConfigError::Invalid(
+                "Auth keeps login sessions in the Session service and calls it as a service: \
+                 set --service-client-id and --service-client-secret"
+                    .into(),
+            )
+        })?;
         let deps = AuthDeps {
             keys: Arc::new(keys),
-            sessions: Arc::new(LocalLoginSessions::new(
-                context.database.clone(),
-                args.session_lifetimes(),
-            )),
+            sessions: Arc::new(RemoteLoginSessions::new(sessions)),
             database: context.database,
             passwords: Arc::new(passwords),
             throttle: Throttle::new(

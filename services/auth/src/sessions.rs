@@ -1,16 +1,15 @@
 //! Login sessions as Auth's logic sees them: a small trait, so where they
-//! are kept can change without touching sign-up, login, refresh or logout.
-//! Today they live in Auth's own tables ([`LocalLoginSessions`]); the Session
-//! service will keep them as its `LOGIN` sessions behind the same calls.
+//! are kept stays out of sign-up, login, refresh and logout. The Session
+//! service owns them ([`RemoteLoginSessions`] calls its internal
+//! `LoginSessionService` as this service); tests put doubles behind it.
 //!
 //! Refresh tokens stay Auth's: they only name the session they belong to, and
 //! every exchange asks the session whether it is still live.
 
-use std::time::Duration;
-
-use trellis_store::StoreError;
-
-pub use crate::store::LocalLoginSessions;
+use tonic::Code;
+use trellis::session::v1 as pb;
+use trellis::session::v1::login_session_service_client::LoginSessionServiceClient;
+use trellis_tenancy::AsService;
 
 /// A login session about to start, as the login saw it.
 #[derive(Clone, Debug)]
@@ -22,36 +21,43 @@ pub struct NewLoginSession {
     pub client_address: String,
 }
 
-/// How long a login session lasts.
-#[derive(Clone, Copy, Debug)]
-pub struct SessionLifetimes {
-    /// It ends this long after its last use (sliding)...
-    pub idle: Duration,
-    /// ...and this long after login, however active.
-    pub absolute: Duration,
+/// Why the sessions could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginSessionsError {
+    /// Reachable again soon, probably: the caller may retry.
+    #[error("the session service is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the session service failed: {0}")]
+    Failed(String),
 }
 
-impl Default for SessionLifetimes {
-    fn default() -> Self {
-        SessionLifetimes {
-            idle: Duration::from_secs(24 * 3600),
-            absolute: Duration::from_secs(30 * 24 * 3600),
+impl From<tonic::Status> for LoginSessionsError {
+    fn from(status: tonic::Status) -> Self {
+        let text = format!("{:?}: {}", status.code(), status.message());
+        match status.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => {
+                LoginSessionsError::Unavailable(text)
+            }
+            _ => LoginSessionsError::Failed(text),
         }
     }
 }
 
+pub type SessionsResult<T> = Result<T, LoginSessionsError>;
+
 /// Where login sessions are kept. Every call is scoped by organization.
 #[tonic::async_trait]
 pub trait LoginSessions: Send + Sync + 'static {
-    /// Starts a session for a user who has just authenticated.
-    async fn open(&self, session: &NewLoginSession) -> Result<(), StoreError>;
+    /// Starts a session for a user who has just authenticated; its CSRF
+    /// token.
+    async fn open(&self, session: &NewLoginSession) -> SessionsResult<String>;
 
     /// Whether the session has neither ended nor expired.
-    async fn is_live(&self, org_id: &str, session_id: &str) -> Result<bool, StoreError>;
+    async fn is_live(&self, org_id: &str, session_id: &str) -> SessionsResult<bool>;
 
-    /// Records a use (a token refresh), sliding the idle expiry; `false` when
-    /// the session is no longer live.
-    async fn touch(&self, org_id: &str, session_id: &str) -> Result<bool, StoreError>;
+    /// Records a use (a token refresh, a session check), sliding the idle
+    /// expiry; the session's CSRF token, `None` when it is no longer live.
+    async fn touch(&self, org_id: &str, session_id: &str) -> SessionsResult<Option<String>>;
 
     /// Ends one session of a user; whether it was live.
     async fn end(
@@ -60,8 +66,99 @@ pub trait LoginSessions: Send + Sync + 'static {
         user_id: &str,
         session_id: &str,
         reason: &str,
-    ) -> Result<bool, StoreError>;
+    ) -> SessionsResult<bool>;
 
     /// Ends every live session of a user; how many there were.
-    async fn end_all(&self, org_id: &str, user_id: &str, reason: &str) -> Result<u64, StoreError>;
+    async fn end_all(&self, org_id: &str, user_id: &str, reason: &str) -> SessionsResult<u64>;
+}
+
+/// Login sessions in the Session service, reached as this service (its own
+/// service token, never the user's).
+#[derive(Clone)]
+pub struct RemoteLoginSessions {
+    client: LoginSessionServiceClient<AsService<tonic::transport::Channel>>,
+}
+
+impl RemoteLoginSessions {
+    pub fn new(channel: AsService<tonic::transport::Channel>) -> Self {
+        RemoteLoginSessions {
+            client: LoginSessionServiceClient::new(channel),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl LoginSessions for RemoteLoginSessions {
+    async fn open(&self, session: &NewLoginSession) -> SessionsResult<String> {
+        let opened = self
+            .client
+            .clone()
+            .open_login_session(pb::OpenLoginSessionRequest {
+                organization_id: session.org_id.clone(),
+                session_id: session.id.clone(),
+                user_id: session.user_id.clone(),
+                user_agent: session.user_agent.clone(),
+                client_address: session.client_address.clone(),
+            })
+            .await?;
+        Ok(opened.into_inner().csrf_token)
+    }
+
+    async fn is_live(&self, org_id: &str, session_id: &str) -> SessionsResult<bool> {
+        let checked = self
+            .client
+            .clone()
+            .check_login_session(pb::CheckLoginSessionRequest {
+                organization_id: org_id.to_owned(),
+                session_id: session_id.to_owned(),
+            })
+            .await?;
+        Ok(checked.into_inner().live)
+    }
+
+    async fn touch(&self, org_id: &str, session_id: &str) -> SessionsResult<Option<String>> {
+        let touched = self
+            .client
+            .clone()
+            .touch_login_session(pb::TouchLoginSessionRequest {
+                organization_id: org_id.to_owned(),
+                session_id: session_id.to_owned(),
+            })
+            .await?
+            .into_inner();
+        Ok(touched.live.then_some(touched.csrf_token))
+    }
+
+    async fn end(
+        &self,
+        org_id: &str,
+        user_id: &str,
+        session_id: &str,
+        reason: &str,
+    ) -> SessionsResult<bool> {
+        let ended = self
+            .client
+            .clone()
+            .end_login_session(pb::EndLoginSessionRequest {
+                organization_id: org_id.to_owned(),
+                user_id: user_id.to_owned(),
+                session_id: session_id.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .await?;
+        Ok(ended.into_inner().ended)
+    }
+
+    async fn end_all(&self, org_id: &str, user_id: &str, reason: &str) -> SessionsResult<u64> {
+        let ended = self
+            .client
+            .clone()
+            .end_user_login_sessions(pb::EndUserLoginSessionsRequest {
+                organization_id: org_id.to_owned(),
+                user_id: user_id.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .await?;
+        Ok(u64::try_from(ended.into_inner().ended).unwrap_or(0))
+    }
 }

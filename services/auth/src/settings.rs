@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use trellis_runtime::{ConfigError, JwtArgs, parse_duration};
 
-use crate::sessions::SessionLifetimes;
 use crate::store::Plan;
 use crate::throttle::PublicRpcLimits;
 
@@ -29,12 +28,11 @@ pub struct AuthArgs {
     /// Lifetime of access tokens issued by Auth.
     #[arg(long, env = "TRELLIS_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = parse_duration)]
     pub access_token_ttl: Duration,
-    /// A login session ends this long after its last use (sliding).
-    #[arg(long, env = "TRELLIS_SESSION_IDLE_TTL", default_value = "24h", value_parser = parse_duration)]
-    pub session_idle_ttl: Duration,
-    /// A login session ends this long after login, however active.
-    #[arg(long, env = "TRELLIS_SESSION_ABSOLUTE_TTL", default_value = "720h", value_parser = parse_duration)]
-    pub session_absolute_ttl: Duration,
+    /// A refresh token is refused this long after it was issued (each
+    /// refresh issues a new one); its login session usually ends sooner
+    /// (--session-idle-ttl, --session-absolute-ttl).
+    #[arg(long, env = "TRELLIS_REFRESH_TOKEN_TTL", default_value = "720h", value_parser = parse_duration)]
+    pub refresh_token_ttl: Duration,
     /// Lifetime of the tokens service accounts get from IssueServiceToken;
     /// clients renew them before they expire.
     #[arg(long, env = "TRELLIS_SERVICE_TOKEN_TTL", default_value = "10m", value_parser = parse_duration)]
@@ -66,20 +64,12 @@ impl AuthArgs {
         Ok(())
     }
 
-    pub fn session_lifetimes(&self) -> SessionLifetimes {
-        SessionLifetimes {
-            idle: self.session_idle_ttl,
-            absolute: self.session_absolute_ttl,
-        }
-    }
-
     pub fn settings(&self, jwt: &JwtArgs) -> AuthSettings {
         AuthSettings {
             issuer: jwt.jwt_issuer.clone(),
             audience: jwt.jwt_audience.clone(),
             access_token_ttl: self.access_token_ttl,
-            // A refresh token cannot outlive its session.
-            refresh_token_ttl: self.session_absolute_ttl,
+            refresh_token_ttl: self.refresh_token_ttl,
             service_token_ttl: self.service_token_ttl,
         }
     }
@@ -104,7 +94,7 @@ impl Default for AuthSettings {
             issuer: "trellis".into(),
             audience: "trellis".into(),
             access_token_ttl: Duration::from_secs(15 * 60),
-            refresh_token_ttl: SessionLifetimes::default().absolute,
+            refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
             service_token_ttl: Duration::from_secs(10 * 60),
         }
     }

@@ -63,16 +63,16 @@ macro_rules! insert_user {
     };
 }
 
+mod handover;
 mod organizations;
 mod rows;
 mod service_accounts;
-mod sessions;
 mod sql;
 
+pub use handover::{LegacyLoginSession, drop_legacy_login_sessions, legacy_login_sessions};
 pub use organizations::{AcceptOutcome, InviteOutcome, MemberChange, MemberOutcome, RevokeOutcome};
 pub use rows::{InvitationRow, InvitationStatus, OrganizationRow, Plan, Role, UserRow, UserStatus};
 pub use service_accounts::{ServiceAccountRow, ServiceAccounts, ServiceScope};
-pub use sessions::LocalLoginSessions;
 
 /// The first refresh token of a login session.
 #[derive(Clone, Debug)]

@@ -14,8 +14,6 @@ pub const MAX_NAME_CHARS: usize = 200;
 /// Refresh and invitation tokens are 43 characters; anything much longer is
 /// not one of ours.
 pub const MAX_OPAQUE_TOKEN_BYTES: usize = 256;
-/// User agents are kept with sessions and audit events, cut to this.
-pub const MAX_USER_AGENT_BYTES: usize = 256;
 
 /// The email as stored: trimmed and lower-cased, at most 254 bytes. The
 /// length is checked before anything is copied.
@@ -103,21 +101,6 @@ pub fn opaque_token(field: &str, raw: &str) -> Result<(), FieldViolation> {
     } else {
         Ok(())
     }
-}
-
-/// Printable ASCII only, at most 256 bytes: it is stored with the session
-/// and written to audit logs, where a newline could forge an entry.
-pub fn user_agent(raw: &str) -> String {
-    raw.chars()
-        .take(MAX_USER_AGENT_BYTES)
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                '?'
-            }
-        })
-        .collect()
 }
 
 /// Another organization's id and a missing one must look the same, so only
@@ -220,14 +203,6 @@ mod tests {
             "a bidi override"
         );
         assert!(name("name", "Ana\u{2028}Bob").is_err(), "a line separator");
-    }
-
-    #[test]
-    fn user_agents_lose_control_characters_and_length() {
-        assert_eq!(user_agent("grpc-go/1.60"), "grpc-go/1.60");
-        assert_eq!(user_agent("a\nb\u{1b}[31m"), "a?b?[31m");
-        assert_eq!(user_agent(&"x".repeat(5000)).len(), 256);
-        assert_eq!(user_agent("ñ"), "?");
     }
 
     #[test]

@@ -115,6 +115,42 @@ pub fn new_session(opening: Opening, now: i64, lifetimes: Lifetimes) -> SessionR
     }
 }
 
+/// A login session Auth kept before the Session service owned them, as it
+/// is stored here: same id and times (`[created, last used, idle expiry,
+/// absolute expiry]`, Unix ms), a new CSRF token. `None` if an id is not a
+/// UUID.
+pub fn imported_login_session(
+    id: &str,
+    org_id: &str,
+    user_id: &str,
+    [
+        created_at,
+        last_activity_at,
+        idle_expires_at,
+        absolute_expires_at,
+    ]: [i64; 4],
+    user_agent: &str,
+    client_address: &str,
+) -> Option<SessionRecord> {
+    Some(SessionRecord {
+        id: Uuid::parse_str(id).ok()?,
+        org_id: Uuid::parse_str(org_id).ok()?,
+        user_id: Uuid::parse_str(user_id).ok()?,
+        kind: SessionKind::Login,
+        created_at,
+        last_activity_at,
+        idle_expires_at: idle_expires_at.min(absolute_expires_at),
+        absolute_expires_at,
+        metadata: BTreeMap::new(),
+        csrf_token: csrf_token(),
+        user_agent: trellis_tenancy::bounded_user_agent(user_agent),
+        client_address: client_address
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.to_string())
+            .unwrap_or_default(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

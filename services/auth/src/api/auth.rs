@@ -211,11 +211,11 @@ impl AuthApi {
                 return Err(AuthServiceError::InvalidRefreshToken);
             }
         };
-        if !self
+        let Some(csrf_token) = self
             .sessions
             .touch(&owner.org_id, &owner.session_id)
             .await?
-        {
+        else {
             audit(
                 "refresh",
                 caller,
@@ -224,7 +224,7 @@ impl AuthApi {
                 "session_ended",
             );
             return Err(AuthServiceError::InvalidRefreshToken);
-        }
+        };
         let new_token = new_opaque_token();
         let outcome = self
             .store
@@ -265,6 +265,7 @@ impl AuthApi {
             refresh_token: new_token,
             expires_in,
             session_id,
+            csrf_token,
             user: user_message(&user),
             organization: organization_message(&org),
         })
@@ -299,8 +300,10 @@ impl AuthApi {
 
     /// The caller's role if its session is live (what other servers' session
     /// guards ask); an ended session is an answer, not an error.
+    /// A check is a use of the session: it slides its expiry (written back
+    /// at most once a minute by the Session service).
     pub async fn check_session(&self, tenant: &TenantContext) -> Result<pb::CheckSessionResponse> {
-        let role = match self.live_user(tenant).await {
+        let role = match self.used_user(tenant).await {
             Ok(user) => role_message(user.role),
             Err(AuthServiceError::SessionEnded) => pb::Role::Unspecified,
             Err(error) => return Err(error),

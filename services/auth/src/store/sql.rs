@@ -21,7 +21,4 @@ queries! {
     ORGANIZATION = "organization.sql";
     PENDING_INVITATION_BY_TOKEN = "pending_invitation_by_token.sql";
     CLAIM_INVITATION = "claim_invitation.sql";
-    OPEN_LOGIN_SESSION = "open_login_session.sql";
-    LIVE_LOGIN_SESSION = "live_login_session.sql";
-    TOUCH_LOGIN_SESSION = "touch_login_session.sql";
 }
