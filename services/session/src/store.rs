@@ -70,10 +70,13 @@ impl SessionRecord {
     }
 
     /// This session used at `now`: what to write back, if a write is due
-    /// ([`ACTIVITY_WRITE_INTERVAL_MS`] after the last), with the idle
+    /// ([`ACTIVITY_WRITE_INTERVAL_MS`] after the last, or a quarter of the
+    /// idle TTL when that is shorter), with the idle
     /// expiry slid to `now + idle_ms`, never past the absolute one.
     pub fn used_at(&self, now: i64, idle_ms: i64) -> Option<SessionRecord> {
-        if now - self.last_activity_at < ACTIVITY_WRITE_INTERVAL_MS {
+        // A short idle TTL (seconds, in tests) writes more often, so a
+        // session in use never expires between writes.
+        if now - self.last_activity_at < ACTIVITY_WRITE_INTERVAL_MS.min(idle_ms / 4) {
             return None;
         }
         Some(SessionRecord {
