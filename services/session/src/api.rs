@@ -21,6 +21,8 @@ pub const MAX_LOGIN_SESSIONS_PER_USER: usize = 50;
 /// CreateSession beyond this many live WORK sessions is refused. With the
 /// login cap it bounds what listing one user's sessions reads.
 pub const MAX_WORK_SESSIONS_PER_USER: usize = 50;
+/// Sessions one CheckSessions call may name.
+pub const MAX_CHECKED_SESSIONS: usize = 500;
 /// "Active" in GetSessionStats: used within this long.
 pub const ACTIVE_WINDOW: Duration = Duration::from_secs(15 * 60);
 
@@ -197,6 +199,33 @@ impl SessionApi {
             oldest_session: counts.oldest_created_at.map(timestamp),
             newest_session: counts.newest_created_at.map(timestamp),
         })
+    }
+
+    /// Internal: which of these sessions of one organization are live.
+    pub async fn check_many(
+        &self,
+        request: pb::CheckSessionsRequest,
+    ) -> Result<pb::CheckSessionsResponse> {
+        let org_id = id("organization_id", &request.organization_id)?;
+        if request.session_ids.len() > MAX_CHECKED_SESSIONS {
+            return Err(SessionServiceError::invalid(
+                "session_ids",
+                format!("at most {MAX_CHECKED_SESSIONS} per call"),
+            ));
+        }
+        let now = now_ms();
+        let mut live = Vec::new();
+        for session_id in &request.session_ids {
+            let session_id = id("session_ids", session_id)?;
+            if let Some(session) = self.store.get(org_id, session_id, now).await? {
+                live.push(pb::LiveSession {
+                    session_id: session.id.to_string(),
+                    user_id: session.user_id.to_string(),
+                    expires_at: Some(timestamp(session.expires_at())),
+                });
+            }
+        }
+        Ok(pb::CheckSessionsResponse { live })
     }
 
     /// Internal: a login session for a user Auth has just authenticated. Its

@@ -88,6 +88,13 @@ impl SessionService for GrpcAdapter {
         let (tenant, _) = unpack(request)?;
         grpc_result(self.0.stats(&tenant).await)
     }
+
+    async fn check_sessions(
+        &self,
+        request: Request<pb::CheckSessionsRequest>,
+    ) -> Result<Response<pb::CheckSessionsResponse>, Status> {
+        grpc_result(self.0.check_many(request.into_inner()).await)
+    }
 }
 
 /// Internal: the tenancy layer admits service tokens only; each request
