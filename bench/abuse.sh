@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What an attacker at one address can do to a release `trellis serve auth`
+# What an attacker at one address can do to a release `trellis serve auth session`
 # on the embedded defaults (services/auth/examples/abuse.rs checks every
 # answer's status):
 #   1. 40 Logins with a 3 MiB email: all INVALID_ARGUMENT, and resident
@@ -33,7 +33,7 @@ trap 'stop; rm -rf "$work"' EXIT
 start() { # $1 = label; the rest are extra flags
   stop
   port=$((20000 + RANDOM % 20000))
-  "$bin" serve auth --auth-addr "127.0.0.1:$port" --data-dir "$work/$1" "${@:2}" > "$work/$1.log" 2>&1 &
+  "$bin" serve auth session --auth-addr "127.0.0.1:$port" --session-addr 127.0.0.1:0 --data-dir "$work/$1" "${@:2}" > "$work/$1.log" 2>&1 &
   server=$!
   for _ in $(seq 100); do grep -q "listening on" "$work/$1.log" && break; sleep 0.1; done
   url="http://127.0.0.1:$port"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Login throughput with 50 concurrent logins, and the p99 of a cheap
 # authenticated RPC (CheckSession) unloaded and during that login storm.
-# Release build of `trellis serve auth` on the embedded defaults (SQLite).
+# Release build of `trellis serve auth session` (Auth keeps login sessions in
+# the Session server) on the embedded defaults (SQLite).
 #
 # The storm is real logins from `login_storm` (services/auth/examples),
 # spread over as many accounts as clients, since one account and address
@@ -40,7 +41,7 @@ storm_client=$target/release/examples/login_storm
 work=$(mktemp -d)
 port=$((20000 + RANDOM % 20000))
 # The accounts are signed up from this one address: lift its sign-up limit.
-"$bin" serve auth --auth-addr "127.0.0.1:$port" --data-dir "$work/data" --sign-up-rate 100000/1h \
+"$bin" serve auth session --auth-addr "127.0.0.1:$port" --session-addr 127.0.0.1:0 --data-dir "$work/data" --sign-up-rate 100000/1h \
   > "$work/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$work"' EXIT
