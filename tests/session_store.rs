@@ -321,7 +321,12 @@ async fn redis_indexes_do_not_keep_expired_sessions() {
         .await
         .unwrap();
     let mut connection = pool.get().await.unwrap();
-    let key = format!("{prefix}sess:{{{org}}}:exp");
+    // Ids in keys are 22 characters of base64url.
+    let org_key = {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(org.as_bytes())
+    };
+    let key = format!("{prefix}sess:{{{org_key}}}:exp");
     let indexed: i64 = redis::cmd("ZCARD")
         .arg(&key)
         .query_async(&mut *connection)

@@ -1,4 +1,5 @@
-//! [`SessionStore`] in Redis: each session one string with a TTL, plus
+//! [`SessionStore`] in Redis: each session one compact binary string with
+//! a TTL, plus
 //! per-organization sorted sets (by expiry, last activity and creation) for
 //! counts and per-user sets for listing. An organization's keys share one
 //! hash tag, so every script touches one cluster slot. Index entries of
@@ -6,8 +7,9 @@
 
 use std::collections::BTreeMap;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use redis::Script;
-use serde::{Deserialize, Serialize};
 use trellis_store::{Page, RedisPool, StoreError};
 use uuid::Uuid;
 
@@ -16,78 +18,133 @@ use super::{SessionCounts, SessionKind, SessionRecord, SessionStore};
 /// Expired index entries removed per write, so pruning never stalls Redis.
 const PRUNE_PER_WRITE: i64 = 100;
 
-/// A session as stored: short names, the key holds the ids.
-#[derive(Serialize, Deserialize)]
-struct Stored {
-    u: Uuid,
-    /// `l`ogin or `w`ork.
-    k: char,
-    c: i64,
-    a: i64,
-    i: i64,
-    x: i64,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    m: BTreeMap<String, String>,
-    t: String,
-    ua: String,
-    ip: String,
+/// The layout of a stored value; a value of another version is refused as
+/// corrupt rather than misread.
+const VALUE_VERSION: u8 = 1;
+
+/// Ids in keys and index members: 22 characters of base64url, not 36.
+fn short(id: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(id.as_bytes())
 }
 
-impl Stored {
-    fn of(session: &SessionRecord) -> Stored {
-        Stored {
-            u: session.user_id,
-            k: match session.kind {
-                SessionKind::Login => 'l',
-                SessionKind::Work => 'w',
-            },
-            c: session.created_at,
-            a: session.last_activity_at,
-            i: session.idle_expires_at,
-            x: session.absolute_expires_at,
-            m: session.metadata.clone(),
-            t: session.csrf_token.clone(),
-            ua: session.user_agent.clone(),
-            ip: session.client_address.clone(),
+fn from_short(text: &str) -> Option<Uuid> {
+    let bytes: [u8; 16] = URL_SAFE_NO_PAD.decode(text).ok()?.try_into().ok()?;
+    Some(Uuid::from_bytes(bytes))
+}
+
+/// A session as stored, in a compact binary layout (the key holds its own
+/// and its organization's id): version, user id, kind, the four times,
+/// then length-prefixed CSRF token, user agent, address and metadata.
+/// Every length is bounded before it gets here (metadata and user agent
+/// by the service), so the prefixes never overflow.
+fn encode(session: &SessionRecord) -> Result<Vec<u8>, StoreError> {
+    let mut out = Vec::with_capacity(128 + session.user_agent.len());
+    out.push(VALUE_VERSION);
+    out.extend_from_slice(session.user_id.as_bytes());
+    out.push(match session.kind {
+        SessionKind::Login => b'l',
+        SessionKind::Work => b'w',
+    });
+    for time in [
+        session.created_at,
+        session.last_activity_at,
+        session.idle_expires_at,
+        session.absolute_expires_at,
+    ] {
+        out.extend_from_slice(&time.to_le_bytes());
+    }
+    for value in [
+        &session.csrf_token,
+        &session.user_agent,
+        &session.client_address,
+    ] {
+        put_text(&mut out, value)?;
+    }
+    let entries = u16::try_from(session.metadata.len()).map_err(|_| corrupt("metadata"))?;
+    out.extend_from_slice(&entries.to_le_bytes());
+    for (key, value) in &session.metadata {
+        put_text(&mut out, key)?;
+        put_text(&mut out, value)?;
+    }
+    Ok(out)
+}
+
+fn put_text(out: &mut Vec<u8>, value: &str) -> Result<(), StoreError> {
+    let length = u16::try_from(value.len()).map_err(|_| corrupt("session field too long"))?;
+    out.extend_from_slice(&length.to_le_bytes());
+    out.extend_from_slice(value.as_bytes());
+    Ok(())
+}
+
+/// Reads what [`encode`] wrote.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+        if self.0.len() < n {
+            return Err(corrupt("truncated session"));
         }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
     }
 
-    fn into_record(self, org_id: Uuid, id: Uuid) -> SessionRecord {
-        SessionRecord {
-            id,
-            org_id,
-            user_id: self.u,
-            kind: if self.k == 'l' {
-                SessionKind::Login
-            } else {
-                SessionKind::Work
-            },
-            created_at: self.c,
-            last_activity_at: self.a,
-            idle_expires_at: self.i,
-            absolute_expires_at: self.x,
-            metadata: self.m,
-            csrf_token: self.t,
-            user_agent: self.ua,
-            client_address: self.ip,
-        }
+    fn i64(&mut self) -> Result<i64, StoreError> {
+        Ok(i64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn text(&mut self) -> Result<String, StoreError> {
+        let length = u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes"));
+        String::from_utf8(self.take(usize::from(length))?.to_vec())
+            .map_err(|_| corrupt("session text is not UTF-8"))
     }
 }
 
-fn encode(session: &SessionRecord) -> Result<String, StoreError> {
-    serde_json::to_string(&Stored::of(session)).map_err(|e| corrupt(&e))
+fn decode(org_id: Uuid, id: Uuid, value: &[u8]) -> Result<SessionRecord, StoreError> {
+    let mut reader = Reader(value);
+    if reader.take(1)? != [VALUE_VERSION] {
+        return Err(corrupt("unknown session layout"));
+    }
+    let user_id = Uuid::from_bytes(reader.take(16)?.try_into().expect("16 bytes"));
+    let kind = match reader.take(1)? {
+        b"l" => SessionKind::Login,
+        b"w" => SessionKind::Work,
+        _ => return Err(corrupt("unknown session kind")),
+    };
+    let (created_at, last_activity_at, idle_expires_at, absolute_expires_at) =
+        (reader.i64()?, reader.i64()?, reader.i64()?, reader.i64()?);
+    let csrf_token = reader.text()?;
+    let user_agent = reader.text()?;
+    let client_address = reader.text()?;
+    let entries = u16::from_le_bytes(reader.take(2)?.try_into().expect("2 bytes"));
+    let mut metadata = BTreeMap::new();
+    for _ in 0..entries {
+        let key = reader.text()?;
+        metadata.insert(key, reader.text()?);
+    }
+    Ok(SessionRecord {
+        id,
+        org_id,
+        user_id,
+        kind,
+        created_at,
+        last_activity_at,
+        idle_expires_at,
+        absolute_expires_at,
+        metadata,
+        csrf_token,
+        user_agent,
+        client_address,
+    })
 }
 
-fn decode(org_id: Uuid, id: Uuid, value: &str) -> Result<SessionRecord, StoreError> {
-    let stored: Stored = serde_json::from_str(value).map_err(|e| corrupt(&e))?;
-    Ok(stored.into_record(org_id, id))
-}
-
-fn corrupt(error: &serde_json::Error) -> StoreError {
+fn corrupt(what: &'static str) -> StoreError {
     StoreError::Redis(redis::RedisError::from((
         redis::ErrorKind::Parse,
         "unreadable session",
-        error.to_string(),
+        what.to_owned(),
     )))
 }
 
@@ -121,7 +178,7 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 prune(KEYS[3], KEYS[4], KEYS[5], ARGV[8], ARGV[9])
 -- The user's own set: drop sessions gone since.
 for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  if redis.call('EXISTS', string.sub(KEYS[1], 1, -37) .. id) == 0 then
+  if redis.call('EXISTS', string.sub(KEYS[1], 1, -23) .. id) == 0 then
     redis.call('ZREM', KEYS[2], id)
   end
 end
@@ -193,11 +250,11 @@ struct OrgKeys {
 
 impl OrgKeys {
     fn session(&self, id: Uuid) -> String {
-        format!("{}{}", self.session_base, id.hyphenated())
+        format!("{}{}", self.session_base, short(id))
     }
 
     fn user(&self, user_id: Uuid) -> String {
-        format!("{}{}", self.user_base, user_id.hyphenated())
+        format!("{}{}", self.user_base, short(user_id))
     }
 }
 
@@ -216,7 +273,7 @@ impl RedisSessions {
 
     fn keys(&self, org_id: Uuid) -> OrgKeys {
         // {org}: one hash tag, one cluster slot per organization.
-        let base = format!("{}sess:{{{}}}:", self.prefix, org_id.hyphenated());
+        let base = format!("{}sess:{{{}}}:", self.prefix, short(org_id));
         OrgKeys {
             session_base: format!("{base}s:"),
             exp: format!("{base}exp"),
@@ -232,7 +289,7 @@ impl RedisSessions {
         Ok(self.pool.get().await?)
     }
 
-    async fn get_value(&self, key: &str) -> Result<Option<String>, StoreError> {
+    async fn get_value(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let mut connection = self.connection().await?;
         Ok(redis::cmd("GET")
             .arg(key)
@@ -260,7 +317,7 @@ impl SessionStore for RedisSessions {
             .key(&keys.new)
             .arg(encode(session)?)
             .arg(ttl_ms(session, now))
-            .arg(session.id.hyphenated().to_string())
+            .arg(short(session.id))
             .arg(session.created_at)
             .arg(session.expires_at())
             .arg(session.last_activity_at)
@@ -307,7 +364,7 @@ impl SessionStore for RedisSessions {
             .key(&keys.act)
             .arg(encode(&session)?)
             .arg(ttl_ms(&session, now))
-            .arg(id.hyphenated().to_string())
+            .arg(short(id))
             .arg(session.expires_at())
             .arg(now)
             .invoke_async(&mut *connection)
@@ -335,7 +392,7 @@ impl SessionStore for RedisSessions {
             .await?;
         let mut candidates: Vec<(i64, Uuid)> = members
             .into_iter()
-            .filter_map(|(id, created)| Some((created, Uuid::parse_str(&id).ok()?)))
+            .filter_map(|(id, created)| Some((created, from_short(&id)?)))
             .filter(|(created, id)| match &page.after {
                 None => true,
                 Some((after_created, after_id)) => {
@@ -349,7 +406,7 @@ impl SessionStore for RedisSessions {
         let mut found = Vec::new();
         for chunk in candidates.chunks(limit.max(1)) {
             let session_keys: Vec<String> = chunk.iter().map(|(_, id)| keys.session(*id)).collect();
-            let values: Vec<Option<String>> = redis::cmd("MGET")
+            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
                 .arg(&session_keys)
                 .query_async(&mut *connection)
                 .await?;
@@ -379,14 +436,14 @@ impl SessionStore for RedisSessions {
         };
         let session = decode(org_id, id, &value)?;
         let mut connection = self.connection().await?;
-        let deleted: Option<String> = self
+        let deleted: Option<Vec<u8>> = self
             .delete
             .key(keys.session(id))
             .key(keys.user(session.user_id))
             .key(&keys.exp)
             .key(&keys.act)
             .key(&keys.new)
-            .arg(id.hyphenated().to_string())
+            .arg(short(id))
             .invoke_async(&mut *connection)
             .await?;
         // Another delete may have won between the read and the script.
@@ -413,7 +470,7 @@ impl SessionStore for RedisSessions {
                 .await?
         };
         let mut ended = 0;
-        for id in ids.iter().filter_map(|id| Uuid::parse_str(id).ok()) {
+        for id in ids.iter().filter_map(|id| from_short(id)) {
             if Some(id) != except && self.delete(org_id, id, now).await?.is_some() {
                 ended += 1;
             }
