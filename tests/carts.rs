@@ -1124,6 +1124,46 @@ async fn concurrent_reservations_never_oversell(extra: &[&str]) {
     assert!(release(first.clone()).await.is_empty(), "released once");
     assert!(release(uuid::Uuid::new_v4().to_string()).await.is_empty());
     assert_eq!(level(&shop).await, Some(10));
+    // Once released, the order does not reserve again.
+    let again = reserve(&shop.catalog, first.clone(), 10).await.unwrap_err();
+    assert_eq!(again.code(), Code::Aborted, "{again:?}");
+    assert_eq!(level(&shop).await, Some(10));
+
+    // First reservations of one order racing, naming different products:
+    // one of them is the order's reservation, every call answers it.
+    let order = uuid::Uuid::new_v4().to_string();
+    let mut racing = tokio::task::JoinSet::new();
+    for n in 0..8 {
+        let mut catalog = shop.catalog.clone();
+        let (service, org_id, order) = (service.clone(), org_id.clone(), order.clone());
+        let product = if n % 2 == 0 {
+            shop.taco.clone()
+        } else {
+            shop.drink.clone()
+        };
+        racing.spawn(async move {
+            catalog
+                .reserve_stock(authed(
+                    pb::ReserveStockRequest {
+                        organization_id: org_id,
+                        order_id: order,
+                        lines: vec![pb::StockLine {
+                            product_id: product,
+                            quantity: 1,
+                        }],
+                    },
+                    &service,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .lines
+        });
+    }
+    let answers: Vec<_> = racing.join_all().await;
+    assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+    let taco_taken = answers[0][0].product_id == shop.taco;
+    assert_eq!(level(&shop).await, Some(if taco_taken { 9 } else { 10 }));
     // A user token cannot reserve.
     let refused = shop
         .catalog

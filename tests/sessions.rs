@@ -65,6 +65,39 @@ impl Fixture {
             .into_inner()
     }
 
+    /// A member of the token's organization, invited and accepted.
+    async fn member(
+        &mut self,
+        admin_token: &str,
+        role: trellis::auth::v1::Role,
+        name: &str,
+    ) -> trellis::auth::v1::AcceptInvitationResponse {
+        use trellis::auth::v1::organization_service_client::OrganizationServiceClient;
+        use trellis::auth::v1::{AcceptInvitationRequest, InviteUserRequest};
+        let mut orgs = OrganizationServiceClient::new(
+            channel(self.running.address(ServiceName::Auth).unwrap()).await,
+        );
+        let invited = orgs
+            .invite_user(authed(
+                InviteUserRequest {
+                    email: format!("{name}.{}@example.com", uuid::Uuid::new_v4().simple()),
+                    role: role as i32,
+                },
+                admin_token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        orgs.accept_invitation(AcceptInvitationRequest {
+            token: invited.invitation.unwrap().token,
+            password: PASSWORD.into(),
+            name: name.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+    }
+
     async fn create(
         &mut self,
         token: &str,
@@ -289,41 +322,11 @@ backend_suite!(
 /// A member of the same organization: a non-admin cannot name another
 /// user, reach another user's session, or open a WORK session as a viewer.
 async fn members_of_one_organization_see_only_their_own(extra: &[&str]) {
-    use trellis::auth::v1::organization_service_client::OrganizationServiceClient;
-    use trellis::auth::v1::{AcceptInvitationRequest, InviteUserRequest, Role};
+    use trellis::auth::v1::Role;
     let mut fx = Fixture::start(extra).await;
     let admin = fx.sign_up("ana").await;
-    let orgs = OrganizationServiceClient::new(
-        channel(fx.running.address(ServiceName::Auth).unwrap()).await,
-    );
-    let member = |role: Role, name: &'static str| {
-        let mut orgs = orgs.clone();
-        let token = admin.access_token.clone();
-        async move {
-            let email = format!("{name}.{}@example.com", uuid::Uuid::new_v4().simple());
-            let invited = orgs
-                .invite_user(authed(
-                    InviteUserRequest {
-                        email: email.clone(),
-                        role: role as i32,
-                    },
-                    &token,
-                ))
-                .await
-                .unwrap()
-                .into_inner();
-            orgs.accept_invitation(AcceptInvitationRequest {
-                token: invited.invitation.unwrap().token,
-                password: PASSWORD.into(),
-                name: name.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-        }
-    };
-    let dev = member(Role::Developer, "dev").await;
-    let viewer = member(Role::Viewer, "val").await;
+    let dev = fx.member(&admin.access_token, Role::Developer, "dev").await;
+    let viewer = fx.member(&admin.access_token, Role::Viewer, "val").await;
     assert!(
         !dev.csrf_token.is_empty(),
         "AcceptInvitation answers the CSRF token"
@@ -375,12 +378,20 @@ async fn expiry_slides_with_use_up_to_the_cap(extra: &[&str]) {
     let mut fx = Fixture::start(&args).await;
     let ana = fx.sign_up("ana").await;
     let token = ana.access_token.clone();
+    let dev = fx
+        .member(&token, trellis::auth::v1::Role::Developer, "dev")
+        .await;
     let idle = fx.create(&token, &[]).await.unwrap();
     let used = fx.create(&token, &[]).await.unwrap();
     let started = std::time::Instant::now();
     // Use `used` (and the login) every 500 ms for 3.5 s: past the idle TTL.
+    // Another member asking for `idle` as often does not keep it alive.
     while started.elapsed() < Duration::from_millis(3500) {
         fx.get(&token, &used.session_id).await.unwrap();
+        not_found(
+            fx.get(&dev.access_token, &idle.session_id).await,
+            &idle.session_id,
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     not_found(fx.get(&token, &idle.session_id).await, &idle.session_id);

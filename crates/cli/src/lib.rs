@@ -367,11 +367,13 @@ const HANDOVER_BATCH: i64 = 500;
 
 /// The upgrade that made the Session service the owner of login sessions:
 /// the live ones still in Auth's old table move to the Session store (same
-/// ids, same times, so every token and refresh token keeps working), then
-/// the table is dropped. Runs where both Auth's and Session's storage are
-/// at hand (`trellis migrate`, `trellis up`); a no-op once the table is
-/// gone, and safe to repeat if interrupted (a session already moved is
-/// left alone).
+/// ids, same times, so every token and refresh token keeps working), each
+/// batch leaving the old table as it lands, then the table is dropped. Runs
+/// where both Auth's and Session's storage are at hand (`trellis migrate`,
+/// `trellis up`), with the servers' own `--redis-url`; a no-op once the
+/// table is gone, and safe to resume if interrupted. Auth replicas of the
+/// old version must be stopped first: a logout they record after its batch
+/// moved would be lost.
 async fn hand_over_login_sessions(
     services: &[ServiceName],
     databases: &[Database],
@@ -386,15 +388,18 @@ async fn hand_over_login_sessions(
         &databases[auth],
         trellis_session::open_store(redis, databases[session].clone()),
     );
-    let mut after = String::new();
     let mut moved = 0_u64;
     loop {
         let now = trellis_session::now_ms();
+        // Each batch leaves the old table once moved: the next starts over.
         let Some(batch) =
-            trellis_auth::legacy_login_sessions(auth, now, &after, HANDOVER_BATCH).await?
+            trellis_auth::legacy_login_sessions(auth, now, "", HANDOVER_BATCH).await?
         else {
             return Ok(());
         };
+        if batch.is_empty() {
+            break;
+        }
         for legacy in &batch {
             let Some(record) = trellis_session::imported_login_session(
                 &legacy.id,
@@ -417,10 +422,8 @@ async fn hand_over_login_sessions(
                 moved += 1;
             }
         }
-        match batch.last() {
-            Some(last) if batch.len() as i64 == HANDOVER_BATCH => after = last.id.clone(),
-            _ => break,
-        }
+        let ids: Vec<String> = batch.into_iter().map(|legacy| legacy.id).collect();
+        trellis_auth::remove_legacy_login_sessions(auth, &ids).await?;
     }
     trellis_auth::drop_legacy_login_sessions(auth).await?;
     tracing::info!(

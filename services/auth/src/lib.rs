@@ -51,7 +51,10 @@ pub use sessions::{
 };
 pub use settings::{AuthArgs, AuthSettings};
 pub use store::MIGRATIONS;
-pub use store::{LegacyLoginSession, drop_legacy_login_sessions, legacy_login_sessions};
+pub use store::{
+    LegacyLoginSession, drop_legacy_login_sessions, legacy_login_sessions,
+    remove_legacy_login_sessions,
+};
 pub use throttle::{PublicRpc, PublicRpcLimits, RateLimit, Throttle, ThrottlePolicy};
 
 /// The Auth server as `trellis serve auth` starts it.

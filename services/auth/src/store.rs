@@ -69,7 +69,10 @@ mod rows;
 mod service_accounts;
 mod sql;
 
-pub use handover::{LegacyLoginSession, drop_legacy_login_sessions, legacy_login_sessions};
+pub use handover::{
+    LegacyLoginSession, drop_legacy_login_sessions, legacy_login_sessions,
+    remove_legacy_login_sessions,
+};
 pub use organizations::{AcceptOutcome, InviteOutcome, MemberChange, MemberOutcome, RevokeOutcome};
 pub use rows::{InvitationRow, InvitationStatus, OrganizationRow, Plan, Role, UserRow, UserStatus};
 pub use service_accounts::{ServiceAccountRow, ServiceAccounts, ServiceScope};

@@ -18,17 +18,25 @@ CREATE TABLE cart_products (
 );
 CREATE INDEX cart_products_newest ON cart_products (org_id, created_at DESC, id DESC);
 
--- What an order's reservation took, one row per product; released_at marks
--- it given back, so neither a retried reservation nor a retried release
--- moves stock twice.
+-- One reservation per order, written first in its transaction, so two
+-- first reservations of one order serialize on it; released_at marks it
+-- given back, so neither a retried reservation nor a retried release moves
+-- stock twice.
+CREATE TABLE cart_reservation_orders (
+    org_id TEXT NOT NULL,
+    order_id TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    released_at BIGINT,
+    PRIMARY KEY (org_id, order_id)
+);
+
+-- What each reservation took, one row per product.
 CREATE TABLE cart_reservations (
     org_id TEXT NOT NULL,
     order_id TEXT NOT NULL,
     product_id TEXT NOT NULL,
     quantity BIGINT NOT NULL,
     tracked BOOLEAN NOT NULL,
-    created_at BIGINT NOT NULL,
-    released_at BIGINT,
     PRIMARY KEY (org_id, order_id, product_id)
 );
 

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::error::{CartServiceError, Result};
 use crate::model::{CartState, Line, MAX_LINES, checked_options, checked_quantity, id, now_ms};
-use crate::store::{Carts, Catalog, ChangeRefused};
+use crate::store::{Carts, Catalog, ChangeRefused, Edit};
 
 /// Sessions one CheckSessions call may name (the Session service's bound).
 pub const MAX_CHECKED_SESSIONS: usize = 500;
@@ -111,9 +111,20 @@ impl SessionOwners {
             }))
             .await;
         match asked {
-            Ok(_) => {
+            Ok(found) => {
+                // Never past the session's own end.
+                let left = found
+                    .into_inner()
+                    .session
+                    .and_then(|s| s.expires_at)
+                    .map(|at| {
+                        let at_ms =
+                            at.seconds.saturating_mul(1000) + i64::from(at.nanos / 1_000_000);
+                        Duration::from_millis(u64::try_from(at_ms - now_ms()).unwrap_or(0))
+                    })
+                    .unwrap_or_default();
                 self.known
-                    .insert(key, (tenant.user_id, Instant::now() + self.ttl));
+                    .insert(key, (tenant.user_id, Instant::now() + self.ttl.min(left)));
                 Ok(true)
             }
             Err(status) if status.code() == Code::NotFound => {
@@ -177,7 +188,11 @@ impl CartApi {
             return Ok(session_id);
         }
         // Not the caller's: ended, or another user's (whose cart stays).
-        // Only a session the Session service no longer has loses its cart.
+        // Only a session the Session service no longer has loses its cart,
+        // and only a cart that exists costs the question.
+        if !self.carts.exists(tenant.org_id, session_id).await? {
+            return Err(CartServiceError::SessionNotFound(session_id));
+        }
         match self.sessions.live_among(tenant.org_id, &[session_id]).await {
             Ok(Some(live)) if !live.contains(&session_id) => {
                 if let Err(error) = self.carts.delete(tenant.org_id, &[session_id]).await {
@@ -233,7 +248,7 @@ impl CartApi {
         tenant: &TenantContext,
         session_id: Uuid,
         expected_version: Option<i64>,
-        decide: impl FnOnce(Vec<Line>) -> Result<(Vec<Line>, Option<Uuid>)>,
+        decide: impl FnOnce(&[Line]) -> Result<(Edit, Option<Uuid>)>,
     ) -> Result<Changed> {
         let changed = self
             .carts
@@ -309,19 +324,13 @@ impl CartApi {
             unit_price: product.price,
             added_at: now_ms(),
         };
-        self.change(
-            tenant,
-            session_id,
-            request.expected_version,
-            move |mut lines| {
-                if lines.len() >= MAX_LINES {
-                    return Err(CartServiceError::TooManyLines);
-                }
-                let item_id = line.id;
-                lines.push(line);
-                Ok((lines, Some(item_id)))
-            },
-        )
+        self.change(tenant, session_id, request.expected_version, move |lines| {
+            if lines.len() >= MAX_LINES {
+                return Err(CartServiceError::TooManyLines);
+            }
+            let item_id = line.id;
+            Ok((Edit::Add(line), Some(item_id)))
+        })
         .await
     }
 
@@ -349,13 +358,13 @@ impl CartApi {
             cart.lines[line_index(&cart.lines, item_id)?].product_id
         };
         self.orderable(tenant, current, quantity).await?;
-        self.change(tenant, session_id, expected_version, move |mut lines| {
-            let index = line_index(&lines, item_id)?;
-            lines[index].quantity = quantity;
+        self.change(tenant, session_id, expected_version, move |lines| {
+            let mut line = lines[line_index(lines, item_id)?].clone();
+            line.quantity = quantity;
             if let Some(options) = options {
-                lines[index].options = options;
+                line.options = options;
             }
-            Ok((lines, Some(item_id)))
+            Ok((Edit::Replace(line), Some(item_id)))
         })
         .await
     }
@@ -369,15 +378,10 @@ impl CartApi {
         let session_id = self.writable(context, tenant, &request.session_id).await?;
         let item_id = id("item_id", &request.item_id)?;
         let changed = self
-            .change(
-                tenant,
-                session_id,
-                request.expected_version,
-                move |mut lines| {
-                    lines.remove(line_index(&lines, item_id)?);
-                    Ok((lines, None))
-                },
-            )
+            .change(tenant, session_id, request.expected_version, move |lines| {
+                line_index(lines, item_id)?;
+                Ok((Edit::Remove(item_id), None))
+            })
             .await?;
         Ok(changed.cart)
     }
@@ -391,7 +395,7 @@ impl CartApi {
         let session_id = self.writable(context, tenant, &request.session_id).await?;
         let changed = self
             .change(tenant, session_id, request.expected_version, |_| {
-                Ok((Vec::new(), None))
+                Ok((Edit::Clear, None))
             })
             .await?;
         Ok(changed.cart)

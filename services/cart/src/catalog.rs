@@ -252,6 +252,7 @@ impl CatalogApi {
             .await?
         {
             Reserved::Lines(taken) => Ok(stock_lines(&taken)),
+            Reserved::Released => Err(CartServiceError::ReservationReleased(order_id)),
             Reserved::UnknownProduct(product_id) => {
                 Err(CartServiceError::ProductNotFound(product_id))
             }

@@ -35,6 +35,8 @@ pub enum CartServiceError {
     UnlimitedStock(Uuid),
     #[error("stock of product {product_id} would go below zero ({stock} on hand)")]
     StockBelowZero { product_id: Uuid, stock: i64 },
+    #[error("the stock reservation of order {0} was released; an order reserves once")]
+    ReservationReleased(Uuid),
     #[error("a cart holds at most {MAX_LINES} lines")]
     TooManyLines,
     /// Optimistic concurrency: someone changed the cart since it was read.
@@ -70,7 +72,7 @@ impl ServiceError for CartServiceError {
             InsufficientStock { .. } | UnlimitedStock(_) | StockBelowZero { .. } => {
                 Code::FailedPrecondition
             }
-            VersionMismatch { .. } => Code::Aborted,
+            VersionMismatch { .. } | ReservationReleased(_) => Code::Aborted,
             MissingCaller => Code::Unauthenticated,
             SessionsUnavailable(_) => Code::Unavailable,
             Store(error) => error.code(),
@@ -93,6 +95,7 @@ impl ServiceError for CartServiceError {
             UnlimitedStock(_) => "UNLIMITED_STOCK",
             StockBelowZero { .. } => "STOCK_BELOW_ZERO",
             VersionMismatch { .. } => "VERSION_MISMATCH",
+            ReservationReleased(_) => "RESERVATION_RELEASED",
             MissingCaller => "MISSING_TOKEN",
             SessionsUnavailable(_) => "SESSIONS_UNAVAILABLE",
             Store(error) => error.reason(),

@@ -130,6 +130,8 @@ pub enum StockRefusal {
 pub enum Reserved {
     /// Taken now, or by an earlier call for the same order.
     Lines(Vec<(Uuid, i64)>),
+    /// The order reserved once and gave it back: it does not reserve again.
+    Released,
     UnknownProduct(Uuid),
     Insufficient {
         product_id: Uuid,
@@ -321,46 +323,60 @@ impl Catalog {
         lines: &[(Uuid, i64)],
         now: i64,
     ) -> Result<Reserved, StoreError> {
-        // Two first reservations of one order racing: the loser's insert
-        // conflicts, it rolls back, and reads what the winner took.
-        for _ in 0..2 {
-            if let Some(taken) = self.reservation(org_id, order_id).await? {
-                return Ok(Reserved::Lines(taken));
+        // Two first reservations of one order racing: the loser's header
+        // insert conflicts, it rolls back, and reads what the winner took.
+        for _ in 0..3 {
+            if let Some(earlier) = self.reservation(org_id, order_id).await? {
+                return Ok(earlier);
             }
             match self.try_reserve(org_id, order_id, lines, now).await {
                 Err(StoreError::Sqlx(error)) if is_unique_violation(&error) => continue,
                 other => return other,
             }
         }
-        Ok(Reserved::Lines(
-            self.reservation(org_id, order_id)
-                .await?
-                .unwrap_or_default(),
-        ))
+        Ok(self
+            .reservation(org_id, order_id)
+            .await?
+            .unwrap_or(Reserved::Lines(Vec::new())))
     }
 
+    /// What an earlier reservation of the order holds, if there was one.
     async fn reservation(
         &self,
         org_id: Uuid,
         order_id: Uuid,
-    ) -> Result<Option<Vec<(Uuid, i64)>>, StoreError> {
-        let rows: Vec<(String, i64)> = with_pool!(&self.db, |pool| {
-            sqlx::query_as(
-                "SELECT product_id, quantity FROM cart_reservations \
-                 WHERE org_id = $1 AND order_id = $2 ORDER BY product_id",
+    ) -> Result<Option<Reserved>, StoreError> {
+        let (org, order) = (org_id.to_string(), order_id.to_string());
+        // (released_at of the order's header, if any; its lines)
+        type Held = (Option<(Option<i64>,)>, Vec<(String, i64)>);
+        let (header, rows): Held = with_pool!(&self.db, |pool| {
+            let header = sqlx::query_as(
+                "SELECT released_at FROM cart_reservation_orders \
+                     WHERE org_id = $1 AND order_id = $2",
             )
-            .bind(org_id.to_string())
-            .bind(order_id.to_string())
+            .bind(&org)
+            .bind(&order)
+            .fetch_optional(pool)
+            .await?;
+            let rows = sqlx::query_as(
+                "SELECT product_id, quantity FROM cart_reservations \
+                     WHERE org_id = $1 AND order_id = $2 ORDER BY product_id",
+            )
+            .bind(&org)
+            .bind(&order)
             .fetch_all(pool)
-            .await?
+            .await?;
+            (header, rows)
         });
-        if rows.is_empty() {
-            return Ok(None);
+        match header {
+            None => Ok(None),
+            Some((Some(_),)) => Ok(Some(Reserved::Released)),
+            Some((None,)) => rows
+                .into_iter()
+                .map(|(id, quantity)| Ok((uuid("product id", &id)?, quantity)))
+                .collect::<Result<Vec<_>, _>>()
+                .map(|lines| Some(Reserved::Lines(lines))),
         }
-        rows.into_iter()
-            .map(|(id, quantity)| Ok((uuid("product id", &id)?, quantity)))
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some)
     }
 
     async fn try_reserve(
@@ -370,9 +386,21 @@ impl Catalog {
         lines: &[(Uuid, i64)],
         now: i64,
     ) -> Result<Reserved, StoreError> {
+        let mut sorted = lines.to_vec();
+        // One lock order for every transaction that takes product rows.
+        sorted.sort();
         with_pool!(&self.db, |pool| {
             let mut tx = pool.begin_write().await?;
-            for &(product_id, quantity) in lines {
+            sqlx::query(
+                "INSERT INTO cart_reservation_orders (org_id, order_id, created_at) \
+                 VALUES ($1, $2, $3)",
+            )
+            .bind(org_id.to_string())
+            .bind(order_id.to_string())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            for &(product_id, quantity) in &sorted {
                 // Conditional on the stock: concurrent reservations of one
                 // product serialize on its row, none takes below zero.
                 let taken: Option<(Option<i64>,)> = sqlx::query_as(
@@ -406,73 +434,89 @@ impl Catalog {
                 };
                 sqlx::query(
                     "INSERT INTO cart_reservations \
-                     (org_id, order_id, product_id, quantity, tracked, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
+                     (org_id, order_id, product_id, quantity, tracked) \
+                     VALUES ($1, $2, $3, $4, $5)",
                 )
                 .bind(org_id.to_string())
                 .bind(order_id.to_string())
                 .bind(product_id.to_string())
                 .bind(quantity)
                 .bind(stock_after.is_some())
-                .bind(now)
                 .execute(&mut *tx)
                 .await?;
             }
             tx.commit().await?;
-            let mut taken = lines.to_vec();
-            taken.sort();
-            Ok(Reserved::Lines(taken))
+            Ok(Reserved::Lines(sorted))
         })
     }
 
-    /// Gives back what `order_id` took and has not given back yet; what
-    /// went back.
+    /// Gives back what `order_id` took, once; what went back.
     pub async fn release(
         &self,
         org_id: Uuid,
         order_id: Uuid,
         now: i64,
     ) -> Result<Vec<(Uuid, i64)>, StoreError> {
+        let (org, order) = (org_id.to_string(), order_id.to_string());
         with_pool!(&self.db, |pool| {
             let mut tx = pool.begin_write().await?;
-            let released: Vec<(String, i64, bool)> = sqlx::query_as(
-                "UPDATE cart_reservations SET released_at = $1 \
-                 WHERE org_id = $2 AND order_id = $3 AND released_at IS NULL \
-                 RETURNING product_id, quantity, tracked",
+            let marked = sqlx::query(
+                "UPDATE cart_reservation_orders SET released_at = $1 \
+                 WHERE org_id = $2 AND order_id = $3 AND released_at IS NULL",
             )
             .bind(now)
-            .bind(org_id.to_string())
-            .bind(order_id.to_string())
+            .bind(&org)
+            .bind(&order)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if marked == 0 {
+                tx.rollback().await?;
+                return Ok(Vec::new());
+            }
+            let held: Vec<(String, i64, bool)> = sqlx::query_as(
+                "SELECT product_id, quantity, tracked FROM cart_reservations \
+                 WHERE org_id = $1 AND order_id = $2 ORDER BY product_id",
+            )
+            .bind(&org)
+            .bind(&order)
             .fetch_all(&mut *tx)
             .await?;
             let mut returned = Vec::new();
-            for (product_id, quantity, tracked) in released {
+            for (product_id, quantity, tracked) in held {
                 // Untracked when reserved: nothing was taken to give back.
                 // Switched to unlimited since: nothing to give back to.
-                let done = if tracked {
-                    sqlx::query(
-                        "UPDATE cart_products SET stock = stock + $1, updated_at = $2 \
-                         WHERE org_id = $3 AND id = $4 AND stock IS NOT NULL",
-                    )
-                    .bind(quantity)
-                    .bind(now)
-                    .bind(org_id.to_string())
-                    .bind(&product_id)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                } else {
-                    0
-                };
+                if !tracked {
+                    continue;
+                }
+                let done = sqlx::query(
+                    "UPDATE cart_products SET stock = stock + $1, updated_at = $2 \
+                     WHERE org_id = $3 AND id = $4 AND stock IS NOT NULL",
+                )
+                .bind(quantity)
+                .bind(now)
+                .bind(&org)
+                .bind(&product_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
                 if done == 1 {
                     returned.push((uuid("product id", &product_id)?, quantity));
                 }
             }
             tx.commit().await?;
-            returned.sort();
             Ok(returned)
         })
     }
+}
+
+/// The one change a cart mutation makes.
+pub enum Edit {
+    Add(Line),
+    /// A line (same id) with a new quantity or options.
+    Replace(Line),
+    Remove(Uuid),
+    Clear,
 }
 
 /// Carts, one per session.
@@ -524,7 +568,8 @@ impl Carts {
     /// One change of the session's cart, atomically: the version is bumped
     /// first (taking the row's lock), `expected_version` checked against
     /// the one it replaced, then `decide` sees the lines and answers the
-    /// lines to write (the whole cart) and its result. An `Err` from `decide` (or a stale version) writes nothing.
+    /// one edit to make and its result. An `Err` from `decide` (or a stale
+    /// version) writes nothing.
     pub async fn change<T, E>(
         &self,
         org_id: Uuid,
@@ -532,28 +577,23 @@ impl Carts {
         user_id: Uuid,
         expected_version: Option<i64>,
         now: i64,
-        decide: impl FnOnce(Vec<Line>) -> Result<(Vec<Line>, T), E>,
+        decide: impl FnOnce(&[Line]) -> Result<(Edit, T), E>,
     ) -> Result<Result<(T, CartState), ChangeRefused<E>>, StoreError> {
         let (org, session) = (org_id.to_string(), session_id.to_string());
         with_pool!(&self.db, |pool| {
             let mut tx = pool.begin_write().await?;
-            sqlx::query(
+            // One statement makes the cart or bumps its version, so no
+            // sweep between two statements can leave nothing to bump.
+            let (version, owner): (i64, String) = sqlx::query_as(
                 "INSERT INTO cart_carts (org_id, session_id, user_id, version, updated_at) \
-                 VALUES ($1, $2, $3, 0, $4) ON CONFLICT (org_id, session_id) DO NOTHING",
+                 VALUES ($1, $2, $3, 1, $4) ON CONFLICT (org_id, session_id) \
+                 DO UPDATE SET version = cart_carts.version + 1, updated_at = $4 \
+                 RETURNING version, user_id",
             )
             .bind(&org)
             .bind(&session)
             .bind(user_id.to_string())
             .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            let (version, owner): (i64, String) = sqlx::query_as(
-                "UPDATE cart_carts SET version = version + 1, updated_at = $1 \
-                 WHERE org_id = $2 AND session_id = $3 RETURNING version, user_id",
-            )
-            .bind(now)
-            .bind(&org)
-            .bind(&session)
             .fetch_one(&mut *tx)
             .await?;
             if owner != user_id.to_string() {
@@ -576,43 +616,66 @@ impl Carts {
                 .bind(&session)
                 .fetch_all(&mut *tx)
                 .await?;
-            let lines = rows
+            let mut lines = rows
                 .into_iter()
                 .map(Line::try_from)
                 .collect::<Result<Vec<_>, _>>()?;
-            let (lines, answer) = match decide(lines) {
+            let (edit, answer) = match decide(&lines) {
                 Ok(change) => change,
                 Err(error) => {
                     tx.rollback().await?;
                     return Ok(Err(ChangeRefused::Decided(error)));
                 }
             };
-            sqlx::query("DELETE FROM cart_items WHERE org_id = $1 AND session_id = $2")
-                .bind(&org)
-                .bind(&session)
-                .execute(&mut *tx)
-                .await?;
-            for line in &lines {
-                let options =
-                    serde_json::to_string(&line.options).map_err(|e| corrupt("options", e))?;
-                sqlx::query(
-                    "INSERT INTO cart_items (org_id, session_id, id, product_id, sku, name, \
-                     quantity, options, unit_price_minor, currency, added_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                )
-                .bind(&org)
-                .bind(&session)
-                .bind(line.id.to_string())
-                .bind(line.product_id.to_string())
-                .bind(&line.sku)
-                .bind(&line.name)
-                .bind(line.quantity)
-                .bind(options)
-                .bind(line.unit_price.amount_minor)
-                .bind(&line.unit_price.currency)
-                .bind(line.added_at)
-                .execute(&mut *tx)
-                .await?;
+            // Only the line the edit touches is written.
+            match edit {
+                Edit::Add(line) | Edit::Replace(line) => {
+                    let options =
+                        serde_json::to_string(&line.options).map_err(|e| corrupt("options", e))?;
+                    sqlx::query(
+                        "INSERT INTO cart_items (org_id, session_id, id, product_id, sku, name, \
+                         quantity, options, unit_price_minor, currency, added_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                         ON CONFLICT (org_id, session_id, id) DO UPDATE SET \
+                         quantity = excluded.quantity, options = excluded.options",
+                    )
+                    .bind(&org)
+                    .bind(&session)
+                    .bind(line.id.to_string())
+                    .bind(line.product_id.to_string())
+                    .bind(&line.sku)
+                    .bind(&line.name)
+                    .bind(line.quantity)
+                    .bind(options)
+                    .bind(line.unit_price.amount_minor)
+                    .bind(&line.unit_price.currency)
+                    .bind(line.added_at)
+                    .execute(&mut *tx)
+                    .await?;
+                    match lines.iter_mut().find(|l| l.id == line.id) {
+                        Some(held) => *held = line,
+                        None => lines.push(line),
+                    }
+                }
+                Edit::Remove(item_id) => {
+                    sqlx::query(
+                        "DELETE FROM cart_items WHERE org_id = $1 AND session_id = $2 AND id = $3",
+                    )
+                    .bind(&org)
+                    .bind(&session)
+                    .bind(item_id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                    lines.retain(|l| l.id != item_id);
+                }
+                Edit::Clear => {
+                    sqlx::query("DELETE FROM cart_items WHERE org_id = $1 AND session_id = $2")
+                        .bind(&org)
+                        .bind(&session)
+                        .execute(&mut *tx)
+                        .await?;
+                    lines.clear();
+                }
             }
             tx.commit().await?;
             Ok(Ok((
@@ -625,6 +688,17 @@ impl Carts {
                 },
             )))
         })
+    }
+
+    pub async fn exists(&self, org_id: Uuid, session_id: Uuid) -> Result<bool, StoreError> {
+        let found: Option<(i64,)> = with_pool!(&self.db, |pool| {
+            sqlx::query_as("SELECT version FROM cart_carts WHERE org_id = $1 AND session_id = $2")
+                .bind(org_id.to_string())
+                .bind(session_id.to_string())
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(found.is_some())
     }
 
     /// Removes the carts of ended sessions.

@@ -13,7 +13,7 @@ use trellis_tenancy::{Role, TenantContext};
 use uuid::Uuid;
 
 use crate::error::{Result, SessionServiceError};
-use crate::sessions::{Lifetimes, Opening, checked_metadata, imported_login_session, new_session};
+use crate::sessions::{Lifetimes, Opening, checked_metadata, new_session};
 use crate::store::{SessionKind, SessionRecord, SessionStore};
 
 /// A login beyond this many live LOGIN sessions ends the user's oldest.
@@ -66,17 +66,24 @@ impl SessionApi {
     }
 
     /// The caller's own live session, recording the use; NOT_FOUND for any
-    /// other.
+    /// other (whose expiry a stranger's reads never extend).
     async fn own(&self, tenant: &TenantContext, session_id: &str) -> Result<SessionRecord> {
         let session_id = id("session_id", session_id)?;
-        match self
+        let now = now_ms();
+        let not_found = || SessionServiceError::NotFound(session_id);
+        let session = self
             .store
-            .touch(tenant.org_id, session_id, now_ms(), self.idle_ms())
+            .get(tenant.org_id, session_id, now)
             .await?
-        {
-            Some(session) if session.user_id == tenant.user_id => Ok(session),
-            _ => Err(SessionServiceError::NotFound(session_id)),
+            .filter(|s| s.user_id == tenant.user_id)
+            .ok_or_else(not_found)?;
+        if session.used_at(now, self.idle_ms()).is_none() {
+            return Ok(session);
         }
+        self.store
+            .touch(tenant.org_id, session_id, now, self.idle_ms())
+            .await?
+            .ok_or_else(not_found)
     }
 
     /// The user's live sessions of `kind`, oldest first.
@@ -257,40 +264,6 @@ impl SessionApi {
         }
         self.store.insert(&session).await?;
         Ok(session.csrf_token)
-    }
-
-    /// Internal: a login session Auth kept itself before, times unchanged.
-    pub async fn import_login(&self, request: pb::ImportLoginSessionRequest) -> Result<bool> {
-        let org_id = id("organization_id", &request.organization_id)?;
-        let session_id = id("session_id", &request.session_id)?;
-        id("user_id", &request.user_id)?;
-        bounded_address(&request.client_address)?;
-        let time = |field: &str, value: Option<prost_types::Timestamp>| {
-            value
-                .map(|t| t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000))
-                .ok_or_else(|| SessionServiceError::invalid(field, "required"))
-        };
-        let times = [
-            time("created_at", request.created_at)?,
-            time("last_activity_at", request.last_activity_at)?,
-            time("idle_expires_at", request.idle_expires_at)?,
-            time("absolute_expires_at", request.absolute_expires_at)?,
-        ];
-        let session = imported_login_session(
-            &request.session_id,
-            &request.organization_id,
-            &request.user_id,
-            times,
-            &request.user_agent,
-            &request.client_address,
-        )
-        .ok_or_else(|| SessionServiceError::invalid("session_id", "must be a UUID"))?;
-        let now = now_ms();
-        if !session.is_live(now) || self.store.get(org_id, session_id, now).await?.is_some() {
-            return Ok(false);
-        }
-        self.store.insert(&session).await?;
-        Ok(true)
     }
 
     /// Internal: whether a login session is live, without recording a use.

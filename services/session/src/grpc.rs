@@ -109,14 +109,6 @@ impl LoginSessionService for GrpcAdapter {
         grpc_result(opened.map(|csrf_token| pb::OpenLoginSessionResponse { csrf_token }))
     }
 
-    async fn import_login_session(
-        &self,
-        request: Request<pb::ImportLoginSessionRequest>,
-    ) -> Result<Response<pb::ImportLoginSessionResponse>, Status> {
-        let imported = self.0.import_login(request.into_inner()).await;
-        grpc_result(imported.map(|imported| pb::ImportLoginSessionResponse { imported }))
-    }
-
     async fn check_login_session(
         &self,
         request: Request<pb::CheckLoginSessionRequest>,

@@ -66,6 +66,21 @@ pub async fn legacy_login_sessions(
     })
 }
 
+/// Removes handed-over sessions from the old table, so a repeated or
+/// resumed handover never brings back one ended since.
+pub async fn remove_legacy_login_sessions(db: &Database, ids: &[String]) -> Result<(), StoreError> {
+    for id in ids {
+        with_pool!(db, |pool| {
+            sqlx::query("DELETE FROM auth_login_sessions WHERE id = $1")
+                .bind(id)
+                .execute(pool)
+                .await
+                .map_err(StoreError::from)?;
+        });
+    }
+    Ok(())
+}
+
 /// Drops the old table, once every live session in it is handed over.
 pub async fn drop_legacy_login_sessions(db: &Database) -> Result<(), StoreError> {
     with_pool!(db, |pool| {
