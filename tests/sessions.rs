@@ -300,7 +300,9 @@ async fn a_user_sees_and_ends_only_its_own_sessions(extra: &[&str]) {
         ))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Within the guard's --session-check-ttl (200 ms) plus the second Auth
+    // reuses a live answer.
+    tokio::time::sleep(Duration::from_millis(1400)).await;
     let refused = fx.get(&ana_token, &ana.session_id).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated);
     let refreshed = fx

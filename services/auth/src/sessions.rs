@@ -6,6 +6,9 @@
 //! Refresh tokens stay Auth's: they only name the session they belong to, and
 //! every exchange asks the session whether it is still live.
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use tonic::Code;
 use trellis::session::v1 as pb;
 use trellis::session::v1::login_session_service_client::LoginSessionServiceClient;
@@ -72,17 +75,37 @@ pub trait LoginSessions: Send + Sync + 'static {
     async fn end_all(&self, org_id: &str, user_id: &str, reason: &str) -> SessionsResult<u64>;
 }
 
+/// How long a "live" answer is reused before the Session service is asked
+/// again: session checks (every server's guard asks Auth) then cost no hop
+/// when they come in bursts. A logout through Auth forgets it at once; one
+/// made at the Session service directly takes up to this much longer to be
+/// seen, on top of the guards' --session-check-ttl.
+pub const LIVE_ANSWER_TTL: Duration = Duration::from_secs(1);
+/// Sessions whose "live" answer is remembered at once.
+const LIVE_ANSWERS: usize = 100_000;
+
 /// Login sessions in the Session service, reached as this service (its own
 /// service token, never the user's).
 #[derive(Clone)]
 pub struct RemoteLoginSessions {
     client: LoginSessionServiceClient<AsService<tonic::transport::Channel>>,
+    /// (organization, session) -> (answered at, CSRF token) of live ones.
+    live: Arc<quick_cache::sync::Cache<(String, String), (Instant, String)>>,
 }
 
 impl RemoteLoginSessions {
     pub fn new(channel: AsService<tonic::transport::Channel>) -> Self {
         RemoteLoginSessions {
             client: LoginSessionServiceClient::new(channel),
+            live: Arc::new(quick_cache::sync::Cache::new(LIVE_ANSWERS)),
+        }
+    }
+
+    fn recently_live(&self, org_id: &str, session_id: &str) -> Option<String> {
+        let key = (org_id.to_owned(), session_id.to_owned());
+        match self.live.get(&key) {
+            Some((at, csrf)) if at.elapsed() < LIVE_ANSWER_TTL => Some(csrf),
+            _ => None,
         }
     }
 }
@@ -105,6 +128,9 @@ impl LoginSessions for RemoteLoginSessions {
     }
 
     async fn is_live(&self, org_id: &str, session_id: &str) -> SessionsResult<bool> {
+        if self.recently_live(org_id, session_id).is_some() {
+            return Ok(true);
+        }
         let checked = self
             .client
             .clone()
@@ -117,6 +143,11 @@ impl LoginSessions for RemoteLoginSessions {
     }
 
     async fn touch(&self, org_id: &str, session_id: &str) -> SessionsResult<Option<String>> {
+        // A use within the last second is written already (the Session
+        // service writes uses at most once a minute anyway).
+        if let Some(csrf) = self.recently_live(org_id, session_id) {
+            return Ok(Some(csrf));
+        }
         let touched = self
             .client
             .clone()
@@ -126,7 +157,15 @@ impl LoginSessions for RemoteLoginSessions {
             })
             .await?
             .into_inner();
-        Ok(touched.live.then_some(touched.csrf_token))
+        let key = (org_id.to_owned(), session_id.to_owned());
+        if touched.live {
+            self.live
+                .insert(key, (Instant::now(), touched.csrf_token.clone()));
+            Ok(Some(touched.csrf_token))
+        } else {
+            self.live.remove(&key);
+            Ok(None)
+        }
     }
 
     async fn end(
@@ -136,6 +175,7 @@ impl LoginSessions for RemoteLoginSessions {
         session_id: &str,
         reason: &str,
     ) -> SessionsResult<bool> {
+        self.live.remove(&(org_id.to_owned(), session_id.to_owned()));
         let ended = self
             .client
             .clone()
@@ -150,6 +190,9 @@ impl LoginSessions for RemoteLoginSessions {
     }
 
     async fn end_all(&self, org_id: &str, user_id: &str, reason: &str) -> SessionsResult<u64> {
+        // Which remembered sessions are this user's is not kept: forget
+        // them all (logout-all and suspension are rare).
+        self.live.clear();
         let ended = self
             .client
             .clone()
