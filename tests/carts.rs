@@ -542,6 +542,37 @@ async fn carts_keep_to_their_limits(extra: &[&str]) {
         Code::FailedPrecondition,
         "5 churros on hand"
     );
+    // The stock covers the whole cart: lines of one product add up.
+    let side = shop.work_session(ana.token.clone()).await;
+    let first_churros = add(&mut shop.carts, &side, &dessert, 3, vec![])
+        .await
+        .unwrap();
+    let refused = add(&mut shop.carts, &side, &dessert, 3, vec![])
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "3 + 3 of 5");
+    let grown = shop
+        .carts
+        .update_item_quantity(authed(
+            pb::UpdateItemQuantityRequest {
+                session_id: side.session_id.clone(),
+                item_id: first_churros.item.unwrap().item_id,
+                quantity: 5,
+                expected_version: None,
+            },
+            &ana.token,
+        ))
+        .await;
+    assert!(grown.is_ok(), "one line of all 5: {grown:?}");
+    let empty_id = shop
+        .carts
+        .get_cart(authed(pb::GetCartRequest::default(), &ana.token))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (empty_id.code(), empty_id.message()),
+        (Code::InvalidArgument, "session_id: required")
+    );
     // An inactive product cannot be added.
     shop.catalog
         .update_product(authed(

@@ -44,8 +44,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Start every server in one process, each on its own port, on the
-    /// embedded defaults (SQLite under the data dir, in-memory counters).
+    /// Start every server in one process, each on its own port: by
+    /// default on the embedded backends (SQLite under the data dir,
+    /// in-memory counters), or on --database-url / --redis-url.
     Up(ServeArgs),
     /// Start the named servers with the configured backends.
     Serve {
@@ -390,7 +391,7 @@ async fn hand_over_login_sessions(
     );
     let mut moved = 0_u64;
     loop {
-        let now = trellis_session::now_ms();
+        let now = trellis_runtime::time::now_ms();
         // Each batch leaves the old table once moved: the next starts over.
         let Some(batch) =
             trellis_auth::legacy_login_sessions(auth, now, "", HANDOVER_BATCH).await?
@@ -426,10 +427,13 @@ async fn hand_over_login_sessions(
         trellis_auth::remove_legacy_login_sessions(auth, &ids).await?;
     }
     trellis_auth::drop_legacy_login_sessions(auth).await?;
-    tracing::info!(
-        moved,
-        "login sessions handed over to the Session service; Auth's table dropped"
-    );
+    // A new install has the old table from Auth's first migrations, empty.
+    if moved > 0 {
+        tracing::info!(
+            moved,
+            "login sessions handed over to the Session service; Auth's old table dropped"
+        );
+    }
     Ok(())
 }
 

@@ -10,6 +10,7 @@ mod server;
 mod shutdown;
 mod tasks;
 mod telemetry;
+pub mod time;
 mod upstreams;
 
 pub use access_log::{AccessLog, AccessLogLayer};

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use trellis_tenancy::{AccessClaims, TenantContext};
 
 use crate::audit::Caller;
-use crate::clock::{ms, now_ms};
 use crate::convert::{Issued, organization_message, user_message};
 use crate::error::{AuthServiceError, Result};
 use crate::keys::KeyStore;
@@ -23,6 +22,7 @@ use crate::store::{
 };
 use crate::throttle::{PublicRpc, Throttle};
 use crate::tokens::{new_opaque_token, token_hash};
+use trellis_runtime::time::{millis as ms, now_ms};
 
 pub struct AuthApi {
     pub(crate) keys: Arc<KeyStore>,

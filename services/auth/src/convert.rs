@@ -6,12 +6,7 @@ use trellis_tenancy::Role;
 
 use crate::store::{InvitationRow, InvitationStatus, OrganizationRow, Plan, UserRow, UserStatus};
 
-pub fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
+pub use trellis_runtime::time::timestamp;
 
 pub fn role_message(role: Role) -> pb::Role {
     match role {

@@ -8,8 +8,8 @@
 //! - `grpc`: the tonic trait impls, thin adapters over `api`;
 //! - `api`: the handlers, inherent methods returning `error::Result`;
 //! - `error`: the one error enum, and its mapping to statuses;
-//! - `validate`, `convert`, `audit`, `settings`, `clock`: request bounds,
-//!   row-to-message conversion, audit events, settings and plans, time;
+//! - `validate`, `convert`, `audit`, `settings`: request bounds,
+//!   row-to-message conversion, audit events, settings and plans;
 //! - `store`: Auth's tables;
 //! - Auth's own: [`sessions`] (the login-session seam), `tokens` (opaque
 //!   tokens), [`keys`], [`password`] (argon2 off the async workers),
@@ -18,7 +18,6 @@
 
 mod api;
 mod audit;
-mod clock;
 mod convert;
 mod error;
 mod grpc;

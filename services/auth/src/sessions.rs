@@ -175,7 +175,8 @@ impl LoginSessions for RemoteLoginSessions {
         session_id: &str,
         reason: &str,
     ) -> SessionsResult<bool> {
-        self.live.remove(&(org_id.to_owned(), session_id.to_owned()));
+        self.live
+            .remove(&(org_id.to_owned(), session_id.to_owned()));
         let ended = self
             .client
             .clone()

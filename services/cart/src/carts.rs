@@ -118,9 +118,8 @@ impl SessionOwners {
                     .session
                     .and_then(|s| s.expires_at)
                     .map(|at| {
-                        let at_ms =
-                            at.seconds.saturating_mul(1000) + i64::from(at.nanos / 1_000_000);
-                        Duration::from_millis(u64::try_from(at_ms - now_ms()).unwrap_or(0))
+                        let left = trellis_runtime::time::millis_of(&at).saturating_sub(now_ms());
+                        Duration::from_millis(u64::try_from(left).unwrap_or(0))
                     })
                     .unwrap_or_default();
                 self.known
@@ -152,6 +151,26 @@ fn line_index(lines: &[Line], item_id: Uuid) -> Result<usize> {
         .iter()
         .position(|l| l.id == item_id)
         .ok_or(CartServiceError::ItemNotFound(item_id))
+}
+
+/// A tracked stock must cover what the whole cart would hold of the
+/// product: `line` (new or changed) plus its other lines of it.
+fn within_stock(lines: &[Line], line: &Line, stock: Option<i64>) -> Result<()> {
+    let Some(available) = stock else {
+        return Ok(());
+    };
+    let held: i64 = lines
+        .iter()
+        .filter(|l| l.product_id == line.product_id && l.id != line.id)
+        .map(|l| l.quantity)
+        .sum();
+    if held + line.quantity > available {
+        return Err(CartServiceError::InsufficientStock {
+            product_id: line.product_id,
+            available,
+        });
+    }
+    Ok(())
 }
 
 /// UpdateItem (options replaced) and UpdateItemQuantity (options kept).
@@ -314,6 +333,7 @@ impl CartApi {
         let quantity = checked_quantity("quantity", request.quantity)?;
         let options = checked_options(&request.options)?;
         let product = self.orderable(tenant, product_id, quantity).await?;
+        let stock = product.stock;
         let line = Line {
             id: Uuid::new_v4(),
             product_id,
@@ -328,6 +348,7 @@ impl CartApi {
             if lines.len() >= MAX_LINES {
                 return Err(CartServiceError::TooManyLines);
             }
+            within_stock(lines, &line, stock)?;
             let item_id = line.id;
             Ok((Edit::Add(line), Some(item_id)))
         })
@@ -357,13 +378,14 @@ impl CartApi {
             let cart = self.carts.get(tenant.org_id, session_id).await?;
             cart.lines[line_index(&cart.lines, item_id)?].product_id
         };
-        self.orderable(tenant, current, quantity).await?;
+        let stock = self.orderable(tenant, current, quantity).await?.stock;
         self.change(tenant, session_id, expected_version, move |lines| {
             let mut line = lines[line_index(lines, item_id)?].clone();
             line.quantity = quantity;
             if let Some(options) = options {
                 line.options = options;
             }
+            within_stock(lines, &line, stock)?;
             Ok((Edit::Replace(line), Some(item_id)))
         })
         .await

@@ -26,20 +26,12 @@ pub const MAX_PRICE_MINOR: i64 = 1_000_000_000_000;
 /// Units of one product on hand.
 pub const MAX_STOCK: i64 = 1_000_000_000;
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-pub fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
+pub use trellis_runtime::time::{now_ms, timestamp};
 
 pub fn id(field: &str, value: &str) -> Result<Uuid> {
+    if value.is_empty() {
+        return Err(CartServiceError::invalid(field, "required"));
+    }
     Uuid::parse_str(value).map_err(|_| CartServiceError::invalid(field, "must be a UUID"))
 }
 

@@ -5,7 +5,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use trellis_runtime::time::{millis as ms, now_ms, timestamp};
 
 use trellis::session::v1 as pb;
 use trellis_store::Page;
@@ -26,16 +28,6 @@ pub const MAX_CHECKED_SESSIONS: usize = 500;
 /// "Active" in GetSessionStats: used within this long.
 pub const ACTIVE_WINDOW: Duration = Duration::from_secs(15 * 60);
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn ms(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// What was seen of the client that opens a session.
 #[derive(Clone, Debug, Default)]
 pub struct Client {
@@ -49,6 +41,9 @@ pub struct SessionApi {
 }
 
 fn id(field: &str, value: &str) -> Result<Uuid> {
+    if value.is_empty() {
+        return Err(SessionServiceError::invalid(field, "required"));
+    }
     Uuid::parse_str(value).map_err(|_| SessionServiceError::invalid(field, "must be a UUID"))
 }
 
@@ -340,13 +335,6 @@ fn bounded_reason(raw: &str) -> String {
         .chars()
         .take(64)
         .collect()
-}
-
-pub fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
 }
 
 /// The message for `session`; the CSRF token only for its owner.

@@ -25,7 +25,7 @@ use trellis_runtime::{
 };
 use trellis_store::{Database, ServiceMigrations};
 
-pub use api::{ACTIVE_WINDOW, MAX_LOGIN_SESSIONS_PER_USER, MAX_WORK_SESSIONS_PER_USER, now_ms};
+pub use api::{ACTIVE_WINDOW, MAX_LOGIN_SESSIONS_PER_USER, MAX_WORK_SESSIONS_PER_USER};
 pub use error::SessionServiceError;
 pub use sessions::Lifetimes;
 pub use sessions::imported_login_session;
@@ -155,7 +155,10 @@ async fn sweep(
             () = tokio::time::sleep(interval) => {}
         }
         loop {
-            match store.sweep_expired(api::now_ms(), SWEEP_BATCH).await {
+            match store
+                .sweep_expired(trellis_runtime::time::now_ms(), SWEEP_BATCH)
+                .await
+            {
                 Ok(removed) if removed == SWEEP_BATCH as u64 => continue,
                 Ok(_) => break,
                 Err(error) => {

@@ -79,9 +79,7 @@ impl Default for Lifetimes {
     }
 }
 
-fn ms(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
+use trellis_runtime::time::millis as ms;
 
 /// Who opens a session, and what was seen of the client.
 #[derive(Clone, Debug)]

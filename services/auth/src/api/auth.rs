@@ -7,7 +7,6 @@ use trellis_tenancy::TenantContext;
 
 use super::AuthApi;
 use crate::audit::{Caller, audit, audit_throttled};
-use crate::clock::{ms, now_ms};
 use crate::convert::{Issued, organization_message, role_message, user_message};
 use crate::error::{AuthServiceError, Result};
 use crate::password::{self, HashPriority};
@@ -18,6 +17,7 @@ use crate::store::{
 use crate::throttle::PublicRpc;
 use crate::tokens::{new_opaque_token, token_hash};
 use crate::validate;
+use trellis_runtime::time::{millis as ms, now_ms};
 
 impl AuthApi {
     pub async fn sign_up(&self, caller: &Caller, input: pb::SignUpRequest) -> Result<Issued> {

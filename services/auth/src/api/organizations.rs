@@ -10,7 +10,6 @@ use trellis_tenancy::TenantContext;
 
 use super::AuthApi;
 use crate::audit::{Caller, audit_admin, audit_throttled};
-use crate::clock::{ms, now_ms};
 use crate::convert::{Issued, invitation_message, organization_message, user_message};
 use crate::error::{AuthServiceError, Result};
 use crate::password::{self, HashPriority};
@@ -21,6 +20,7 @@ use crate::store::{
 use crate::throttle::PublicRpc;
 use crate::tokens::{new_opaque_token, token_hash};
 use crate::validate;
+use trellis_runtime::time::{millis as ms, now_ms};
 
 const INVITATION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 

@@ -7,12 +7,12 @@ use trellis_tenancy::{Principal, ServiceClaims, ServiceIdentity, ServiceKind};
 
 use super::AuthApi;
 use crate::audit::{Caller, audit, audit_throttled};
-use crate::clock::now_ms;
 use crate::error::{AuthServiceError, Result};
 use crate::store::{ServiceAccountRow, ServiceScope};
 use crate::throttle::PublicRpc;
 use crate::tokens::token_hash;
 use crate::validate;
+use trellis_runtime::time::now_ms;
 
 /// Compares digests without stopping at the first difference.
 fn same_digest(a: &str, b: &str) -> bool {

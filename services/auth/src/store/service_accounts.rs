@@ -4,7 +4,7 @@
 
 use trellis_store::{Database, StoreError, stored_names, with_pool};
 
-use crate::clock::now_ms;
+use trellis_runtime::time::now_ms;
 
 stored_names!(
     /// The scope an account's tokens carry.
