@@ -17,6 +17,10 @@ use super::{SessionCounts, SessionKind, SessionRecord, SessionStore};
 
 /// Expired index entries removed per write, so pruning never stalls Redis.
 const PRUNE_PER_WRITE: i64 = 100;
+/// ... and per count: the live total is exact regardless (it counts by
+/// expiry); the active count and oldest/newest are exact while an
+/// organization's expired backlog is below this.
+const PRUNE_PER_COUNT: i64 = 10_000;
 
 /// The layout of a stored value; a value of another version is refused as
 /// corrupt rather than misread.
@@ -493,8 +497,9 @@ impl SessionStore for RedisSessions {
             .key(&keys.new)
             .arg(now)
             .arg(active_since)
-            // Every expired entry: counts must not include them.
-            .arg(1_000_000_000_i64)
+            // Counts must not include expired entries; bounded, so one
+            // call never blocks Redis for long (writes prune too).
+            .arg(PRUNE_PER_COUNT)
             .invoke_async(&mut *connection)
             .await?;
         Ok(SessionCounts {
