@@ -20,7 +20,8 @@ use trellis_runtime::{
     ShutdownTrigger, TelemetryArgs, Upstreams,
 };
 use trellis_store::{
-    Counters, Database, DatabaseOptions, MemoryCounters, RedisCounters, StoreError,
+    Counters, Database, DatabaseOptions, FanOut, MemoryCounters, MemoryFanOut, PgFanOut,
+    RedisCounters, RedisFanOut, StoreError,
 };
 use trellis_tenancy::{
     AuthServiceJwks, AuthSessionCheck, JwksCache, ServiceCredentials, ServiceTokens, SessionGuard,
@@ -363,6 +364,35 @@ async fn connect_redis(storage: &StorageArgs) -> Result<Option<RedisKeyspace>, C
     })
 }
 
+/// The process's fan-out: Redis pub/sub when it has Redis, PostgreSQL
+/// LISTEN/NOTIFY when its databases are PostgreSQL (one database: every
+/// replica listens on it), else in-process.
+async fn fan_out(
+    storage: &StorageArgs,
+    redis: Option<&RedisKeyspace>,
+    databases: &[Database],
+) -> Result<Arc<dyn FanOut>, CliError> {
+    let fanout: Arc<dyn FanOut> = match (redis, &storage.redis_url, databases.first()) {
+        (Some(redis), Some(url), _) => Arc::new(
+            RedisFanOut::start(
+                url,
+                redis.pool.clone(),
+                &format!("{}fanout", redis.key_prefix),
+            )
+            .await?,
+        ),
+        (_, _, Some(Database::Postgres(pool))) => {
+            Arc::new(PgFanOut::start(pool.clone(), FANOUT_CHANNEL).await?)
+        }
+        _ => Arc::new(MemoryFanOut::default()),
+    };
+    tracing::info!(backend = fanout.backend_name(), "fan-out");
+    Ok(fanout)
+}
+
+/// The PostgreSQL channel every replica's fan-out listens on.
+const FANOUT_CHANNEL: &str = "trellis_fanout";
+
 /// Live sessions per handover round.
 const HANDOVER_BATCH: i64 = 500;
 
@@ -504,6 +534,7 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
             ))
         });
     let upstreams = Upstreams::new(channels, tokens);
+    let fanout = fan_out(&args.storage, redis.as_ref(), &databases).await?;
     let (trigger, shutdown) = Shutdown::new();
     let mut tasks = JoinSet::new();
     let mut addresses = Vec::new();
@@ -516,6 +547,7 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
             counters: counters.clone(),
             upstreams: upstreams.clone(),
             redis: redis.clone(),
+            fanout: fanout.clone(),
         };
         let set = service.create(&args.servers, context).await?;
         let set = if service.answers_session_checks() {

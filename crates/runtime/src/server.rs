@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use trellis_store::{Counters, Database, RedisPool, ServiceMigrations, StoreError};
+use trellis_store::{Counters, Database, FanOut, RedisPool, ServiceMigrations, StoreError};
 
 use crate::config::{ConfigError, JwtArgs, ServerLimits};
 use crate::serve::ServiceSet;
@@ -69,6 +69,10 @@ pub struct ServerContext {
     /// The process's Redis (`--redis-url`), for servers that keep state
     /// there in production.
     pub redis: Option<RedisKeyspace>,
+    /// Wake-ups across replicas (watch streams): Redis pub/sub with
+    /// `--redis-url`, else PostgreSQL LISTEN/NOTIFY on PostgreSQL, else
+    /// this process.
+    pub fanout: Arc<dyn FanOut>,
 }
 
 /// A Redis pool and the prefix every key of this deployment starts with.

@@ -32,6 +32,9 @@ pub enum StoreError {
     Sqlx(#[from] sqlx::Error),
     #[error("redis error: {0}")]
     Redis(#[from] redis::RedisError),
+    /// A topic or message the fan-out refuses (a server's bug, not input).
+    #[error("fan-out: {0}")]
+    FanOut(String),
     #[error("redis pool: {0}")]
     RedisPool(#[from] bb8::RunError<redis::RedisError>),
 }

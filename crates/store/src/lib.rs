@@ -7,6 +7,7 @@
 mod counters;
 mod database;
 mod error;
+mod fanout;
 mod migrate;
 mod page;
 mod redis_pool;
@@ -17,6 +18,10 @@ pub use counters::{
 };
 pub use database::{BeginWrite, Database, DatabaseOptions, default_sqlite_url, redact_url};
 pub use error::StoreError;
+pub use fanout::{
+    FanOut, MAX_MESSAGE_BYTES, MAX_TOPIC_BYTES, MemoryFanOut, PgFanOut, RedisFanOut, Subscription,
+    Wake,
+};
 pub use migrate::{EmbeddedMigration, ServiceMigrations, migrate};
 pub use page::{Page, PageError, newest_first};
 pub use redis_pool::{RedisPool, connect_redis, remove_keys_under};
