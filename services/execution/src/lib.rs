@@ -1,7 +1,8 @@
 //! Execution server: `trellis.execution.v1.ExecutionService` and
 //! `WorkerService`.
 //!
-//! Until the Execution issue lands every RPC answers UNIMPLEMENTED; health,
+//! The durable queue's store is built ([`store`]); until the rest of the
+//! Execution issue lands every RPC answers UNIMPLEMENTED. Health,
 //! reflection and the tenancy layer are real.
 #![forbid(unsafe_code)]
 
@@ -73,9 +74,6 @@ impl Server for ExecutionServer {
     }
 }
 
-/// This service's tables; they arrive with the service's own issue.
-pub const MIGRATIONS: ServiceMigrations = ServiceMigrations {
-    service: "execution",
-    sqlite: &[],
-    postgres: &[],
-};
+pub mod store;
+
+pub use store::MIGRATIONS;

@@ -1,0 +1,679 @@
+//! The durable execution queue in the Execution server's database (one SQL
+//! text for SQLite and PostgreSQL but for the row locks PostgreSQL takes).
+//! Users' calls name their organization; workers' calls name a lease id
+//! (random, so unguessable), since a worker serves every organization.
+//!
+//! Leasing is fair: organizations with eligible work are served least
+//! recently served first, one execution each per round, so a backlog of one
+//! cannot delay another by more than a few rounds; and never beyond an
+//! organization's concurrency limit. On SQLite every lease runs alone
+//! (`BEGIN IMMEDIATE`); on PostgreSQL a lease skips rows and organizations
+//! another lease holds (`FOR UPDATE SKIP LOCKED`, a per-organization
+//! transaction lock), so no execution goes to two workers and no limit is
+//! passed by leases racing.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use trellis_store::{
+    BeginWrite, Database, EmbeddedMigration, Page, ServiceMigrations, StoreError,
+    is_unique_violation, with_pool,
+};
+use uuid::Uuid;
+
+const QUEUE_SQLITE: EmbeddedMigration = EmbeddedMigration {
+    version: 1,
+    description: "queue",
+    sql: include_str!("../migrations/0001_queue.sqlite.sql"),
+};
+const QUEUE_POSTGRES: EmbeddedMigration = EmbeddedMigration {
+    version: 1,
+    description: "queue",
+    sql: include_str!("../migrations/0001_queue.postgres.sql"),
+};
+
+pub const MIGRATIONS: ServiceMigrations = ServiceMigrations {
+    service: "execution",
+    sqlite: &[QUEUE_SQLITE],
+    postgres: &[QUEUE_POSTGRES],
+};
+
+trellis_store::stored_names! {
+    /// Where an execution stands. PENDING and RUNNING are the live ones.
+    State {
+        Pending = "pending",
+        Running = "running",
+        Passed = "passed",
+        Failed = "failed",
+        Error = "error",
+        Unstable = "unstable",
+        Analyzing = "analyzing",
+        Cancelled = "cancelled",
+    }
+}
+
+impl State {
+    pub fn is_final(self) -> bool {
+        !matches!(self, State::Pending | State::Running)
+    }
+}
+
+/// What to run, as the creator gave it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spec {
+    pub image: String,
+    pub command: Vec<String>,
+    pub folder: String,
+    pub tests: Vec<String>,
+    pub config: BTreeMap<String, String>,
+}
+
+/// One execution as stored. Times are Unix ms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecutionRecord {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub created_by: Uuid,
+    pub queue: String,
+    pub state: State,
+    /// Of the current or last attempt; 0 before the first.
+    pub attempt: i64,
+    pub max_attempts: i64,
+    pub priority: i64,
+    pub spec: Spec,
+    pub payload: Vec<u8>,
+    pub output: Vec<u8>,
+    pub error: String,
+    pub analysis: String,
+    pub cancel_requested: bool,
+    pub idempotency_key: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    /// A pending execution is eligible from here (backoff between attempts).
+    pub next_attempt_at: i64,
+    pub lease_id: Option<Uuid>,
+    pub lease_expires_at: Option<i64>,
+    pub updated_at: i64,
+}
+
+const COLUMNS: &str = "id, org_id, created_by, queue, status, attempt, max_attempts, priority, \
+     spec, payload, output, error, analysis, cancel_requested, idempotency_key, created_at, \
+     started_at, finished_at, next_attempt_at, lease_id, lease_expires_at, updated_at";
+
+trellis_store::row! {
+    pub struct ExecutionRow {
+        pub id: String,
+        pub org_id: String,
+        pub created_by: String,
+        pub queue: String,
+        pub status: State as String,
+        pub attempt: i64,
+        pub max_attempts: i64,
+        pub priority: i64,
+        pub spec: String,
+        pub payload: Vec<u8>,
+        pub output: Vec<u8>,
+        pub error: String,
+        pub analysis: String,
+        pub cancel_requested: bool,
+        pub idempotency_key: Option<String>,
+        pub created_at: i64,
+        pub started_at: Option<i64>,
+        pub finished_at: Option<i64>,
+        pub next_attempt_at: i64,
+        pub lease_id: Option<String>,
+        pub lease_expires_at: Option<i64>,
+        pub updated_at: i64,
+    }
+}
+
+fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
+    StoreError::Sqlx(sqlx::Error::Decode(
+        format!("execution row: bad {what}: {error}").into(),
+    ))
+}
+
+fn uuid(what: &str, text: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(text).map_err(|e| corrupt(what, e))
+}
+
+impl TryFrom<ExecutionRow> for ExecutionRecord {
+    type Error = StoreError;
+
+    fn try_from(row: ExecutionRow) -> Result<Self, StoreError> {
+        Ok(ExecutionRecord {
+            id: uuid("id", &row.id)?,
+            org_id: uuid("org id", &row.org_id)?,
+            created_by: uuid("creator", &row.created_by)?,
+            queue: row.queue,
+            state: row.status,
+            attempt: row.attempt,
+            max_attempts: row.max_attempts,
+            priority: row.priority,
+            spec: serde_json::from_str(&row.spec).map_err(|e| corrupt("spec", e))?,
+            payload: row.payload,
+            output: row.output,
+            error: row.error,
+            analysis: row.analysis,
+            cancel_requested: row.cancel_requested,
+            idempotency_key: row.idempotency_key,
+            created_at: row.created_at,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+            next_attempt_at: row.next_attempt_at,
+            lease_id: row
+                .lease_id
+                .as_deref()
+                .map(|l| uuid("lease", l))
+                .transpose()?,
+            lease_expires_at: row.lease_expires_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+fn records(rows: Vec<ExecutionRow>) -> Result<Vec<ExecutionRecord>, StoreError> {
+    rows.into_iter().map(ExecutionRecord::try_from).collect()
+}
+
+/// What CreateExecution made.
+#[derive(Debug)]
+pub enum Created {
+    New(ExecutionRecord),
+    /// The organization used this idempotency key before: its execution.
+    Existing(ExecutionRecord),
+}
+
+#[derive(Debug)]
+pub enum Cancelled {
+    /// Was pending: cancelled now.
+    Now(ExecutionRecord),
+    /// Running: its worker hears of it at its next heartbeat.
+    Requested(ExecutionRecord),
+    AlreadyFinal(ExecutionRecord),
+    NotFound,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Deleted {
+    Deleted,
+    NotFinal,
+    NotFound,
+}
+
+/// How a lease call is limited.
+pub struct LeaseAsk<'a> {
+    pub queues: &'a [String],
+    pub max_items: usize,
+    pub lease_ms: i64,
+    pub now: i64,
+}
+
+/// Rounds of one-per-organization picks a lease call makes at most, so one
+/// call's cost is bounded whatever the backlog.
+const MAX_ROUNDS: usize = 100;
+/// Organizations one lease call looks at.
+const MAX_ORGS_PER_LEASE: i64 = 100;
+
+#[derive(Clone, Debug)]
+pub struct Queue {
+    db: Database,
+}
+
+impl Queue {
+    pub fn new(db: Database) -> Self {
+        Queue { db }
+    }
+
+    fn postgres(&self) -> bool {
+        matches!(self.db, Database::Postgres(_))
+    }
+
+    pub async fn create(&self, execution: &ExecutionRecord) -> Result<Created, StoreError> {
+        let spec = serde_json::to_string(&execution.spec).map_err(|e| corrupt("spec", e))?;
+        let sql = format!(
+            "INSERT INTO execution_executions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, \
+             $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
+        );
+        let inserted = with_pool!(&self.db, |pool| {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(execution.id.to_string())
+                .bind(execution.org_id.to_string())
+                .bind(execution.created_by.to_string())
+                .bind(&execution.queue)
+                .bind(execution.state.as_str())
+                .bind(execution.attempt)
+                .bind(execution.max_attempts)
+                .bind(execution.priority)
+                .bind(&spec)
+                .bind(&execution.payload)
+                .bind(&execution.output)
+                .bind(&execution.error)
+                .bind(&execution.analysis)
+                .bind(execution.cancel_requested)
+                .bind(&execution.idempotency_key)
+                .bind(execution.created_at)
+                .bind(execution.started_at)
+                .bind(execution.finished_at)
+                .bind(execution.next_attempt_at)
+                .bind(execution.lease_id.map(|l| l.to_string()))
+                .bind(execution.lease_expires_at)
+                .bind(execution.updated_at)
+                .execute(pool)
+                .await
+                .map(drop)
+        });
+        match inserted {
+            Ok(()) => Ok(Created::New(execution.clone())),
+            Err(error) if is_unique_violation(&error) && execution.idempotency_key.is_some() => {
+                let key = execution.idempotency_key.as_deref().unwrap_or_default();
+                match self.by_key(execution.org_id, key).await? {
+                    Some(existing) => Ok(Created::Existing(existing)),
+                    None => Err(error.into()),
+                }
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    async fn by_key(&self, org_id: Uuid, key: &str) -> Result<Option<ExecutionRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM execution_executions WHERE org_id = $1 AND idempotency_key = $2"
+        );
+        let row: Option<ExecutionRow> = with_pool!(&self.db, |pool| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(org_id.to_string())
+                .bind(key)
+                .fetch_optional(pool)
+                .await?
+        });
+        row.map(ExecutionRecord::try_from).transpose()
+    }
+
+    pub async fn get(&self, org_id: Uuid, id: Uuid) -> Result<Option<ExecutionRecord>, StoreError> {
+        let sql =
+            format!("SELECT {COLUMNS} FROM execution_executions WHERE org_id = $1 AND id = $2");
+        let row: Option<ExecutionRow> = with_pool!(&self.db, |pool| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(org_id.to_string())
+                .bind(id.to_string())
+                .fetch_optional(pool)
+                .await?
+        });
+        row.map(ExecutionRecord::try_from).transpose()
+    }
+
+    /// Newest first, optionally of one state and one queue.
+    pub async fn list(
+        &self,
+        org_id: Uuid,
+        state: Option<State>,
+        queue: Option<&str>,
+        page: &Page,
+    ) -> Result<Vec<ExecutionRecord>, StoreError> {
+        let (cursor_at, cursor_id, first, limit) = page.binds();
+        let sql = format!(
+            "SELECT {COLUMNS} FROM execution_executions WHERE org_id = $1 \
+             AND ($6 = '' OR status = $6) AND ($7 = '' OR queue = $7) \
+             AND ($4 = 1 OR created_at < $2 OR (created_at = $2 AND id < $3)) \
+             ORDER BY created_at DESC, id DESC LIMIT $5"
+        );
+        let rows: Vec<ExecutionRow> = with_pool!(&self.db, |pool| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(org_id.to_string())
+                .bind(cursor_at)
+                .bind(&cursor_id)
+                .bind(first)
+                .bind(limit)
+                .bind(state.map_or("", State::as_str))
+                .bind(queue.unwrap_or(""))
+                .fetch_all(pool)
+                .await?
+        });
+        records(rows)
+    }
+
+    pub async fn cancel(&self, org_id: Uuid, id: Uuid, now: i64) -> Result<Cancelled, StoreError> {
+        let sql = format!(
+            "UPDATE execution_executions SET \
+             status = CASE WHEN status = 'pending' THEN 'cancelled' ELSE status END, \
+             finished_at = CASE WHEN status = 'pending' THEN $1 ELSE finished_at END, \
+             cancel_requested = TRUE, updated_at = $1 \
+             WHERE org_id = $2 AND id = $3 AND status IN ('pending', 'running') \
+             RETURNING {COLUMNS}"
+        );
+        let row: Option<ExecutionRow> = with_pool!(&self.db, |pool| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(now)
+                .bind(org_id.to_string())
+                .bind(id.to_string())
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(match row.map(ExecutionRecord::try_from).transpose()? {
+            Some(done) if done.state == State::Cancelled => Cancelled::Now(done),
+            Some(running) => Cancelled::Requested(running),
+            None => match self.get(org_id, id).await? {
+                Some(final_one) => Cancelled::AlreadyFinal(final_one),
+                None => Cancelled::NotFound,
+            },
+        })
+    }
+
+    pub async fn delete(&self, org_id: Uuid, id: Uuid) -> Result<Deleted, StoreError> {
+        let done = with_pool!(&self.db, |pool| {
+            sqlx::query(
+                "DELETE FROM execution_executions WHERE org_id = $1 AND id = $2 \
+                 AND status NOT IN ('pending', 'running')",
+            )
+            .bind(org_id.to_string())
+            .bind(id.to_string())
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        if done == 1 {
+            return Ok(Deleted::Deleted);
+        }
+        Ok(match self.get(org_id, id).await? {
+            Some(_) => Deleted::NotFinal,
+            None => Deleted::NotFound,
+        })
+    }
+
+    /// Up to `ask.max_items` eligible executions of `ask.queues`, fairly
+    /// across organizations and within each one's `limit_of` running.
+    pub async fn lease(
+        &self,
+        ask: &LeaseAsk<'_>,
+        limit_of: &(dyn Fn(Uuid) -> i64 + Sync),
+    ) -> Result<Vec<ExecutionRecord>, StoreError> {
+        if ask.queues.is_empty() || ask.max_items == 0 {
+            return Ok(Vec::new());
+        }
+        let lock_rows = if self.postgres() {
+            " FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        };
+        let queue_list: Vec<String> = (0..ask.queues.len())
+            .map(|n| format!("${}", n + 3))
+            .collect();
+        let turns_sql = format!(
+            "SELECT e.org_id, e.queue FROM (SELECT DISTINCT org_id, queue FROM execution_executions \
+             WHERE status = 'pending' AND next_attempt_at <= $1 AND queue IN ({})) e \
+             LEFT JOIN execution_turns t ON t.org_id = e.org_id AND t.queue = e.queue \
+             ORDER BY COALESCE(t.served_at, 0), e.org_id LIMIT $2",
+            queue_list.join(", ")
+        );
+        let pick_sql = format!(
+            "SELECT id FROM execution_executions WHERE org_id = $1 AND queue = $2 \
+             AND status = 'pending' AND next_attempt_at <= $3 \
+             ORDER BY priority DESC, created_at, id LIMIT 1{lock_rows}"
+        );
+        let take_sql = format!(
+            "UPDATE execution_executions SET status = 'running', attempt = attempt + 1, \
+             lease_id = $1, lease_expires_at = $2, lease_ms = $3, \
+             started_at = COALESCE(started_at, $4), updated_at = $4 \
+             WHERE id = $5 AND status = 'pending' RETURNING {COLUMNS}"
+        );
+        with_pool!(&self.db, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(turns_sql))
+                .bind(ask.now)
+                .bind(MAX_ORGS_PER_LEASE);
+            for queue in ask.queues {
+                query = query.bind(queue);
+            }
+            let turns: Vec<(String, String)> = query.fetch_all(&mut *tx).await?;
+            // Organization -> how many more it may run (None: not asked yet;
+            // Some(0): at its limit, or held by another lease).
+            let mut room: HashMap<String, i64> = HashMap::new();
+            let mut exhausted = vec![false; turns.len()];
+            let mut leased = Vec::new();
+            'rounds: for _ in 0..MAX_ROUNDS {
+                let mut progress = false;
+                for (index, (org, queue)) in turns.iter().enumerate() {
+                    if leased.len() >= ask.max_items {
+                        break 'rounds;
+                    }
+                    if exhausted[index] {
+                        continue;
+                    }
+                    if !room.contains_key(org) {
+                        let free = if self.postgres() {
+                            // Another lease serving this organization right
+                            // now: skip it rather than wait (or deadlock).
+                            let (locked,): (bool,) = sqlx::query_as(
+                                "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))",
+                            )
+                            .bind(org)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                            locked
+                        } else {
+                            true
+                        };
+                        let left = if free {
+                            let (running,): (i64,) = sqlx::query_as(
+                                "SELECT COUNT(*) FROM execution_executions \
+                                 WHERE org_id = $1 AND status = 'running'",
+                            )
+                            .bind(org)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                            (limit_of(uuid("org id", org)?) - running).max(0)
+                        } else {
+                            0
+                        };
+                        room.insert(org.clone(), left);
+                    }
+                    if room[org] == 0 {
+                        exhausted[index] = true;
+                        continue;
+                    }
+                    let picked: Option<(String,)> =
+                        sqlx::query_as(sqlx::AssertSqlSafe(pick_sql.clone()))
+                            .bind(org)
+                            .bind(queue)
+                            .bind(ask.now)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    let Some((id,)) = picked else {
+                        exhausted[index] = true;
+                        continue;
+                    };
+                    let taken: Option<ExecutionRow> =
+                        sqlx::query_as(sqlx::AssertSqlSafe(take_sql.clone()))
+                            .bind(Uuid::new_v4().to_string())
+                            .bind(ask.now + ask.lease_ms)
+                            .bind(ask.lease_ms)
+                            .bind(ask.now)
+                            .bind(&id)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    if let Some(row) = taken {
+                        leased.push(ExecutionRecord::try_from(row)?);
+                        *room.get_mut(org).expect("asked above") -= 1;
+                        sqlx::query(
+                            "INSERT INTO execution_turns (org_id, queue, served_at) \
+                             VALUES ($1, $2, $3) ON CONFLICT (org_id, queue) \
+                             DO UPDATE SET served_at = $3",
+                        )
+                        .bind(org)
+                        .bind(queue)
+                        .bind(ask.now)
+                        .execute(&mut *tx)
+                        .await?;
+                        progress = true;
+                    }
+                }
+                if !progress {
+                    break;
+                }
+            }
+            tx.commit().await?;
+            Ok(leased)
+        })
+    }
+
+    /// The running execution a live lease holds.
+    pub async fn leased(
+        &self,
+        lease_id: Uuid,
+        now: i64,
+    ) -> Result<Option<ExecutionRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM execution_executions WHERE lease_id = $1 \
+             AND status = 'running' AND lease_expires_at > $2"
+        );
+        let row: Option<ExecutionRow> = with_pool!(&self.db, |pool| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(lease_id.to_string())
+                .bind(now)
+                .fetch_optional(pool)
+                .await?
+        });
+        row.map(ExecutionRecord::try_from).transpose()
+    }
+
+    /// Extends a live lease by `lease_ms` (its own duration when `None`).
+    pub async fn heartbeat(
+        &self,
+        lease_id: Uuid,
+        lease_ms: Option<i64>,
+        now: i64,
+    ) -> Result<Option<ExecutionRecord>, StoreError> {
+        let sql = format!(
+            "UPDATE execution_executions SET lease_expires_at = $1 + COALESCE($2, lease_ms), \
+             updated_at = $1 WHERE lease_id = $3 AND status = 'running' AND lease_expires_at > $1 \
+             RETURNING {COLUMNS}"
+        );
+        let row: Option<ExecutionRow> = with_pool!(&self.db, |pool| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(now)
+                .bind(lease_ms)
+                .bind(lease_id.to_string())
+                .fetch_optional(pool)
+                .await?
+        });
+        row.map(ExecutionRecord::try_from).transpose()
+    }
+
+    /// Ends a live lease's attempt in a final `state`.
+    pub async fn complete(
+        &self,
+        lease_id: Uuid,
+        state: State,
+        output: &[u8],
+        analysis: &str,
+        now: i64,
+    ) -> Result<Option<ExecutionRecord>, StoreError> {
+        debug_assert!(state.is_final());
+        let sql = format!(
+            "UPDATE execution_executions SET status = $1, output = $2, analysis = $3, \
+             finished_at = $4, updated_at = $4, lease_id = NULL, lease_expires_at = NULL \
+             WHERE lease_id = $5 AND status = 'running' AND lease_expires_at > $4 \
+             RETURNING {COLUMNS}"
+        );
+        let row: Option<ExecutionRow> = with_pool!(&self.db, |pool| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(state.as_str())
+                .bind(output)
+                .bind(analysis)
+                .bind(now)
+                .bind(lease_id.to_string())
+                .fetch_optional(pool)
+                .await?
+        });
+        row.map(ExecutionRecord::try_from).transpose()
+    }
+
+    /// Ends a live lease's attempt as failed: pending again after
+    /// `retry_in_ms(attempt)` while `retryable` and attempts remain (and no
+    /// cancellation was asked), else ERROR (CANCELLED when asked).
+    pub async fn fail(
+        &self,
+        lease_id: Uuid,
+        error: &str,
+        retryable: bool,
+        now: i64,
+        retry_in_ms: &(dyn Fn(i64) -> i64 + Sync),
+    ) -> Result<Option<ExecutionRecord>, StoreError> {
+        let Some(current) = self.leased(lease_id, now).await? else {
+            return Ok(None);
+        };
+        self.end_attempt(&current, error, retryable, now, retry_in_ms)
+            .await
+    }
+
+    async fn end_attempt(
+        &self,
+        current: &ExecutionRecord,
+        error: &str,
+        retryable: bool,
+        now: i64,
+        retry_in_ms: &(dyn Fn(i64) -> i64 + Sync),
+    ) -> Result<Option<ExecutionRecord>, StoreError> {
+        let retry =
+            retryable && !current.cancel_requested && current.attempt < current.max_attempts;
+        let (state, next_attempt_at, finished_at) = match (retry, current.cancel_requested) {
+            (true, _) => (State::Pending, now + retry_in_ms(current.attempt), None),
+            (false, true) => (State::Cancelled, current.next_attempt_at, Some(now)),
+            (false, false) => (State::Error, current.next_attempt_at, Some(now)),
+        };
+        let sql = format!(
+            "UPDATE execution_executions SET status = $1, error = $2, next_attempt_at = $3, \
+             finished_at = $4, updated_at = $5, lease_id = NULL, lease_expires_at = NULL \
+             WHERE id = $6 AND lease_id = $7 AND status = 'running' RETURNING {COLUMNS}"
+        );
+        let row: Option<ExecutionRow> = with_pool!(&self.db, |pool| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(state.as_str())
+                .bind(error)
+                .bind(next_attempt_at)
+                .bind(finished_at)
+                .bind(now)
+                .bind(current.id.to_string())
+                .bind(current.lease_id.map(|l| l.to_string()))
+                .fetch_optional(pool)
+                .await?
+        });
+        row.map(ExecutionRecord::try_from).transpose()
+    }
+
+    /// Ends up to `limit` attempts whose lease expired (their worker died
+    /// or stalled) as failed and retryable; how many.
+    pub async fn reclaim_expired(
+        &self,
+        now: i64,
+        limit: i64,
+        retry_in_ms: &(dyn Fn(i64) -> i64 + Sync),
+    ) -> Result<u64, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM execution_executions WHERE status = 'running' \
+             AND lease_expires_at <= $1 ORDER BY lease_expires_at LIMIT $2"
+        );
+        let rows: Vec<ExecutionRow> = with_pool!(&self.db, |pool| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(now)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+        });
+        let mut reclaimed = 0;
+        for expired in records(rows)? {
+            // Conditional on the lease: a late Complete that won keeps its
+            // result.
+            if self
+                .end_attempt(&expired, "lease expired", true, now, retry_in_ms)
+                .await?
+                .is_some()
+            {
+                reclaimed += 1;
+            }
+        }
+        Ok(reclaimed)
+    }
+}
