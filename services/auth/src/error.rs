@@ -52,6 +52,8 @@ pub enum AuthServiceError {
     AdminRequired,
     #[error("user not found: {0}")]
     UserNotFound(String),
+    #[error("organization not found: {0}")]
+    OrganizationNotFound(String),
     /// The invitation token names no pending invitation.
     #[error("invitation not found")]
     UnknownInvitationToken,
@@ -128,7 +130,10 @@ impl ServiceError for AuthServiceError {
             | InvalidRefreshToken
             | RefreshTokenReused => Code::Unauthenticated,
             Suspended | AdminRequired => Code::PermissionDenied,
-            UserNotFound(_) | UnknownInvitationToken | InvitationNotFound(_) => Code::NotFound,
+            UserNotFound(_)
+            | OrganizationNotFound(_)
+            | UnknownInvitationToken
+            | InvitationNotFound(_) => Code::NotFound,
             InvitationNotPending | LastAdmin | NotSuspended => Code::FailedPrecondition,
             SeatsExhausted { .. } | NoFreeSeats | Throttled(_) | RateLimited(..) => {
                 Code::ResourceExhausted
@@ -159,6 +164,7 @@ impl ServiceError for AuthServiceError {
             RefreshTokenReused => "REFRESH_TOKEN_REUSED",
             AdminRequired => "ADMIN_REQUIRED",
             UserNotFound(_) => "USER_NOT_FOUND",
+            OrganizationNotFound(_) => "ORGANIZATION_NOT_FOUND",
             UnknownInvitationToken | InvitationNotFound(_) => "INVITATION_NOT_FOUND",
             InvitationNotPending => "INVITATION_NOT_PENDING",
             LastAdmin => "LAST_ADMIN",

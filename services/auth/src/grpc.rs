@@ -219,6 +219,19 @@ impl OrganizationService for GrpcAdapter {
         }))
     }
 
+    async fn get_plan_limits(
+        &self,
+        request: Request<pb::GetPlanLimitsRequest>,
+    ) -> Result<Response<pb::GetPlanLimitsResponse>, Status> {
+        let limits = self
+            .0
+            .plan_limits(&request.into_inner().organization_id)
+            .await;
+        grpc_result(limits.map(|limits| pb::GetPlanLimitsResponse {
+            limits: Some(limits),
+        }))
+    }
+
     async fn accept_invitation(
         &self,
         request: Request<pb::AcceptInvitationRequest>,

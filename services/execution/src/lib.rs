@@ -1,30 +1,39 @@
 //! Execution server: `trellis.execution.v1.ExecutionService` and
 //! `WorkerService`.
 //!
-//! The durable queue's store is built ([`store`]); until the rest of the
-//! Execution issue lands every RPC answers UNIMPLEMENTED. Health,
-//! reflection and the tenancy layer are real.
+//! Laid out as the other services: `grpc`, `api` (handlers), `error`,
+//! `limits` (plan limits from Auth) and [`store`] (the durable queue). The
+//! queue and the worker protocol are served; AppendLogs, StreamLogs and
+//! WatchExecutions answer UNIMPLEMENTED until their part of the issue
+//! lands.
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
+mod api;
+mod error;
+mod grpc;
+mod limits;
+pub mod store;
 
-use trellis_runtime::{Server, ServerContext, ServiceSet, SetupError};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use trellis::execution::v1::execution_service_server::ExecutionServiceServer;
+use trellis::execution::v1::worker_service_server::WorkerServiceServer;
+use trellis_runtime::{
+    ConfigError, Server, ServerContext, ServiceSet, SetupError, Shutdown, TaskError,
+};
 use trellis_store::ServiceMigrations;
 
-use trellis::execution::v1::execution_service_server::{ExecutionService, ExecutionServiceServer};
-use trellis::execution::v1::worker_service_server::{WorkerService, WorkerServiceServer};
+pub use api::{RETRY_BASE, month_start, retry_in_ms};
+pub use error::ExecutionServiceError;
+pub use limits::LIMITS_TTL;
+pub use store::MIGRATIONS;
 
-#[derive(Clone, Debug, Default)]
-pub struct ExecutionApi;
-
-#[tonic::async_trait]
-impl ExecutionService for ExecutionApi {}
-
-#[derive(Clone, Debug, Default)]
-pub struct WorkerApi;
-
-#[tonic::async_trait]
-impl WorkerService for WorkerApi {}
+/// How often expired leases are looked for (their attempts retried).
+const RECLAIM_INTERVAL: Duration = Duration::from_secs(1);
+/// Expired leases ended per round.
+const RECLAIM_BATCH: i64 = 500;
 
 /// Execution's flags of `trellis serve`/`up`.
 #[derive(clap::Args, Clone, Debug)]
@@ -58,22 +67,51 @@ impl Server for ExecutionServer {
         args.execution_url.as_deref()
     }
 
+    /// Plan limits come from Auth, asked as this service.
     async fn create(
         _args: &ExecutionArgs,
         context: ServerContext,
     ) -> Result<ServiceSet, SetupError> {
         let max_message_bytes = context.limits.max_message_bytes;
+        let auth = context.upstreams.as_service("auth").ok_or_else(|| {
+            ConfigError::Invalid(
+                "the Execution server asks Auth for plan limits as a service: \
+                 set --service-client-id and --service-client-secret"
+                    .into(),
+            )
+        })?;
+        let queue = store::Queue::new(context.database.clone());
+        let api = grpc::GrpcAdapter(Arc::new(api::ExecutionApi {
+            queue: queue.clone(),
+            limits: limits::PlanLimits::new(auth),
+        }));
         Ok(ServiceSet::new(Self::NAME)
             .add_service(
-                ExecutionServiceServer::new(ExecutionApi)
+                ExecutionServiceServer::new(api.clone())
                     .max_decoding_message_size(max_message_bytes),
             )
-            .add_service(
-                WorkerServiceServer::new(WorkerApi).max_decoding_message_size(max_message_bytes),
-            ))
+            .add_service(WorkerServiceServer::new(api).max_decoding_message_size(max_message_bytes))
+            .with_background_task("lease-reclaimer", move |shutdown| reclaim(queue, shutdown)))
     }
 }
 
-pub mod store;
-
-pub use store::MIGRATIONS;
+/// Ends the attempts whose worker stopped heartbeating (retried with
+/// backoff while attempts remain), until shutdown. A failed round is logged
+/// and tried again.
+async fn reclaim(queue: store::Queue, mut shutdown: Shutdown) -> Result<(), TaskError> {
+    loop {
+        tokio::select! {
+            () = shutdown.wait() => return Ok(()),
+            () = tokio::time::sleep(RECLAIM_INTERVAL) => {}
+        }
+        let now = trellis_runtime::time::now_ms();
+        match queue
+            .reclaim_expired(now, RECLAIM_BATCH, &retry_in_ms)
+            .await
+        {
+            Ok(0) => {}
+            Ok(reclaimed) => tracing::info!(reclaimed, "expired leases reclaimed"),
+            Err(error) => tracing::warn!(%error, "reclaiming expired leases failed; retrying"),
+        }
+    }
+}

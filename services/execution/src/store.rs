@@ -216,6 +216,19 @@ const MAX_ROUNDS: usize = 100;
 /// Organizations one lease call looks at.
 const MAX_ORGS_PER_LEASE: i64 = 100;
 
+/// (organization, queue) pairs with eligible work, least recently served
+/// first. Binds: `$1` now, `$2` how many, `$3..` the queue names.
+fn turns_sql(queues: usize) -> String {
+    let queue_list: Vec<String> = (0..queues).map(|n| format!("${}", n + 3)).collect();
+    format!(
+        "SELECT e.org_id, e.queue FROM (SELECT DISTINCT org_id, queue FROM execution_executions \
+         WHERE status = 'pending' AND next_attempt_at <= $1 AND queue IN ({})) e \
+         LEFT JOIN execution_turns t ON t.org_id = e.org_id AND t.queue = e.queue \
+         ORDER BY COALESCE(t.served_at, 0), e.org_id LIMIT $2",
+        queue_list.join(", ")
+    )
+}
+
 #[derive(Clone, Debug)]
 pub struct Queue {
     db: Database,
@@ -382,6 +395,45 @@ impl Queue {
         })
     }
 
+    /// Organizations with eligible work in `queues`, least recently served
+    /// first, as a lease visits them.
+    pub async fn ready_orgs(&self, queues: &[String], now: i64) -> Result<Vec<Uuid>, StoreError> {
+        if queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, String)> = with_pool!(&self.db, |pool| {
+            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(turns_sql(queues.len())))
+                .bind(now)
+                .bind(MAX_ORGS_PER_LEASE);
+            for queue in queues {
+                query = query.bind(queue);
+            }
+            query.fetch_all(pool).await?
+        });
+        let mut orgs: Vec<Uuid> = Vec::new();
+        for (org, _) in &rows {
+            let org = uuid("org id", org)?;
+            if !orgs.contains(&org) {
+                orgs.push(org);
+            }
+        }
+        Ok(orgs)
+    }
+
+    /// Executions the organization created since `since`.
+    pub async fn created_since(&self, org_id: Uuid, since: i64) -> Result<i64, StoreError> {
+        let (count,): (i64,) = with_pool!(&self.db, |pool| {
+            sqlx::query_as(
+                "SELECT COUNT(*) FROM execution_executions WHERE org_id = $1 AND created_at >= $2",
+            )
+            .bind(org_id.to_string())
+            .bind(since)
+            .fetch_one(pool)
+            .await?
+        });
+        Ok(count)
+    }
+
     /// Up to `ask.max_items` eligible executions of `ask.queues`, fairly
     /// across organizations and within each one's `limit_of` running.
     pub async fn lease(
@@ -397,16 +449,7 @@ impl Queue {
         } else {
             ""
         };
-        let queue_list: Vec<String> = (0..ask.queues.len())
-            .map(|n| format!("${}", n + 3))
-            .collect();
-        let turns_sql = format!(
-            "SELECT e.org_id, e.queue FROM (SELECT DISTINCT org_id, queue FROM execution_executions \
-             WHERE status = 'pending' AND next_attempt_at <= $1 AND queue IN ({})) e \
-             LEFT JOIN execution_turns t ON t.org_id = e.org_id AND t.queue = e.queue \
-             ORDER BY COALESCE(t.served_at, 0), e.org_id LIMIT $2",
-            queue_list.join(", ")
-        );
+        let turns_sql = turns_sql(ask.queues.len());
         let pick_sql = format!(
             "SELECT id FROM execution_executions WHERE org_id = $1 AND queue = $2 \
              AND status = 'pending' AND next_attempt_at <= $3 \

@@ -39,6 +39,20 @@ impl AuthApi {
         Ok(organization_message(&org))
     }
 
+    /// Internal: an organization's plan limits, for a server enforcing them.
+    pub async fn plan_limits(&self, organization_id: &str) -> Result<pb::PlanLimits> {
+        let org_id =
+            validate::id("organization_id", organization_id).map_err(AuthServiceError::invalid)?;
+        let org = self
+            .store
+            .organization(&org_id)
+            .await?
+            .ok_or(AuthServiceError::OrganizationNotFound(org_id))?;
+        Ok(organization_message(&org)
+            .limits
+            .expect("every organization message has its limits"))
+    }
+
     pub async fn update_organization(
         &self,
         caller: &Caller,
