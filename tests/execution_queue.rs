@@ -2,7 +2,9 @@
 //! execution per idempotency key, never one execution to two workers,
 //! organizations' limits, fair leasing under a backlog, retries with
 //! backoff up to ERROR, expired leases reclaimed (a late completion loses),
-//! cancellation and deletion. Times are given, not read from the clock.
+//! cancellation and deletion; events numbered per organization without
+//! gaps, resumable within retention; log lines. Times are given, not read
+//! from the clock.
 
 mod common;
 
@@ -10,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use trellis_execution::store::{
-    Cancelled, Created, Deleted, ExecutionRecord, LeaseAsk, Queue, Spec, State,
+    Appended, Cancelled, Created, Deleted, ExecutionRecord, LeaseAsk, Queue, Resume, Spec, State,
 };
 use trellis_store::{Database, Page};
 use uuid::Uuid;
@@ -82,7 +84,7 @@ async fn migrated(db: &Database) -> Queue {
     trellis_store::migrate(db, &trellis_execution::MIGRATIONS)
         .await
         .unwrap();
-    Queue::new(db.clone())
+    Queue::new(db.clone(), Arc::new(trellis_store::MemoryFanOut::default()))
 }
 
 async fn one_execution_per_idempotency_key(db: &Database) {
@@ -406,3 +408,137 @@ async fn cancellation_and_deletion(db: &Database) {
 }
 
 backend_suite!(database cancellation_and_deletion, "execution queue": sqlite, postgres);
+
+async fn events_are_numbered_per_organization_and_resumable(db: &Database) {
+    let queue = Arc::new(migrated(db).await);
+    let (org, other) = (Uuid::new_v4(), Uuid::new_v4());
+    assert_eq!(queue.last_event_id(org).await.unwrap(), 0);
+    // Racing writers of one organization: ids 1..=n, no gaps, no repeats.
+    let mut tasks = Vec::new();
+    for n in 0..40 {
+        let queue = queue.clone();
+        let owner = if n % 4 == 0 { other } else { org };
+        tasks.push(tokio::spawn(async move {
+            queue
+                .create(&execution(owner, "build", T0 + n))
+                .await
+                .unwrap()
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let leased = lease(&queue, &["build"], 5, T0 + 100).await;
+    assert_eq!(leased.len(), 5);
+    for e in &leased {
+        queue
+            .complete(e.lease_id.unwrap(), State::Passed, b"big", "", T0 + 200)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let mine = queue.events_after(org, 0, 500).await.unwrap();
+    let theirs = queue.events_after(other, 0, 500).await.unwrap();
+    assert_eq!(mine.len() + theirs.len(), 40 + 10);
+    for events in [&mine, &theirs] {
+        let ids: Vec<i64> = events.iter().map(|e| e.event_id).collect();
+        assert_eq!(ids, (1..=ids.len() as i64).collect::<Vec<_>>());
+    }
+    assert!(mine.iter().all(|e| e.execution.org_id == org));
+    assert!(theirs.iter().all(|e| e.execution.org_id == other));
+    let finished: Vec<_> = mine
+        .iter()
+        .chain(theirs.iter())
+        .filter(|e| e.execution.state == State::Passed)
+        .collect();
+    assert_eq!(finished.len(), 5);
+    assert!(
+        finished.iter().all(|e| e.execution.output.is_empty()),
+        "events leave output out"
+    );
+    let last = mine.last().unwrap().event_id;
+    assert_eq!(queue.last_event_id(org).await.unwrap(), last);
+    assert_eq!(queue.resume(org, 0).await.unwrap(), Resume::From(0));
+    assert_eq!(queue.resume(org, last).await.unwrap(), Resume::From(last));
+    assert!(matches!(
+        queue.resume(org, last + 1).await.unwrap(),
+        Resume::OutOfRange { .. }
+    ));
+    // Past retention: the creations go, resuming from before them is
+    // out of range, from after them still fine.
+    let pruned = queue.prune_events(T0 + 100, 10_000).await.unwrap();
+    assert_eq!(pruned, 40);
+    assert!(matches!(
+        queue.resume(org, 0).await.unwrap(),
+        Resume::OutOfRange { .. }
+    ));
+    let oldest = queue.events_after(org, 0, 1).await.unwrap()[0].event_id;
+    assert_eq!(
+        queue.resume(org, oldest - 1).await.unwrap(),
+        Resume::From(oldest - 1)
+    );
+}
+
+backend_suite!(database events_are_numbered_per_organization_and_resumable, "execution queue": sqlite, postgres);
+
+async fn log_lines_need_a_live_lease_and_are_bounded(db: &Database) {
+    let queue = migrated(db).await;
+    let org = Uuid::new_v4();
+    let made = execution(org, "build", T0);
+    queue.create(&made).await.unwrap();
+    let leased = lease(&queue, &["build"], 1, T0 + 1).await;
+    let lease_id = leased[0].lease_id.unwrap();
+    let lines: Vec<String> = (1..=3).map(|n| format!("line {n}")).collect();
+    assert_eq!(
+        queue.append_logs(lease_id, &lines, T0 + 2).await.unwrap(),
+        Appended::Through(3)
+    );
+    assert_eq!(
+        queue
+            .append_logs(lease_id, &lines[..1], T0 + 3)
+            .await
+            .unwrap(),
+        Appended::Through(4)
+    );
+    let stored = queue.logs(org, made.id, 0, 500).await.unwrap();
+    assert_eq!(
+        stored.iter().map(|l| l.sequence).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    assert_eq!(stored[3].line, "line 1");
+    assert!(stored.iter().all(|l| l.attempt == 1));
+    assert_eq!(queue.logs(org, made.id, 3, 500).await.unwrap().len(), 1);
+    // Another organization sees none of them.
+    assert!(
+        queue
+            .logs(Uuid::new_v4(), made.id, 0, 500)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let too_many = vec!["x".to_string(); 100_000];
+    assert_eq!(
+        queue
+            .append_logs(lease_id, &too_many, T0 + 4)
+            .await
+            .unwrap(),
+        Appended::Full
+    );
+    // An expired lease writes nothing.
+    assert_eq!(
+        queue
+            .append_logs(lease_id, &lines, T0 + 1 + LEASE_MS)
+            .await
+            .unwrap(),
+        Appended::LeaseNotFound
+    );
+    queue
+        .complete(lease_id, State::Passed, b"", "", T0 + 5)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(queue.delete(org, made.id).await.unwrap(), Deleted::Deleted);
+    assert!(queue.logs(org, made.id, 0, 500).await.unwrap().is_empty());
+}
+
+backend_suite!(database log_lines_need_a_live_lease_and_are_bounded, "execution queue": sqlite, postgres);

@@ -48,6 +48,15 @@ impl Subscription {
             Err(broadcast::error::RecvError::Closed) => None,
         }
     }
+
+    /// Forgets wake-ups already waiting: a subscriber about to read the
+    /// current state from the database has heard them all at once.
+    pub fn clear(&mut self) {
+        while !matches!(
+            self.0.try_recv(),
+            Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed)
+        ) {}
+    }
 }
 
 #[tonic::async_trait]

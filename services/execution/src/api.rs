@@ -13,7 +13,9 @@ use uuid::Uuid;
 
 use crate::error::{ExecutionServiceError, Result};
 use crate::limits::PlanLimits;
-use crate::store::{Cancelled, Created, Deleted, ExecutionRecord, LeaseAsk, Queue, Spec, State};
+use crate::store::{
+    Appended, Cancelled, Created, Deleted, ExecutionRecord, LeaseAsk, Queue, Spec, State,
+};
 
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
@@ -31,6 +33,8 @@ const MAX_KEY_BYTES: usize = 128;
 const MAX_ERROR_BYTES: usize = 4096;
 const MAX_ANALYSIS_BYTES: usize = 64 * 1024;
 const MAX_QUEUES_PER_LEASE: usize = 32;
+const MAX_LINES_PER_APPEND: usize = 500;
+pub const MAX_LINE_BYTES: usize = 8 * 1024;
 /// Retries wait 5 s, doubling per attempt (with jitter).
 pub const RETRY_BASE: Duration = Duration::from_secs(5);
 
@@ -39,14 +43,14 @@ pub struct ExecutionApi {
     pub limits: PlanLimits,
 }
 
-fn id(field: &str, value: &str) -> Result<Uuid> {
+pub(crate) fn id(field: &str, value: &str) -> Result<Uuid> {
     if value.is_empty() {
         return Err(ExecutionServiceError::invalid(field, "required"));
     }
     Uuid::parse_str(value).map_err(|_| ExecutionServiceError::invalid(field, "must be a UUID"))
 }
 
-fn name(field: &str, value: &str) -> Result<String> {
+pub(crate) fn name(field: &str, value: &str) -> Result<String> {
     let ok = !value.is_empty()
         && value.len() <= MAX_NAME_BYTES
         && value
@@ -118,7 +122,7 @@ fn rand_fraction() -> f64 {
     f64::from(rand::random::<u32>()) / f64::from(u32::MAX)
 }
 
-fn state_of(status: i32) -> Option<State> {
+pub(crate) fn state_of(status: i32) -> Option<State> {
     use pb::ExecutionStatus as S;
     Some(match S::try_from(status).ok()? {
         S::Unspecified => return None,
@@ -408,6 +412,49 @@ impl ExecutionApi {
             .await?
             .ok_or(ExecutionServiceError::LeaseNotFound(lease_id))?;
         Ok(execution_message(&done))
+    }
+
+    /// Lines are bounded; control characters other than tab are stored as
+    /// U+FFFD, so a program's colour codes cannot reach a reader's terminal.
+    pub async fn append_logs(&self, request: pb::AppendLogsRequest) -> Result<i64> {
+        let lease_id = id("lease_id", &request.lease_id)?;
+        if request.lines.len() > MAX_LINES_PER_APPEND {
+            return Err(ExecutionServiceError::invalid(
+                "lines",
+                format!("at most {MAX_LINES_PER_APPEND} lines per call"),
+            ));
+        }
+        if request.lines.iter().any(|l| l.len() > MAX_LINE_BYTES) {
+            return Err(ExecutionServiceError::invalid(
+                "lines",
+                format!("each line at most {MAX_LINE_BYTES} bytes"),
+            ));
+        }
+        let lines: Vec<String> = request
+            .lines
+            .iter()
+            .map(|line| {
+                line.chars()
+                    .map(|c| {
+                        if c.is_control() && c != '\t' {
+                            '\u{FFFD}'
+                        } else {
+                            c
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        match self.queue.append_logs(lease_id, &lines, now_ms()).await? {
+            Appended::Through(last) => Ok(last),
+            Appended::Full => {
+                let execution = self.queue.leased(lease_id, now_ms()).await?;
+                Err(ExecutionServiceError::LogFull(
+                    execution.map_or(lease_id, |e| e.id),
+                ))
+            }
+            Appended::LeaseNotFound => Err(ExecutionServiceError::LeaseNotFound(lease_id)),
+        }
     }
 
     pub async fn fail(&self, request: pb::FailRequest) -> Result<pb::Execution> {

@@ -27,6 +27,18 @@ pub enum ExecutionServiceError {
     NotFinal(Uuid),
     #[error("the {plan_limit} executions of this month's plan are used up")]
     MonthlyRunsUsed { plan_limit: i64 },
+    /// resume_after names events no longer kept, or never handed out.
+    #[error(
+        "events after {asked} are no longer kept (this organization's retained events are \
+         {oldest_retained} to {last}): list the executions again, then watch"
+    )]
+    ResumeOutOfRange {
+        asked: i64,
+        oldest_retained: i64,
+        last: i64,
+    },
+    #[error("execution {0} holds the most log lines it may ({max})", max = crate::store::MAX_LOG_LINES)]
+    LogFull(Uuid),
     #[error("missing bearer token")]
     MissingCaller,
     /// Auth could not say what the organization's plan allows.
@@ -52,7 +64,8 @@ impl ServiceError for ExecutionServiceError {
             NotFound(_) | LeaseNotFound(_) => Code::NotFound,
             WriteRoleRequired => Code::PermissionDenied,
             AlreadyFinal(_) | NotFinal(_) => Code::FailedPrecondition,
-            MonthlyRunsUsed { .. } => Code::ResourceExhausted,
+            MonthlyRunsUsed { .. } | LogFull(_) => Code::ResourceExhausted,
+            ResumeOutOfRange { .. } => Code::OutOfRange,
             MissingCaller => Code::Unauthenticated,
             LimitsUnavailable(_) => Code::Unavailable,
             Store(error) => error.code(),
@@ -69,6 +82,8 @@ impl ServiceError for ExecutionServiceError {
             AlreadyFinal(_) => "ALREADY_FINAL",
             NotFinal(_) => "NOT_FINAL",
             MonthlyRunsUsed { .. } => "MONTHLY_RUNS_USED",
+            ResumeOutOfRange { .. } => "RESUME_OUT_OF_RANGE",
+            LogFull(_) => "LOG_FULL",
             MissingCaller => "MISSING_TOKEN",
             LimitsUnavailable(_) => "LIMITS_UNAVAILABLE",
             Store(error) => error.reason(),

@@ -1,6 +1,5 @@
 //! The gRPC face of [`ExecutionApi`]: unpack, call the handler, convert.
-//! Errors become statuses in `grpc_result` alone. Log lines and the two
-//! watch streams are not served yet (UNIMPLEMENTED).
+//! Errors become statuses in `grpc_result` alone.
 
 use std::sync::Arc;
 
@@ -8,11 +7,12 @@ use tonic::{Request, Response, Status};
 use trellis::execution::v1 as pb;
 use trellis::execution::v1::execution_service_server::ExecutionService;
 use trellis::execution::v1::worker_service_server::WorkerService;
-use trellis_runtime::{grpc_result, status_of};
+use trellis_runtime::{TaskStream, grpc_result, status_of};
 use trellis_tenancy::TenantContext;
 
 use crate::api::ExecutionApi;
 use crate::error::ExecutionServiceError;
+use crate::watch;
 
 #[derive(Clone)]
 pub struct GrpcAdapter(pub Arc<ExecutionApi>);
@@ -69,6 +69,22 @@ impl ExecutionService for GrpcAdapter {
         let deleted = self.0.delete(&tenant, &message.execution_id).await;
         grpc_result(deleted.map(|()| pb::DeleteExecutionResponse {}))
     }
+
+    async fn watch_executions(
+        &self,
+        request: Request<pb::WatchExecutionsRequest>,
+    ) -> Result<Response<TaskStream<pb::WatchExecutionsResponse>>, Status> {
+        let (tenant, message) = unpack(request)?;
+        grpc_result(watch::watch_executions(&self.0.queue, &tenant, message).await)
+    }
+
+    async fn stream_logs(
+        &self,
+        request: Request<pb::StreamLogsRequest>,
+    ) -> Result<Response<TaskStream<pb::StreamLogsResponse>>, Status> {
+        let (tenant, message) = unpack(request)?;
+        grpc_result(watch::stream_logs(&self.0.queue, &tenant, message).await)
+    }
 }
 
 /// Workers: the tenancy layer admits worker tokens only.
@@ -87,6 +103,14 @@ impl WorkerService for GrpcAdapter {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         grpc_result(self.0.heartbeat(request.into_inner()).await)
+    }
+
+    async fn append_logs(
+        &self,
+        request: Request<pb::AppendLogsRequest>,
+    ) -> Result<Response<pb::AppendLogsResponse>, Status> {
+        let appended = self.0.append_logs(request.into_inner()).await;
+        grpc_result(appended.map(|last_sequence| pb::AppendLogsResponse { last_sequence }))
     }
 
     async fn complete(

@@ -1,11 +1,10 @@
 //! Execution server: `trellis.execution.v1.ExecutionService` and
 //! `WorkerService`.
 //!
-//! Laid out as the other services: `grpc`, `api` (handlers), `error`,
-//! `limits` (plan limits from Auth) and [`store`] (the durable queue). The
-//! queue and the worker protocol are served; AppendLogs, StreamLogs and
-//! WatchExecutions answer UNIMPLEMENTED until their part of the issue
-//! lands.
+//! Laid out as the other services: `grpc`, `api` (handlers), `watch` (the
+//! live streams), `error`, `limits` (plan limits from Auth) and [`store`]
+//! (the durable queue, its events and logs). Background tasks reclaim
+//! expired leases and prune events past the retention window.
 #![forbid(unsafe_code)]
 
 mod api;
@@ -13,6 +12,7 @@ mod error;
 mod grpc;
 mod limits;
 pub mod store;
+mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +21,8 @@ use std::time::Duration;
 use trellis::execution::v1::execution_service_server::ExecutionServiceServer;
 use trellis::execution::v1::worker_service_server::WorkerServiceServer;
 use trellis_runtime::{
-    ConfigError, Server, ServerContext, ServiceSet, SetupError, Shutdown, TaskError,
+    ConfigError, JwtArgs, Server, ServerContext, ServiceSet, SetupError, Shutdown, TaskError,
+    parse_duration,
 };
 use trellis_store::ServiceMigrations;
 
@@ -34,6 +35,10 @@ pub use store::MIGRATIONS;
 const RECLAIM_INTERVAL: Duration = Duration::from_secs(1);
 /// Expired leases ended per round.
 const RECLAIM_BATCH: i64 = 500;
+/// How often events past the retention window are dropped, and how many
+/// per statement (so one statement never holds the table long).
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+const PRUNE_BATCH: i64 = 5_000;
 
 /// Execution's flags of `trellis serve`/`up`.
 #[derive(clap::Args, Clone, Debug)]
@@ -49,6 +54,10 @@ pub struct ExecutionArgs {
     /// process's own when it runs one, else --execution-addr.
     #[arg(long, env = "TRELLIS_EXECUTION_URL")]
     pub execution_url: Option<String>,
+    /// How long execution events are kept for WatchExecutions'
+    /// resume_after; resuming from an older one is OUT_OF_RANGE.
+    #[arg(long, env = "TRELLIS_EXECUTION_EVENT_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    pub execution_event_retention: Duration,
 }
 
 /// The Execution server as `trellis serve execution` starts it.
@@ -67,9 +76,18 @@ impl Server for ExecutionServer {
         args.execution_url.as_deref()
     }
 
+    fn validate(args: &ExecutionArgs, _jwt: &JwtArgs) -> Result<(), ConfigError> {
+        if args.execution_event_retention < Duration::from_secs(60) {
+            return Err(ConfigError::Invalid(
+                "execution-event-retention must be at least 1m".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Plan limits come from Auth, asked as this service.
     async fn create(
-        _args: &ExecutionArgs,
+        args: &ExecutionArgs,
         context: ServerContext,
     ) -> Result<ServiceSet, SetupError> {
         let max_message_bytes = context.limits.max_message_bytes;
@@ -80,7 +98,7 @@ impl Server for ExecutionServer {
                     .into(),
             )
         })?;
-        let queue = store::Queue::new(context.database.clone());
+        let queue = store::Queue::new(context.database.clone(), context.fanout.clone());
         let api = grpc::GrpcAdapter(Arc::new(api::ExecutionApi {
             queue: queue.clone(),
             limits: limits::PlanLimits::new(auth),
@@ -91,7 +109,14 @@ impl Server for ExecutionServer {
                     .max_decoding_message_size(max_message_bytes),
             )
             .add_service(WorkerServiceServer::new(api).max_decoding_message_size(max_message_bytes))
-            .with_background_task("lease-reclaimer", move |shutdown| reclaim(queue, shutdown)))
+            .with_background_task("lease-reclaimer", {
+                let queue = queue.clone();
+                move |shutdown| reclaim(queue, shutdown)
+            })
+            .with_background_task("event-pruner", {
+                let retention = args.execution_event_retention;
+                move |shutdown| prune(queue, retention, shutdown)
+            }))
     }
 }
 
@@ -112,6 +137,31 @@ async fn reclaim(queue: store::Queue, mut shutdown: Shutdown) -> Result<(), Task
             Ok(0) => {}
             Ok(reclaimed) => tracing::info!(reclaimed, "expired leases reclaimed"),
             Err(error) => tracing::warn!(%error, "reclaiming expired leases failed; retrying"),
+        }
+    }
+}
+
+/// Drops events older than `retention`, until shutdown.
+async fn prune(
+    queue: store::Queue,
+    retention: Duration,
+    mut shutdown: Shutdown,
+) -> Result<(), TaskError> {
+    loop {
+        tokio::select! {
+            () = shutdown.wait() => return Ok(()),
+            () = tokio::time::sleep(PRUNE_INTERVAL) => {}
+        }
+        let before = trellis_runtime::time::now_ms() - trellis_runtime::time::millis(retention);
+        loop {
+            match queue.prune_events(before, PRUNE_BATCH).await {
+                Ok(pruned) if pruned < PRUNE_BATCH as u64 => break,
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "pruning execution events failed; retrying");
+                    break;
+                }
+            }
         }
     }
 }

@@ -13,10 +13,11 @@
 //! passed by leases racing.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use trellis_store::{
-    BeginWrite, Database, EmbeddedMigration, Page, ServiceMigrations, StoreError,
+    BeginWrite, Database, EmbeddedMigration, FanOut, Page, ServiceMigrations, StoreError,
     is_unique_violation, with_pool,
 };
 use uuid::Uuid;
@@ -31,14 +32,25 @@ const QUEUE_POSTGRES: EmbeddedMigration = EmbeddedMigration {
     description: "queue",
     sql: include_str!("../migrations/0001_queue.postgres.sql"),
 };
+const EVENTS_SQLITE: EmbeddedMigration = EmbeddedMigration {
+    version: 2,
+    description: "events and logs",
+    sql: include_str!("../migrations/0002_events_and_logs.sqlite.sql"),
+};
+const EVENTS_POSTGRES: EmbeddedMigration = EmbeddedMigration {
+    version: 2,
+    description: "events and logs",
+    sql: include_str!("../migrations/0002_events_and_logs.postgres.sql"),
+};
 
 pub const MIGRATIONS: ServiceMigrations = ServiceMigrations {
     service: "execution",
-    sqlite: &[QUEUE_SQLITE],
-    postgres: &[QUEUE_POSTGRES],
+    sqlite: &[QUEUE_SQLITE, EVENTS_SQLITE],
+    postgres: &[QUEUE_POSTGRES, EVENTS_POSTGRES],
 };
 
 trellis_store::stored_names! {
+    #[derive(Serialize, Deserialize)]
     /// Where an execution stands. PENDING and RUNNING are the live ones.
     State {
         Pending = "pending",
@@ -69,7 +81,7 @@ pub struct Spec {
 }
 
 /// One execution as stored. Times are Unix ms.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecutionRecord {
     pub id: Uuid,
     pub org_id: Uuid,
@@ -229,14 +241,149 @@ fn turns_sql(queues: usize) -> String {
     )
 }
 
-#[derive(Clone, Debug)]
+/// One change of an execution, as WatchExecutions delivers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecutionEvent {
+    pub event_id: i64,
+    pub occurred_at: i64,
+    /// Without payload and output.
+    pub execution: ExecutionRecord,
+}
+
+/// One stored log line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLine {
+    pub sequence: i64,
+    pub logged_at: i64,
+    pub attempt: i64,
+    pub line: String,
+}
+
+/// Which events of an organization a watcher can still be given.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// Events after the asked id are all retained.
+    From(i64),
+    /// Some were pruned, or the id was never handed out: re-list.
+    OutOfRange { oldest_retained: i64, last: i64 },
+}
+
+/// What AppendLogs did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Appended {
+    /// The sequence number of the last line stored.
+    Through(i64),
+    /// The execution holds [`MAX_LOG_LINES`] lines already.
+    Full,
+    LeaseNotFound,
+}
+
+/// Lines one execution may hold over all its attempts.
+pub const MAX_LOG_LINES: i64 = 100_000;
+
+/// An organization's executions topic and an execution's logs topic.
+pub fn events_topic(org_id: Uuid) -> String {
+    format!("exec:{org_id}")
+}
+
+pub fn logs_topic(execution_id: Uuid) -> String {
+    format!("logs:{execution_id}")
+}
+
+/// Appends one event per changed execution inside the open transaction
+/// `$tx`, organizations in id order (one lock order for the counters);
+/// evaluates to what to publish once committed. The counter is bumped last
+/// in each transaction so its row lock is held only to the commit.
+macro_rules! append_events {
+    ($tx:expr, $changed:expr, $now:expr) => {{
+        let mut changed: Vec<&ExecutionRecord> = $changed.iter().collect();
+        changed.sort_by_key(|e| e.org_id);
+        let mut published: Vec<Published> = Vec::with_capacity(changed.len());
+        for execution in changed {
+            let (event_id,): (i64,) = sqlx::query_as(
+                "INSERT INTO execution_event_counters (org_id, last_event_id) VALUES ($1, 1) \
+                 ON CONFLICT (org_id) DO UPDATE \
+                 SET last_event_id = execution_event_counters.last_event_id + 1 \
+                 RETURNING last_event_id",
+            )
+            .bind(execution.org_id.to_string())
+            .fetch_one(&mut *$tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO execution_events (org_id, event_id, execution_id, occurred_at, \
+                 snapshot) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(execution.org_id.to_string())
+            .bind(event_id)
+            .bind(execution.id.to_string())
+            .bind($now)
+            .bind(snapshot(execution)?)
+            .execute(&mut *$tx)
+            .await?;
+            published.push(Published {
+                org_id: execution.org_id,
+                event_id,
+                execution_id: execution.id,
+                is_final: execution.state.is_final(),
+            });
+        }
+        published
+    }};
+}
+
+/// An event committed, to announce.
+struct Published {
+    org_id: Uuid,
+    event_id: i64,
+    execution_id: Uuid,
+    is_final: bool,
+}
+
+fn snapshot(execution: &ExecutionRecord) -> Result<Vec<u8>, StoreError> {
+    let mut light = execution.clone();
+    light.payload = Vec::new();
+    light.output = Vec::new();
+    serde_json::to_vec(&light).map_err(|e| corrupt("snapshot", e))
+}
+
+#[derive(Clone)]
 pub struct Queue {
     db: Database,
+    fanout: Arc<dyn FanOut>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue").field("db", &self.db).finish()
+    }
 }
 
 impl Queue {
-    pub fn new(db: Database) -> Self {
-        Queue { db }
+    /// Changes are announced on `fanout` once committed.
+    pub fn new(db: Database, fanout: Arc<dyn FanOut>) -> Self {
+        Queue { db, fanout }
+    }
+
+    pub fn fanout(&self) -> &Arc<dyn FanOut> {
+        &self.fanout
+    }
+
+    /// Wakes watchers of the organizations (and log followers of
+    /// executions that became final). A lost wake-up delays a watcher
+    /// until the next one, never loses an event: they read the database.
+    async fn announce(&self, published: &[Published]) {
+        for event in published {
+            let id = event.event_id.to_string();
+            let mut topics = vec![events_topic(event.org_id)];
+            if event.is_final {
+                topics.push(logs_topic(event.execution_id));
+            }
+            for topic in topics {
+                if let Err(error) = self.fanout.publish(&topic, &id).await {
+                    tracing::warn!(%error, "announcing an execution change failed");
+                }
+            }
+        }
     }
 
     fn postgres(&self) -> bool {
@@ -249,7 +396,9 @@ impl Queue {
             "INSERT INTO execution_executions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, \
              $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
         );
-        let inserted = with_pool!(&self.db, |pool| {
+        // In a block of its own: a unique violation is an answer here.
+        let inserted: Result<Vec<Published>, StoreError> = with_pool!(&self.db, |pool| async {
+            let mut tx = pool.begin_write().await?;
             sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(execution.id.to_string())
                 .bind(execution.org_id.to_string())
@@ -273,20 +422,29 @@ impl Queue {
                 .bind(execution.lease_id.map(|l| l.to_string()))
                 .bind(execution.lease_expires_at)
                 .bind(execution.updated_at)
-                .execute(pool)
-                .await
-                .map(drop)
-        });
+                .execute(&mut *tx)
+                .await?;
+            let published =
+                append_events!(tx, std::slice::from_ref(execution), execution.created_at);
+            tx.commit().await?;
+            Ok(published)
+        }
+        .await);
         match inserted {
-            Ok(()) => Ok(Created::New(execution.clone())),
-            Err(error) if is_unique_violation(&error) && execution.idempotency_key.is_some() => {
+            Ok(published) => {
+                self.announce(&published).await;
+                Ok(Created::New(execution.clone()))
+            }
+            Err(StoreError::Sqlx(error))
+                if is_unique_violation(&error) && execution.idempotency_key.is_some() =>
+            {
                 let key = execution.idempotency_key.as_deref().unwrap_or_default();
                 match self.by_key(execution.org_id, key).await? {
                     Some(existing) => Ok(Created::Existing(existing)),
                     None => Err(error.into()),
                 }
             }
-            Err(error) => Err(error.into()),
+            Err(error) => Err(error),
         }
     }
 
@@ -356,15 +514,21 @@ impl Queue {
              WHERE org_id = $2 AND id = $3 AND status IN ('pending', 'running') \
              RETURNING {COLUMNS}"
         );
-        let row: Option<ExecutionRow> = with_pool!(&self.db, |pool| {
-            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let changed: Option<ExecutionRecord> = with_pool!(&self.db, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let row: Option<ExecutionRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
                 .bind(now)
                 .bind(org_id.to_string())
                 .bind(id.to_string())
-                .fetch_optional(pool)
-                .await?
+                .fetch_optional(&mut *tx)
+                .await?;
+            let changed = row.map(ExecutionRecord::try_from).transpose()?;
+            let published = append_events!(tx, changed.as_slice(), now);
+            tx.commit().await?;
+            self.announce(&published).await;
+            changed
         });
-        Ok(match row.map(ExecutionRecord::try_from).transpose()? {
+        Ok(match changed {
             Some(done) if done.state == State::Cancelled => Cancelled::Now(done),
             Some(running) => Cancelled::Requested(running),
             None => match self.get(org_id, id).await? {
@@ -376,15 +540,24 @@ impl Queue {
 
     pub async fn delete(&self, org_id: Uuid, id: Uuid) -> Result<Deleted, StoreError> {
         let done = with_pool!(&self.db, |pool| {
-            sqlx::query(
+            let mut tx = pool.begin_write().await?;
+            let done = sqlx::query(
                 "DELETE FROM execution_executions WHERE org_id = $1 AND id = $2 \
                  AND status NOT IN ('pending', 'running')",
             )
             .bind(org_id.to_string())
             .bind(id.to_string())
-            .execute(pool)
+            .execute(&mut *tx)
             .await?
-            .rows_affected()
+            .rows_affected();
+            if done == 1 {
+                sqlx::query("DELETE FROM execution_logs WHERE execution_id = $1")
+                    .bind(id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            done
         });
         if done == 1 {
             return Ok(Deleted::Deleted);
@@ -556,7 +729,9 @@ impl Queue {
                     break;
                 }
             }
+            let published = append_events!(tx, leased, ask.now);
             tx.commit().await?;
+            self.announce(&published).await;
             Ok(leased)
         })
     }
@@ -620,17 +795,22 @@ impl Queue {
              WHERE lease_id = $5 AND status = 'running' AND lease_expires_at > $4 \
              RETURNING {COLUMNS}"
         );
-        let row: Option<ExecutionRow> = with_pool!(&self.db, |pool| {
-            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        with_pool!(&self.db, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let row: Option<ExecutionRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
                 .bind(state.as_str())
                 .bind(output)
                 .bind(analysis)
                 .bind(now)
                 .bind(lease_id.to_string())
-                .fetch_optional(pool)
-                .await?
-        });
-        row.map(ExecutionRecord::try_from).transpose()
+                .fetch_optional(&mut *tx)
+                .await?;
+            let done = row.map(ExecutionRecord::try_from).transpose()?;
+            let published = append_events!(tx, done.as_slice(), now);
+            tx.commit().await?;
+            self.announce(&published).await;
+            Ok(done)
+        })
     }
 
     /// Ends a live lease's attempt as failed: pending again after
@@ -671,8 +851,9 @@ impl Queue {
              finished_at = $4, updated_at = $5, lease_id = NULL, lease_expires_at = NULL \
              WHERE id = $6 AND lease_id = $7 AND status = 'running' RETURNING {COLUMNS}"
         );
-        let row: Option<ExecutionRow> = with_pool!(&self.db, |pool| {
-            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        with_pool!(&self.db, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let row: Option<ExecutionRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
                 .bind(state.as_str())
                 .bind(error)
                 .bind(next_attempt_at)
@@ -680,10 +861,14 @@ impl Queue {
                 .bind(now)
                 .bind(current.id.to_string())
                 .bind(current.lease_id.map(|l| l.to_string()))
-                .fetch_optional(pool)
-                .await?
-        });
-        row.map(ExecutionRecord::try_from).transpose()
+                .fetch_optional(&mut *tx)
+                .await?;
+            let ended = row.map(ExecutionRecord::try_from).transpose()?;
+            let published = append_events!(tx, ended.as_slice(), now);
+            tx.commit().await?;
+            self.announce(&published).await;
+            Ok(ended)
+        })
     }
 
     /// Ends up to `limit` attempts whose lease expired (their worker died
@@ -718,5 +903,181 @@ impl Queue {
             }
         }
         Ok(reclaimed)
+    }
+
+    /// Appends `lines` to the execution a live lease holds, numbered on
+    /// from its last line.
+    pub async fn append_logs(
+        &self,
+        lease_id: Uuid,
+        lines: &[String],
+        now: i64,
+    ) -> Result<Appended, StoreError> {
+        let count = lines.len() as i64;
+        let taken: Option<(String, String, i64, i64)> = with_pool!(&self.db, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let taken: Option<(String, String, i64, i64)> = sqlx::query_as(
+                "UPDATE execution_executions SET log_lines = log_lines + $1 \
+                 WHERE lease_id = $2 AND status = 'running' AND lease_expires_at > $3 \
+                 AND log_lines + $1 <= $4 RETURNING id, org_id, attempt, log_lines",
+            )
+            .bind(count)
+            .bind(lease_id.to_string())
+            .bind(now)
+            .bind(MAX_LOG_LINES)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((id, org_id, attempt, last)) = &taken
+                && count > 0
+            {
+                let values: Vec<String> = (0..lines.len())
+                    .map(|n| {
+                        let at = 5 + 2 * n;
+                        format!("($1, ${at}, $2, $3, $4, ${})", at + 1)
+                    })
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO execution_logs (execution_id, sequence, org_id, attempt, \
+                     logged_at, line) VALUES {}",
+                    values.join(", ")
+                );
+                let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(id)
+                    .bind(org_id)
+                    .bind(*attempt)
+                    .bind(now);
+                for (n, line) in lines.iter().enumerate() {
+                    insert = insert.bind(last - count + 1 + n as i64).bind(line);
+                }
+                insert.execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            taken
+        });
+        let Some((id, _, _, last)) = taken else {
+            return Ok(match self.leased(lease_id, now).await? {
+                Some(_) => Appended::Full,
+                None => Appended::LeaseNotFound,
+            });
+        };
+        if count > 0 {
+            let topic = logs_topic(uuid("id", &id)?);
+            if let Err(error) = self.fanout.publish(&topic, &last.to_string()).await {
+                tracing::warn!(%error, "announcing log lines failed");
+            }
+        }
+        Ok(Appended::Through(last))
+    }
+
+    /// Up to `limit` lines of the organization's execution after `after`.
+    pub async fn logs(
+        &self,
+        org_id: Uuid,
+        execution_id: Uuid,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<LogLine>, StoreError> {
+        let rows: Vec<(i64, i64, i64, String)> = with_pool!(&self.db, |pool| {
+            sqlx::query_as(
+                "SELECT sequence, logged_at, attempt, line FROM execution_logs \
+                 WHERE execution_id = $1 AND org_id = $2 AND sequence > $3 \
+                 ORDER BY sequence LIMIT $4",
+            )
+            .bind(execution_id.to_string())
+            .bind(org_id.to_string())
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(sequence, logged_at, attempt, line)| LogLine {
+                sequence,
+                logged_at,
+                attempt,
+                line,
+            })
+            .collect())
+    }
+
+    /// Up to `limit` of the organization's events after `after`, in order.
+    pub async fn events_after(
+        &self,
+        org_id: Uuid,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<ExecutionEvent>, StoreError> {
+        let rows: Vec<(i64, i64, Vec<u8>)> = with_pool!(&self.db, |pool| {
+            sqlx::query_as(
+                "SELECT event_id, occurred_at, snapshot FROM execution_events \
+                 WHERE org_id = $1 AND event_id > $2 ORDER BY event_id LIMIT $3",
+            )
+            .bind(org_id.to_string())
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        });
+        rows.into_iter()
+            .map(|(event_id, occurred_at, snapshot)| {
+                let execution: ExecutionRecord =
+                    serde_json::from_slice(&snapshot).map_err(|e| corrupt("snapshot", e))?;
+                if execution.org_id != org_id {
+                    return Err(corrupt("snapshot", "of another organization"));
+                }
+                Ok(ExecutionEvent {
+                    event_id,
+                    occurred_at,
+                    execution,
+                })
+            })
+            .collect()
+    }
+
+    /// The organization's last event id (0 before the first).
+    pub async fn last_event_id(&self, org_id: Uuid) -> Result<i64, StoreError> {
+        let last: Option<(i64,)> = with_pool!(&self.db, |pool| {
+            sqlx::query_as("SELECT last_event_id FROM execution_event_counters WHERE org_id = $1")
+                .bind(org_id.to_string())
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(last.map_or(0, |(id,)| id))
+    }
+
+    /// Whether every event of the organization after `after` is retained.
+    pub async fn resume(&self, org_id: Uuid, after: i64) -> Result<Resume, StoreError> {
+        let last = self.last_event_id(org_id).await?;
+        let (oldest,): (Option<i64>,) = with_pool!(&self.db, |pool| {
+            sqlx::query_as("SELECT MIN(event_id) FROM execution_events WHERE org_id = $1")
+                .bind(org_id.to_string())
+                .fetch_one(pool)
+                .await?
+        });
+        let oldest_retained = oldest.unwrap_or(last + 1);
+        if after < 0 || after > last || after + 1 < oldest_retained {
+            return Ok(Resume::OutOfRange {
+                oldest_retained,
+                last,
+            });
+        }
+        Ok(Resume::From(after))
+    }
+
+    /// Drops up to `limit` events that happened before `before`; how many.
+    pub async fn prune_events(&self, before: i64, limit: i64) -> Result<u64, StoreError> {
+        Ok(with_pool!(&self.db, |pool| {
+            sqlx::query(
+                "DELETE FROM execution_events WHERE (org_id, event_id) IN \
+                 (SELECT org_id, event_id FROM execution_events WHERE occurred_at < $1 \
+                 ORDER BY occurred_at LIMIT $2)",
+            )
+            .bind(before)
+            .bind(limit)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        }))
     }
 }

@@ -1,0 +1,31 @@
+-- Every change of an organization's executions, numbered per organization.
+-- The writing transaction bumps the organization's counter row last, so it
+-- holds that row's lock until it commits: one organization's events commit
+-- in the order of their ids, and a watcher that has seen id N has seen
+-- every id below it. Kept for the retention window (resume_after).
+CREATE TABLE execution_event_counters (
+    org_id TEXT PRIMARY KEY,
+    last_event_id BIGINT NOT NULL
+);
+CREATE TABLE execution_events (
+    org_id TEXT NOT NULL,
+    event_id BIGINT NOT NULL,
+    execution_id TEXT NOT NULL,
+    occurred_at BIGINT NOT NULL,
+    -- The execution after the change, without payload and output.
+    snapshot BYTEA NOT NULL,
+    PRIMARY KEY (org_id, event_id)
+);
+CREATE INDEX execution_events_age ON execution_events (occurred_at);
+
+-- Log lines of an execution, numbered per execution from 1.
+CREATE TABLE execution_logs (
+    execution_id TEXT NOT NULL,
+    sequence BIGINT NOT NULL,
+    org_id TEXT NOT NULL,
+    attempt BIGINT NOT NULL,
+    logged_at BIGINT NOT NULL,
+    line TEXT NOT NULL,
+    PRIMARY KEY (execution_id, sequence)
+);
+ALTER TABLE execution_executions ADD COLUMN log_lines BIGINT NOT NULL DEFAULT 0;
