@@ -48,6 +48,7 @@ fn execution(org: Uuid, queue: &str, at: i64) -> ExecutionRecord {
         lease_id: None,
         lease_expires_at: None,
         updated_at: at,
+        system: false,
     }
 }
 

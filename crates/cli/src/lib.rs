@@ -196,6 +196,24 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub service_client_secret: Option<Secret>,
+    /// The worker account of the Order server's built-in fulfillment
+    /// worker (scope worker); in Kubernetes from a Secret. Unset with Auth
+    /// in this process (`trellis up`): the account made on first start,
+    /// kept in `<data-dir>/fulfillment-worker.json`.
+    #[arg(
+        long,
+        env = "TRELLIS_FULFILLMENT_CLIENT_ID",
+        requires = "fulfillment_client_secret"
+    )]
+    pub fulfillment_client_id: Option<String>,
+    /// Prefer the variable to the flag: flags show in the process list.
+    #[arg(
+        long,
+        env = "TRELLIS_FULFILLMENT_CLIENT_SECRET",
+        requires = "fulfillment_client_id",
+        hide_env_values = true
+    )]
+    pub fulfillment_client_secret: Option<Secret>,
     /// Leave migrations to `trellis migrate` (e.g. a Kubernetes Job).
     #[arg(long, env = "TRELLIS_SKIP_MIGRATIONS", value_parser = clap::builder::BoolishValueParser::new())]
     pub skip_migrations: bool,
@@ -524,6 +542,15 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
     let channels = upstream_channels(args, &listeners)?;
     let auth = channels[ServiceName::Auth.as_str()].clone();
     let (verifier, session_guard) = build_verifier(args, auth.clone());
+    let worker_tokens = fulfillment_credentials(args, &services, &databases)
+        .await?
+        .map(|credentials| {
+            Arc::new(ServiceTokens::new(
+                auth.clone(),
+                credentials,
+                Duration::from_secs(3),
+            ))
+        });
     let tokens = service_credentials(args, &services, &databases)
         .await?
         .map(|credentials| {
@@ -533,7 +560,7 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
                 Duration::from_secs(3),
             ))
         });
-    let upstreams = Upstreams::new(channels, tokens);
+    let upstreams = Upstreams::new(channels, tokens).with_worker_tokens(worker_tokens);
     let fanout = fan_out(&args.storage, redis.as_ref(), &databases).await?;
     let (trigger, shutdown) = Shutdown::new();
     let mut tasks = JoinSet::new();
@@ -638,7 +665,45 @@ async fn service_credentials(
         return Ok(None);
     };
     let file = args.storage.data_dir.join("service-account.json");
-    let credentials = service_accounts::provision(&databases[auth], &file).await?;
+    let credentials =
+        service_accounts::provision(&databases[auth], &file, "trellis-up", ServiceScope::Service)
+            .await?;
+    Ok(Some(ServiceCredentials {
+        client_id: credentials.client_id,
+        client_secret: credentials.client_secret,
+    }))
+}
+
+/// The Order server's fulfillment worker account: from the flags, or, when
+/// this process runs both Auth and Order, the one it provisions and keeps in
+/// `<data-dir>/fulfillment-worker.json`. Only asked for when Order runs here.
+async fn fulfillment_credentials(
+    args: &ServeArgs,
+    services: &[ServiceName],
+    databases: &[Database],
+) -> Result<Option<ServiceCredentials>, CliError> {
+    if !services.contains(&ServiceName::Order) {
+        return Ok(None);
+    }
+    if let (Some(client_id), Some(client_secret)) =
+        (&args.fulfillment_client_id, &args.fulfillment_client_secret)
+    {
+        return Ok(Some(ServiceCredentials {
+            client_id: client_id.clone(),
+            client_secret: client_secret.0.clone(),
+        }));
+    }
+    let Some(auth) = services.iter().position(|s| *s == ServiceName::Auth) else {
+        return Ok(None);
+    };
+    let file = args.storage.data_dir.join("fulfillment-worker.json");
+    let credentials = service_accounts::provision(
+        &databases[auth],
+        &file,
+        "trellis-up-fulfillment",
+        ServiceScope::Worker,
+    )
+    .await?;
     Ok(Some(ServiceCredentials {
         client_id: credentials.client_id,
         client_secret: credentials.client_secret,

@@ -14,6 +14,7 @@ use trellis_tenancy::{AsService, AsServiceLayer, Propagate, PropagateLayer, Serv
 pub struct Upstreams {
     channels: HashMap<&'static str, Channel>,
     tokens: Option<Arc<ServiceTokens>>,
+    worker_tokens: Option<Arc<ServiceTokens>>,
 }
 
 impl Upstreams {
@@ -21,7 +22,18 @@ impl Upstreams {
         channels: HashMap<&'static str, Channel>,
         tokens: Option<Arc<ServiceTokens>>,
     ) -> Self {
-        Upstreams { channels, tokens }
+        Upstreams {
+            channels,
+            tokens,
+            worker_tokens: None,
+        }
+    }
+
+    /// Also a worker account's token, for a server's built-in worker (the
+    /// Order server's fulfillment).
+    pub fn with_worker_tokens(mut self, tokens: Option<Arc<ServiceTokens>>) -> Self {
+        self.worker_tokens = tokens;
+        self
     }
 
     /// The channel to the server named `server` ("auth", "cart", ...).
@@ -45,6 +57,14 @@ impl Upstreams {
         let channel = self.channel(server)?;
         Some(tower::Layer::layer(&AsServiceLayer::new(tokens), channel))
     }
+
+    /// A client channel *as this process's worker account*, as any
+    /// external worker calls; `None` without worker credentials.
+    pub fn as_worker(&self, server: &str) -> Option<AsService<Channel>> {
+        let tokens = self.worker_tokens.clone()?;
+        let channel = self.channel(server)?;
+        Some(tower::Layer::layer(&AsServiceLayer::new(tokens), channel))
+    }
 }
 
 impl std::fmt::Debug for Upstreams {
@@ -54,6 +74,7 @@ impl std::fmt::Debug for Upstreams {
         f.debug_struct("Upstreams")
             .field("servers", &servers)
             .field("as_service", &self.tokens.is_some())
+            .field("as_worker", &self.worker_tokens.is_some())
             .finish()
     }
 }

@@ -25,7 +25,7 @@ pub use fanout::{
 pub use migrate::{EmbeddedMigration, ServiceMigrations, migrate};
 pub use page::{Page, PageError, newest_first};
 pub use redis_pool::{RedisPool, connect_redis, remove_keys_under};
-pub use row::UnknownName;
+pub use row::{UnknownName, corrupt, stored_uuid};
 /// For [`row!`]: the sqlx its expansions name.
 #[doc(hidden)]
 pub use sqlx;

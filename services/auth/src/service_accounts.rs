@@ -95,12 +95,15 @@ pub async fn revoke(database: &Database, client_id: &str) -> Result<(), ServiceA
     }
 }
 
-/// The service account of a `trellis up` process, kept in `file` (mode
-/// 0600): the one made on first start while it is still active, else a new
-/// one (the file is replaced).
+/// An account of a `trellis up` process (its servers', or its built-in
+/// worker's), kept in `file` (mode 0600): the one made on first start while
+/// it is still active with `scope`, else a new one named `name` (the file
+/// is replaced).
 pub async fn provision(
     database: &Database,
     file: &std::path::Path,
+    name: &str,
+    scope: ServiceScope,
 ) -> Result<Credentials, ServiceAccountError> {
     let failed = |message: String| ServiceAccountError::File {
         path: file.display().to_string(),
@@ -112,14 +115,14 @@ pub async fn provision(
                 serde_json::from_slice(&bytes).map_err(|e| failed(e.to_string()))?;
             let accounts = ServiceAccounts::new(database.clone());
             let account = accounts.active(&kept.client_id).await?;
-            if account.is_some_and(|account| account.scope == ServiceScope::Service) {
+            if account.is_some_and(|account| account.scope == scope) {
                 return Ok(kept);
             }
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => return Err(failed(error.to_string())),
     }
-    let credentials = create(database, "trellis-up", ServiceScope::Service).await?;
+    let credentials = create(database, name, scope).await?;
     write_private(
         file,
         &serde_json::to_vec(&credentials).expect("two strings serialize"),

@@ -59,13 +59,11 @@ trellis_store::row! {
 }
 
 fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
-    StoreError::Sqlx(sqlx::Error::Decode(
-        format!("cart row: bad {what}: {error}").into(),
-    ))
+    trellis_store::corrupt("cart", what, error)
 }
 
 fn uuid(what: &str, text: &str) -> Result<Uuid, StoreError> {
-    Uuid::parse_str(text).map_err(|e| corrupt(what, e))
+    trellis_store::stored_uuid("cart", what, text)
 }
 
 impl TryFrom<ProductRow> for Product {

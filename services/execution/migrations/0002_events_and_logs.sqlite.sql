@@ -29,3 +29,6 @@ CREATE TABLE execution_logs (
     PRIMARY KEY (execution_id, sequence)
 );
 ALTER TABLE execution_executions ADD COLUMN log_lines BIGINT NOT NULL DEFAULT 0;
+-- Executions a Trellis server enqueued for an organization (order
+-- fulfillment): the platform's work, outside the plan's run limits.
+ALTER TABLE execution_executions ADD COLUMN system BOOLEAN NOT NULL DEFAULT FALSE;

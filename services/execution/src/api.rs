@@ -34,6 +34,8 @@ const MAX_ERROR_BYTES: usize = 4096;
 const MAX_ANALYSIS_BYTES: usize = 64 * 1024;
 const MAX_QUEUES_PER_LEASE: usize = 32;
 const MAX_LINES_PER_APPEND: usize = 500;
+/// Queues of the platform's own work (order fulfillment).
+const RESERVED_QUEUE_PREFIX: &str = "trellis.";
 pub const MAX_LINE_BYTES: usize = 8 * 1024;
 /// Retries wait 5 s, doubling per attempt (with jitter).
 pub const RETRY_BASE: Duration = Duration::from_secs(5);
@@ -195,6 +197,39 @@ impl ExecutionApi {
         request: pb::CreateExecutionRequest,
     ) -> Result<pb::Execution> {
         writer(tenant)?;
+        if request.queue.starts_with(RESERVED_QUEUE_PREFIX) {
+            return Err(ExecutionServiceError::invalid(
+                "queue",
+                format!("queues named {RESERVED_QUEUE_PREFIX}* are the platform's"),
+            ));
+        }
+        self.enqueue(tenant.org_id, tenant.user_id, request, false)
+            .await
+    }
+
+    /// EnqueueExecution: for an organization, by a Trellis server.
+    pub async fn enqueue_for(&self, request: pb::EnqueueExecutionRequest) -> Result<pb::Execution> {
+        let org_id = id("organization_id", &request.organization_id)?;
+        let created_by = id("created_by", &request.created_by)?;
+        let execution = request
+            .execution
+            .ok_or_else(|| ExecutionServiceError::invalid("execution", "required"))?;
+        if execution.idempotency_key.is_empty() {
+            return Err(ExecutionServiceError::invalid(
+                "execution.idempotency_key",
+                "required",
+            ));
+        }
+        self.enqueue(org_id, created_by, execution, true).await
+    }
+
+    async fn enqueue(
+        &self,
+        org_id: Uuid,
+        created_by: Uuid,
+        request: pb::CreateExecutionRequest,
+        system: bool,
+    ) -> Result<pb::Execution> {
         let queue = name("queue", &request.queue)?;
         let image = text("image", &request.image, MAX_IMAGE_BYTES, true)?;
         if request.payload.len() > MAX_PAYLOAD_BYTES {
@@ -235,22 +270,21 @@ impl ExecutionApi {
             key => Some(text("idempotency_key", key, MAX_KEY_BYTES, true)?),
         };
         let now = now_ms();
-        // A soft limit: creates racing at the end of the allowance may pass
-        // it by their number.
-        let limits = self.limits.of(tenant.org_id).await?;
-        let used = self
-            .queue
-            .created_since(tenant.org_id, month_start(now))
-            .await?;
-        if used >= limits.max_runs_per_month {
-            return Err(ExecutionServiceError::MonthlyRunsUsed {
-                plan_limit: limits.max_runs_per_month,
-            });
+        if !system {
+            // A soft limit: creates racing at the end of the allowance may
+            // pass it by their number.
+            let limits = self.limits.of(org_id).await?;
+            let used = self.queue.created_since(org_id, month_start(now)).await?;
+            if used >= limits.max_runs_per_month {
+                return Err(ExecutionServiceError::MonthlyRunsUsed {
+                    plan_limit: limits.max_runs_per_month,
+                });
+            }
         }
         let execution = ExecutionRecord {
             id: Uuid::new_v4(),
-            org_id: tenant.org_id,
-            created_by: tenant.user_id,
+            org_id,
+            created_by,
             queue,
             state: State::Pending,
             attempt: 0,
@@ -270,6 +304,7 @@ impl ExecutionApi {
             lease_id: None,
             lease_expires_at: None,
             updated_at: now,
+            system,
         };
         Ok(match self.queue.create(&execution).await? {
             Created::New(made) | Created::Existing(made) => execution_message(&made),
@@ -358,6 +393,10 @@ impl ExecutionApi {
         let lease_ms = lease_ms("lease_seconds", request.lease_seconds)?;
         let now = now_ms();
         let orgs = self.queue.ready_orgs(&queues, now).await?;
+        if orgs.is_empty() {
+            // Idle workers poll: their asking takes no write lock.
+            return Ok(Vec::new());
+        }
         let limits = self.limits.concurrency_of(&orgs).await;
         let leased = self
             .queue

@@ -70,6 +70,15 @@ impl ExecutionService for GrpcAdapter {
         grpc_result(deleted.map(|()| pb::DeleteExecutionResponse {}))
     }
 
+    /// Internal: the tenancy layer admits service tokens only.
+    async fn enqueue_execution(
+        &self,
+        request: Request<pb::EnqueueExecutionRequest>,
+    ) -> Result<Response<pb::EnqueueExecutionResponse>, Status> {
+        let made = self.0.enqueue_for(request.into_inner()).await;
+        grpc_result(made.map(|e| pb::EnqueueExecutionResponse { execution: Some(e) }))
+    }
+
     async fn watch_executions(
         &self,
         request: Request<pb::WatchExecutionsRequest>,

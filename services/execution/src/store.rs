@@ -107,11 +107,13 @@ pub struct ExecutionRecord {
     pub lease_id: Option<Uuid>,
     pub lease_expires_at: Option<i64>,
     pub updated_at: i64,
+    /// Enqueued by a Trellis server: outside the plan's run limits.
+    pub system: bool,
 }
 
 const COLUMNS: &str = "id, org_id, created_by, queue, status, attempt, max_attempts, priority, \
      spec, payload, output, error, analysis, cancel_requested, idempotency_key, created_at, \
-     started_at, finished_at, next_attempt_at, lease_id, lease_expires_at, updated_at";
+     started_at, finished_at, next_attempt_at, lease_id, lease_expires_at, updated_at, system";
 
 trellis_store::row! {
     pub struct ExecutionRow {
@@ -137,17 +139,16 @@ trellis_store::row! {
         pub lease_id: Option<String>,
         pub lease_expires_at: Option<i64>,
         pub updated_at: i64,
+        pub system: bool,
     }
 }
 
 fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
-    StoreError::Sqlx(sqlx::Error::Decode(
-        format!("execution row: bad {what}: {error}").into(),
-    ))
+    trellis_store::corrupt("execution", what, error)
 }
 
 fn uuid(what: &str, text: &str) -> Result<Uuid, StoreError> {
-    Uuid::parse_str(text).map_err(|e| corrupt(what, e))
+    trellis_store::stored_uuid("execution", what, text)
 }
 
 impl TryFrom<ExecutionRow> for ExecutionRecord {
@@ -181,6 +182,7 @@ impl TryFrom<ExecutionRow> for ExecutionRecord {
                 .transpose()?,
             lease_expires_at: row.lease_expires_at,
             updated_at: row.updated_at,
+            system: row.system,
         })
     }
 }
@@ -394,7 +396,7 @@ impl Queue {
         let spec = serde_json::to_string(&execution.spec).map_err(|e| corrupt("spec", e))?;
         let sql = format!(
             "INSERT INTO execution_executions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, \
-             $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
+             $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
         );
         // In a block of its own: a unique violation is an answer here.
         let inserted: Result<Vec<Published>, StoreError> = with_pool!(&self.db, |pool| async {
@@ -422,6 +424,7 @@ impl Queue {
                 .bind(execution.lease_id.map(|l| l.to_string()))
                 .bind(execution.lease_expires_at)
                 .bind(execution.updated_at)
+                .bind(execution.system)
                 .execute(&mut *tx)
                 .await?;
             let published =
@@ -593,11 +596,13 @@ impl Queue {
         Ok(orgs)
     }
 
-    /// Executions the organization created since `since`.
+    /// Executions the organization created since `since` (its own, not
+    /// the platform's).
     pub async fn created_since(&self, org_id: Uuid, since: i64) -> Result<i64, StoreError> {
         let (count,): (i64,) = with_pool!(&self.db, |pool| {
             sqlx::query_as(
-                "SELECT COUNT(*) FROM execution_executions WHERE org_id = $1 AND created_at >= $2",
+                "SELECT COUNT(*) FROM execution_executions WHERE org_id = $1 \
+                 AND created_at >= $2 AND system = FALSE",
             )
             .bind(org_id.to_string())
             .bind(since)
@@ -624,7 +629,7 @@ impl Queue {
         };
         let turns_sql = turns_sql(ask.queues.len());
         let pick_sql = format!(
-            "SELECT id FROM execution_executions WHERE org_id = $1 AND queue = $2 \
+            "SELECT id, system FROM execution_executions WHERE org_id = $1 AND queue = $2 \
              AND status = 'pending' AND next_attempt_at <= $3 \
              ORDER BY priority DESC, created_at, id LIMIT 1{lock_rows}"
         );
@@ -657,7 +662,18 @@ impl Queue {
                     if exhausted[index] {
                         continue;
                     }
-                    if !room.contains_key(org) {
+                    let picked: Option<(String, bool)> =
+                        sqlx::query_as(sqlx::AssertSqlSafe(pick_sql.clone()))
+                            .bind(org)
+                            .bind(queue)
+                            .bind(ask.now)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    let Some((id, system)) = picked else {
+                        exhausted[index] = true;
+                        continue;
+                    };
+                    if !system && !room.contains_key(org) {
                         let free = if self.postgres() {
                             // Another lease serving this organization right
                             // now: skip it rather than wait (or deadlock).
@@ -674,7 +690,7 @@ impl Queue {
                         let left = if free {
                             let (running,): (i64,) = sqlx::query_as(
                                 "SELECT COUNT(*) FROM execution_executions \
-                                 WHERE org_id = $1 AND status = 'running'",
+                                 WHERE org_id = $1 AND status = 'running' AND system = FALSE",
                             )
                             .bind(org)
                             .fetch_one(&mut *tx)
@@ -685,21 +701,10 @@ impl Queue {
                         };
                         room.insert(org.clone(), left);
                     }
-                    if room[org] == 0 {
+                    if !system && room[org] == 0 {
                         exhausted[index] = true;
                         continue;
                     }
-                    let picked: Option<(String,)> =
-                        sqlx::query_as(sqlx::AssertSqlSafe(pick_sql.clone()))
-                            .bind(org)
-                            .bind(queue)
-                            .bind(ask.now)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                    let Some((id,)) = picked else {
-                        exhausted[index] = true;
-                        continue;
-                    };
                     let taken: Option<ExecutionRow> =
                         sqlx::query_as(sqlx::AssertSqlSafe(take_sql.clone()))
                             .bind(Uuid::new_v4().to_string())
@@ -711,7 +716,9 @@ impl Queue {
                             .await?;
                     if let Some(row) = taken {
                         leased.push(ExecutionRecord::try_from(row)?);
-                        *room.get_mut(org).expect("asked above") -= 1;
+                        if !system {
+                            *room.get_mut(org).expect("asked above") -= 1;
+                        }
                         sqlx::query(
                             "INSERT INTO execution_turns (org_id, queue, served_at) \
                              VALUES ($1, $2, $3) ON CONFLICT (org_id, queue) \

@@ -27,9 +27,7 @@ trellis_store::row! {
 }
 
 fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
-    StoreError::Sqlx(sqlx::Error::Decode(
-        format!("session row: bad {what}: {error}").into(),
-    ))
+    trellis_store::corrupt("session", what, error)
 }
 
 impl TryFrom<SessionRow> for SessionRecord {
