@@ -1,4 +1,5 @@
-//! The `trellis` command: `up`, `serve <service>...`, `migrate`, `keys`.
+//! The `trellis` command: `up`, `serve <service>...`, `migrate`, `keys`,
+//! `service-accounts`, `worker`.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -29,6 +30,7 @@ use trellis_tenancy::{
 };
 
 mod servers;
+pub mod worker;
 
 pub use servers::{ServerArgs, ServiceName};
 
@@ -66,6 +68,10 @@ pub enum Command {
     /// own servers (client credentials for IssueServiceToken).
     #[command(subcommand)]
     ServiceAccounts(ServiceAccountsCommand),
+    /// Run executions of the named queues with a worker account: each
+    /// execution's command, if --allow names its program (nothing runs by
+    /// default), with its output as log lines.
+    Worker(worker::WorkerArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -867,7 +873,7 @@ where
     let cli = Cli::parse_from(args);
     let telemetry = match &cli.command {
         Command::Up(args) | Command::Serve { args, .. } => args.telemetry.clone(),
-        Command::Migrate(_) | Command::Keys(_) => TelemetryArgs {
+        Command::Migrate(_) | Command::Keys(_) | Command::Worker(_) => TelemetryArgs {
             log: "info".into(),
             ..TelemetryArgs::default()
         },
@@ -899,6 +905,12 @@ where
             Command::Migrate(storage) => migrate(storage, &ServiceName::ALL).await,
             Command::Keys(command) => keys_command(command),
             Command::ServiceAccounts(command) => service_accounts_command(command).await,
+            Command::Worker(args) => {
+                worker::run(args, async {
+                    trellis_runtime::wait_for_signal().await;
+                })
+                .await
+            }
         }
     });
     match result {
