@@ -12,7 +12,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use trellis_execution::store::{
-    Appended, Cancelled, Created, Deleted, ExecutionRecord, LeaseAsk, Queue, Resume, Spec, State,
+    Appended, Cancelled, Created, Deleted, ExecutionRecord, LeaseAsk, MonthAllowance, Queue,
+    Resume, Spec, State,
 };
 use trellis_store::{Database, Page};
 use uuid::Uuid;
@@ -543,3 +544,51 @@ async fn log_lines_need_a_live_lease_and_are_bounded(db: &Database) {
 }
 
 backend_suite!(database log_lines_need_a_live_lease_and_are_bounded, "execution queue": sqlite, postgres);
+
+async fn the_month_allowance_is_exact(db: &Database) {
+    let queue = Arc::new(migrated(db).await);
+    let org = Uuid::new_v4();
+    // One made before the allowance was first asked about counts too.
+    queue.create(&execution(org, "build", T0)).await.unwrap();
+    let allowance = Some(MonthAllowance {
+        month_start: T0 - 1000,
+        limit: 5,
+    });
+    let mut tasks = Vec::new();
+    for n in 0..10 {
+        let queue = queue.clone();
+        tasks.push(tokio::spawn(async move {
+            queue
+                .create_within(&execution(org, "build", T0 + 1 + n), allowance)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut made = 0;
+    for task in tasks {
+        if matches!(task.await.unwrap(), Created::New(_)) {
+            made += 1;
+        }
+    }
+    assert_eq!(made, 4, "racing creates never pass the allowance");
+    // The platform's own are outside it; a new month starts afresh.
+    let mut system = execution(org, "build", T0 + 50);
+    system.system = true;
+    assert!(matches!(
+        queue.create(&system).await.unwrap(),
+        Created::New(_)
+    ));
+    let next_month = Some(MonthAllowance {
+        month_start: T0 + 100,
+        limit: 5,
+    });
+    assert!(matches!(
+        queue
+            .create_within(&execution(org, "build", T0 + 200), next_month)
+            .await
+            .unwrap(),
+        Created::New(_)
+    ));
+}
+
+backend_suite!(database the_month_allowance_is_exact, "execution queue": sqlite, postgres);

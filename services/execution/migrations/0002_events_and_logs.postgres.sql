@@ -32,3 +32,27 @@ ALTER TABLE execution_executions ADD COLUMN log_lines BIGINT NOT NULL DEFAULT 0;
 -- Executions a Trellis server enqueued for an organization (order
 -- fulfillment): the platform's work, outside the plan's run limits.
 ALTER TABLE execution_executions ADD COLUMN system BOOLEAN NOT NULL DEFAULT FALSE;
+
+-- The ready set: how many pending executions each organization has in
+-- each queue, kept by the transactions that move executions in and out of
+-- pending, so a lease finds the organizations with work without scanning
+-- the backlog.
+ALTER TABLE execution_turns ADD COLUMN pending BIGINT NOT NULL DEFAULT 0;
+INSERT INTO execution_turns (org_id, queue, served_at)
+    SELECT DISTINCT org_id, queue, 0 FROM execution_executions WHERE status = 'pending'
+    ON CONFLICT (org_id, queue) DO NOTHING;
+UPDATE execution_turns SET pending = (
+    SELECT COUNT(*) FROM execution_executions e
+    WHERE e.org_id = execution_turns.org_id AND e.queue = execution_turns.queue
+    AND e.status = 'pending');
+CREATE INDEX execution_turns_ready ON execution_turns (queue, served_at) WHERE pending > 0;
+
+-- Executions an organization made in a calendar month (UTC, from its
+-- first millisecond), against max_runs_per_month; seeded from the table
+-- the first time a month is asked about.
+CREATE TABLE execution_month_runs (
+    org_id TEXT NOT NULL,
+    month_start BIGINT NOT NULL,
+    created BIGINT NOT NULL,
+    PRIMARY KEY (org_id, month_start)
+);

@@ -14,7 +14,8 @@ use uuid::Uuid;
 use crate::error::{ExecutionServiceError, Result};
 use crate::limits::PlanLimits;
 use crate::store::{
-    Appended, Cancelled, Created, Deleted, ExecutionRecord, LeaseAsk, Queue, Spec, State,
+    Appended, Cancelled, Created, Deleted, ExecutionRecord, LeaseAsk, MonthAllowance, Queue, Spec,
+    State,
 };
 
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
@@ -270,17 +271,14 @@ impl ExecutionApi {
             key => Some(text("idempotency_key", key, MAX_KEY_BYTES, true)?),
         };
         let now = now_ms();
-        if !system {
-            // A soft limit: creates racing at the end of the allowance may
-            // pass it by their number.
-            let limits = self.limits.of(org_id).await?;
-            let used = self.queue.created_since(org_id, month_start(now)).await?;
-            if used >= limits.max_runs_per_month {
-                return Err(ExecutionServiceError::MonthlyRunsUsed {
-                    plan_limit: limits.max_runs_per_month,
-                });
-            }
-        }
+        let allowance = if system {
+            None
+        } else {
+            Some(MonthAllowance {
+                month_start: month_start(now),
+                limit: self.limits.of(org_id).await?.max_runs_per_month,
+            })
+        };
         let execution = ExecutionRecord {
             id: Uuid::new_v4(),
             org_id,
@@ -306,9 +304,12 @@ impl ExecutionApi {
             updated_at: now,
             system,
         };
-        Ok(match self.queue.create(&execution).await? {
-            Created::New(made) | Created::Existing(made) => execution_message(&made),
-        })
+        match self.queue.create_within(&execution, allowance).await? {
+            Created::New(made) | Created::Existing(made) => Ok(execution_message(&made)),
+            Created::AllowanceUsed => Err(ExecutionServiceError::MonthlyRunsUsed {
+                plan_limit: allowance.map_or(0, |a| a.limit),
+            }),
+        }
     }
 
     pub async fn get(&self, tenant: &TenantContext, execution_id: &str) -> Result<pb::Execution> {
@@ -392,7 +393,7 @@ impl ExecutionApi {
         };
         let lease_ms = lease_ms("lease_seconds", request.lease_seconds)?;
         let now = now_ms();
-        let orgs = self.queue.ready_orgs(&queues, now).await?;
+        let orgs = self.queue.ready_orgs(&queues).await?;
         if orgs.is_empty() {
             // Idle workers poll: their asking takes no write lock.
             return Ok(Vec::new());

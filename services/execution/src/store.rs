@@ -197,6 +197,8 @@ pub enum Created {
     New(ExecutionRecord),
     /// The organization used this idempotency key before: its execution.
     Existing(ExecutionRecord),
+    /// The month's allowance is used up.
+    AllowanceUsed,
 }
 
 #[derive(Debug)]
@@ -230,17 +232,29 @@ const MAX_ROUNDS: usize = 100;
 /// Organizations one lease call looks at.
 const MAX_ORGS_PER_LEASE: i64 = 100;
 
-/// (organization, queue) pairs with eligible work, least recently served
-/// first. Binds: `$1` now, `$2` how many, `$3..` the queue names.
+/// (organization, queue) pairs with pending work, least recently served
+/// first, from the ready set (not the backlog). Binds: `$1` how many, `$2..`
+/// the queue names.
 fn turns_sql(queues: usize) -> String {
-    let queue_list: Vec<String> = (0..queues).map(|n| format!("${}", n + 3)).collect();
+    let queue_list: Vec<String> = (0..queues).map(|n| format!("${}", n + 2)).collect();
     format!(
-        "SELECT e.org_id, e.queue FROM (SELECT DISTINCT org_id, queue FROM execution_executions \
-         WHERE status = 'pending' AND next_attempt_at <= $1 AND queue IN ({})) e \
-         LEFT JOIN execution_turns t ON t.org_id = e.org_id AND t.queue = e.queue \
-         ORDER BY COALESCE(t.served_at, 0), e.org_id LIMIT $2",
+        "SELECT org_id, queue FROM execution_turns WHERE pending > 0 AND queue IN ({}) \
+         ORDER BY served_at, org_id LIMIT $1",
         queue_list.join(", ")
     )
+}
+
+/// Moves an (organization, queue) pair's pending count by `$3` (upserting
+/// it); binds `$1` organization, `$2` queue, `$3` the change.
+const PENDING_BY: &str = "INSERT INTO execution_turns (org_id, queue, served_at, pending) \
+     VALUES ($1, $2, 0, $3) ON CONFLICT (org_id, queue) \
+     DO UPDATE SET pending = execution_turns.pending + $3";
+
+/// An organization's allowance for a calendar month.
+#[derive(Clone, Copy, Debug)]
+pub struct MonthAllowance {
+    pub month_start: i64,
+    pub limit: i64,
 }
 
 /// One change of an execution, as WatchExecutions delivers it.
@@ -393,14 +407,69 @@ impl Queue {
     }
 
     pub async fn create(&self, execution: &ExecutionRecord) -> Result<Created, StoreError> {
+        self.create_within(execution, None).await
+    }
+
+    /// Creates, counting it in the month's `allowance` when one is given
+    /// (refused once used up; exact, since the count is a row the
+    /// transaction holds).
+    pub async fn create_within(
+        &self,
+        execution: &ExecutionRecord,
+        allowance: Option<MonthAllowance>,
+    ) -> Result<Created, StoreError> {
         let spec = serde_json::to_string(&execution.spec).map_err(|e| corrupt("spec", e))?;
         let sql = format!(
             "INSERT INTO execution_executions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, \
              $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
         );
+        let org = execution.org_id.to_string();
         // In a block of its own: a unique violation is an answer here.
-        let inserted: Result<Vec<Published>, StoreError> = with_pool!(&self.db, |pool| async {
+        let inserted: Result<Option<Vec<Published>>, StoreError> = with_pool!(&self.db, |pool| {
+            async {
             let mut tx = pool.begin_write().await?;
+            if let Some(allowance) = allowance {
+                let seeded: Option<(i64,)> = sqlx::query_as(
+                    "SELECT created FROM execution_month_runs WHERE org_id = $1 AND month_start = $2",
+                )
+                .bind(&org)
+                .bind(allowance.month_start)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if seeded.is_none() {
+                    // First ask this month (or since the upgrade): count once.
+                    let (count,): (i64,) = sqlx::query_as(
+                        "SELECT COUNT(*) FROM execution_executions WHERE org_id = $1 \
+                         AND created_at >= $2 AND system = FALSE",
+                    )
+                    .bind(&org)
+                    .bind(allowance.month_start)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    sqlx::query(
+                        "INSERT INTO execution_month_runs (org_id, month_start, created) \
+                         VALUES ($1, $2, $3) ON CONFLICT (org_id, month_start) DO NOTHING",
+                    )
+                    .bind(&org)
+                    .bind(allowance.month_start)
+                    .bind(count)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                let counted = sqlx::query(
+                    "UPDATE execution_month_runs SET created = created + 1 \
+                     WHERE org_id = $1 AND month_start = $2 AND created < $3",
+                )
+                .bind(&org)
+                .bind(allowance.month_start)
+                .bind(allowance.limit)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if counted == 0 {
+                    return Ok(None);
+                }
+            }
             sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(execution.id.to_string())
                 .bind(execution.org_id.to_string())
@@ -427,17 +496,27 @@ impl Queue {
                 .bind(execution.system)
                 .execute(&mut *tx)
                 .await?;
+            if execution.state == State::Pending {
+                sqlx::query(PENDING_BY)
+                    .bind(&org)
+                    .bind(&execution.queue)
+                    .bind(1_i64)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             let published =
                 append_events!(tx, std::slice::from_ref(execution), execution.created_at);
             tx.commit().await?;
-            Ok(published)
+            Ok(Some(published))
         }
-        .await);
+        .await
+        });
         match inserted {
-            Ok(published) => {
+            Ok(Some(published)) => {
                 self.announce(&published).await;
                 Ok(Created::New(execution.clone()))
             }
+            Ok(None) => Ok(Created::AllowanceUsed),
             Err(StoreError::Sqlx(error))
                 if is_unique_violation(&error) && execution.idempotency_key.is_some() =>
             {
@@ -526,6 +605,14 @@ impl Queue {
                 .fetch_optional(&mut *tx)
                 .await?;
             let changed = row.map(ExecutionRecord::try_from).transpose()?;
+            if let Some(done) = changed.as_ref().filter(|e| e.state == State::Cancelled) {
+                sqlx::query(PENDING_BY)
+                    .bind(done.org_id.to_string())
+                    .bind(&done.queue)
+                    .bind(-1_i64)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             let published = append_events!(tx, changed.as_slice(), now);
             tx.commit().await?;
             self.announce(&published).await;
@@ -571,15 +658,14 @@ impl Queue {
         })
     }
 
-    /// Organizations with eligible work in `queues`, least recently served
+    /// Organizations with pending work in `queues`, least recently served
     /// first, as a lease visits them.
-    pub async fn ready_orgs(&self, queues: &[String], now: i64) -> Result<Vec<Uuid>, StoreError> {
+    pub async fn ready_orgs(&self, queues: &[String]) -> Result<Vec<Uuid>, StoreError> {
         if queues.is_empty() {
             return Ok(Vec::new());
         }
         let rows: Vec<(String, String)> = with_pool!(&self.db, |pool| {
             let mut query = sqlx::query_as(sqlx::AssertSqlSafe(turns_sql(queues.len())))
-                .bind(now)
                 .bind(MAX_ORGS_PER_LEASE);
             for queue in queues {
                 query = query.bind(queue);
@@ -594,22 +680,6 @@ impl Queue {
             }
         }
         Ok(orgs)
-    }
-
-    /// Executions the organization created since `since` (its own, not
-    /// the platform's).
-    pub async fn created_since(&self, org_id: Uuid, since: i64) -> Result<i64, StoreError> {
-        let (count,): (i64,) = with_pool!(&self.db, |pool| {
-            sqlx::query_as(
-                "SELECT COUNT(*) FROM execution_executions WHERE org_id = $1 \
-                 AND created_at >= $2 AND system = FALSE",
-            )
-            .bind(org_id.to_string())
-            .bind(since)
-            .fetch_one(pool)
-            .await?
-        });
-        Ok(count)
     }
 
     /// Up to `ask.max_items` eligible executions of `ask.queues`, fairly
@@ -641,16 +711,14 @@ impl Queue {
         );
         with_pool!(&self.db, |pool| {
             let mut tx = pool.begin_write().await?;
-            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(turns_sql))
-                .bind(ask.now)
-                .bind(MAX_ORGS_PER_LEASE);
+            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(turns_sql)).bind(MAX_ORGS_PER_LEASE);
             for queue in ask.queues {
                 query = query.bind(queue);
             }
             let turns: Vec<(String, String)> = query.fetch_all(&mut *tx).await?;
-            // Organization -> how many more it may run (None: not asked yet;
-            // Some(0): at its limit, or held by another lease).
-            let mut room: HashMap<String, i64> = HashMap::new();
+            // Organization -> how many more it may run (absent: not asked
+            // yet; None: held by another lease).
+            let mut room: HashMap<String, Option<i64>> = HashMap::new();
             let mut exhausted = vec![false; turns.len()];
             let mut leased = Vec::new();
             'rounds: for _ in 0..MAX_ROUNDS {
@@ -673,10 +741,11 @@ impl Queue {
                         exhausted[index] = true;
                         continue;
                     };
-                    if !system && !room.contains_key(org) {
+                    if !room.contains_key(org) {
+                        // Another lease serving this organization right now:
+                        // skip it rather than wait (two leases never update
+                        // one organization's rows in opposite orders).
                         let free = if self.postgres() {
-                            // Another lease serving this organization right
-                            // now: skip it rather than wait (or deadlock).
                             let (locked,): (bool,) = sqlx::query_as(
                                 "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))",
                             )
@@ -695,13 +764,19 @@ impl Queue {
                             .bind(org)
                             .fetch_one(&mut *tx)
                             .await?;
-                            (limit_of(uuid("org id", org)?) - running).max(0)
+                            Some((limit_of(uuid("org id", org)?) - running).max(0))
                         } else {
-                            0
+                            None
                         };
                         room.insert(org.clone(), left);
                     }
-                    if !system && room[org] == 0 {
+                    // Held by another lease; or at its limit (the platform's
+                    // own executions are outside it).
+                    let allowed = match room[org] {
+                        None => false,
+                        Some(left) => system || left > 0,
+                    };
+                    if !allowed {
                         exhausted[index] = true;
                         continue;
                     }
@@ -716,17 +791,16 @@ impl Queue {
                             .await?;
                     if let Some(row) = taken {
                         leased.push(ExecutionRecord::try_from(row)?);
-                        if !system {
-                            *room.get_mut(org).expect("asked above") -= 1;
+                        if !system && let Some(Some(left)) = room.get_mut(org) {
+                            *left -= 1;
                         }
                         sqlx::query(
-                            "INSERT INTO execution_turns (org_id, queue, served_at) \
-                             VALUES ($1, $2, $3) ON CONFLICT (org_id, queue) \
-                             DO UPDATE SET served_at = $3",
+                            "UPDATE execution_turns SET served_at = $1, pending = pending - 1 \
+                             WHERE org_id = $2 AND queue = $3",
                         )
+                        .bind(ask.now)
                         .bind(org)
                         .bind(queue)
-                        .bind(ask.now)
                         .execute(&mut *tx)
                         .await?;
                         progress = true;
@@ -871,6 +945,14 @@ impl Queue {
                 .fetch_optional(&mut *tx)
                 .await?;
             let ended = row.map(ExecutionRecord::try_from).transpose()?;
+            if let Some(again) = ended.as_ref().filter(|e| e.state == State::Pending) {
+                sqlx::query(PENDING_BY)
+                    .bind(again.org_id.to_string())
+                    .bind(&again.queue)
+                    .bind(1_i64)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             let published = append_events!(tx, ended.as_slice(), now);
             tx.commit().await?;
             self.announce(&published).await;
