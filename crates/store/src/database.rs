@@ -1,5 +1,7 @@
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -13,26 +15,80 @@ use crate::error::StoreError;
 /// On SQLite a plain `BEGIN` takes the write lock only at the first write;
 /// if the transaction read first and another writer committed meanwhile,
 /// that write fails at once with "database is locked" (no busy wait can
-/// help). `BEGIN IMMEDIATE` takes the lock up front and waits for it.
+/// help). `BEGIN IMMEDIATE` takes the lock up front. And writers of one
+/// file queue here first, in order, one at a time: SQLite's own wait for a
+/// busy lock sleeps 1, 2, 5, 10... ms between looks, which under a few
+/// concurrent writers costs far more than the writes.
 pub trait BeginWrite {
     type Db: sqlx::Database;
     fn begin_write(
         &self,
-    ) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>>
-    + Send;
+    ) -> impl std::future::Future<Output = Result<WriteTransaction<Self::Db>, sqlx::Error>> + Send;
+}
+
+/// A transaction from [`BeginWrite`]: use it as the transaction's
+/// connection (`&mut *tx`), then `commit`. On SQLite it holds its file's
+/// writer turn until it ends.
+pub struct WriteTransaction<DB: sqlx::Database> {
+    // Dropped first: the rollback is queued before the next writer's turn.
+    tx: sqlx::Transaction<'static, DB>,
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl<DB: sqlx::Database> WriteTransaction<DB> {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.tx.rollback().await
+    }
+}
+
+impl<DB: sqlx::Database> std::ops::Deref for WriteTransaction<DB> {
+    type Target = DB::Connection;
+
+    fn deref(&self) -> &DB::Connection {
+        &self.tx
+    }
+}
+
+impl<DB: sqlx::Database> std::ops::DerefMut for WriteTransaction<DB> {
+    fn deref_mut(&mut self) -> &mut DB::Connection {
+        &mut self.tx
+    }
+}
+
+/// One writer turn per SQLite file in this process (bounded by the files
+/// the process opens).
+fn writer_turn(file: &Path) -> Arc<tokio::sync::Mutex<()>> {
+    static TURNS: LazyLock<Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>> =
+        LazyLock::new(Mutex::default);
+    let mut turns = TURNS.lock().expect("writer turns poisoned");
+    turns.entry(file.to_path_buf()).or_default().clone()
 }
 
 impl BeginWrite for SqlitePool {
     type Db = sqlx::Sqlite;
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
-        self.begin_with("BEGIN IMMEDIATE").await
+    async fn begin_write(&self) -> Result<WriteTransaction<sqlx::Sqlite>, sqlx::Error> {
+        let turn = writer_turn(self.connect_options().get_filename())
+            .lock_owned()
+            .await;
+        let tx = self.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(WriteTransaction {
+            tx,
+            _turn: Some(turn),
+        })
     }
 }
 
 impl BeginWrite for PgPool {
     type Db = sqlx::Postgres;
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-        self.begin().await
+    async fn begin_write(&self) -> Result<WriteTransaction<sqlx::Postgres>, sqlx::Error> {
+        Ok(WriteTransaction {
+            tx: self.begin().await?,
+            _turn: None,
+        })
     }
 }
 

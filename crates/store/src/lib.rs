@@ -16,7 +16,9 @@ mod row;
 pub use counters::{
     CounterUsage, Counters, DEFAULT_MAX_KEYS, Full, Gate, MemoryCounters, RedisCounters, Tally,
 };
-pub use database::{BeginWrite, Database, DatabaseOptions, default_sqlite_url, redact_url};
+pub use database::{
+    BeginWrite, Database, DatabaseOptions, WriteTransaction, default_sqlite_url, redact_url,
+};
 pub use error::StoreError;
 pub use fanout::{
     FanOut, MAX_MESSAGE_BYTES, MAX_TOPIC_BYTES, MemoryFanOut, PgFanOut, RedisFanOut, Subscription,

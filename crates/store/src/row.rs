@@ -93,6 +93,19 @@ macro_rules! stored_names {
     };
 }
 
+/// A stored value that cannot be read back (`table` row, `what` field): a
+/// decoding error, so it surfaces as an internal error and is logged.
+pub fn corrupt(table: &str, what: &str, error: impl std::fmt::Display) -> crate::StoreError {
+    crate::StoreError::Sqlx(sqlx::Error::Decode(
+        format!("{table} row: bad {what}: {error}").into(),
+    ))
+}
+
+/// A uuid stored as text.
+pub fn stored_uuid(table: &str, what: &str, text: &str) -> Result<uuid::Uuid, crate::StoreError> {
+    uuid::Uuid::parse_str(text).map_err(|e| corrupt(table, what, e))
+}
+
 #[cfg(test)]
 mod tests {
     use sqlx::sqlite::SqlitePoolOptions;
@@ -146,17 +159,4 @@ mod tests {
             .unwrap_err();
         assert!(error.to_string().contains("mauve"), "{error}");
     }
-}
-
-/// A stored value that cannot be read back (`table` row, `what` field): a
-/// decoding error, so it surfaces as an internal error and is logged.
-pub fn corrupt(table: &str, what: &str, error: impl std::fmt::Display) -> crate::StoreError {
-    crate::StoreError::Sqlx(sqlx::Error::Decode(
-        format!("{table} row: bad {what}: {error}").into(),
-    ))
-}
-
-/// A uuid stored as text.
-pub fn stored_uuid(table: &str, what: &str, text: &str) -> Result<uuid::Uuid, crate::StoreError> {
-    uuid::Uuid::parse_str(text).map_err(|e| corrupt(table, what, e))
 }
