@@ -15,16 +15,14 @@ use std::time::Duration;
 use common::*;
 use tonic::Code;
 use tonic::transport::Channel;
+use trellis::auth::v1::IssueServiceTokenRequest;
 use trellis::auth::v1::auth_service_client::AuthServiceClient;
-use trellis::auth::v1::{IssueServiceTokenRequest, SignUpRequest};
 use trellis::execution::v1 as pb;
 use trellis::execution::v1::execution_service_client::ExecutionServiceClient;
 use trellis::execution::v1::worker_service_client::WorkerServiceClient;
 use trellis_auth::service_accounts::{self, ServiceScope};
 use trellis_cli::{Running, ServiceName};
 use trellis_store::{Database, DatabaseOptions, with_pool};
-
-const PASSWORD: &str = "Correct-Horse-9";
 
 struct Fixture {
     running: Running,
@@ -73,18 +71,7 @@ impl Fixture {
     }
 
     async fn sign_up(&mut self, name: &str) -> Member {
-        let unique = uuid::Uuid::new_v4().simple().to_string();
-        let signed_up = self
-            .auth
-            .sign_up(SignUpRequest {
-                email: format!("{name}.{unique}@example.com"),
-                password: PASSWORD.into(),
-                name: name.into(),
-                organization_name: format!("{name} labs {unique}"),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let signed_up = sign_up(&mut self.auth, name).await;
         Member {
             token: signed_up.access_token,
             org_id: signed_up.organization.unwrap().organization_id,

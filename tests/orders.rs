@@ -14,7 +14,6 @@ use std::time::Duration;
 use common::*;
 use tonic::Code;
 use tonic::transport::Channel;
-use trellis::auth::v1::SignUpRequest;
 use trellis::auth::v1::auth_service_client::AuthServiceClient;
 use trellis::cart::v1 as cart;
 use trellis::cart::v1::cart_service_client::CartServiceClient;
@@ -27,8 +26,6 @@ use trellis::order::v1::order_service_client::OrderServiceClient;
 use trellis::session::v1::CreateSessionRequest;
 use trellis::session::v1::session_service_client::SessionServiceClient;
 use trellis_cli::{Running, ServiceName};
-
-const PASSWORD: &str = "Correct-Horse-9";
 
 #[derive(Clone)]
 struct Buyer {
@@ -59,19 +56,7 @@ impl Clients {
 
     /// A new organization's admin, in a new WORK session.
     async fn sign_up(&mut self, name: &str) -> Buyer {
-        let unique = uuid::Uuid::new_v4().simple().to_string();
-        let token = self
-            .auth
-            .sign_up(SignUpRequest {
-                email: format!("{name}.{unique}@example.com"),
-                password: PASSWORD.into(),
-                name: name.into(),
-                organization_name: format!("{name} tacos {unique}"),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .access_token;
+        let token = sign_up(&mut self.auth, name).await.access_token;
         self.session_of(token).await
     }
 
@@ -598,17 +583,17 @@ async fn orders_wait_for_the_execution_server(flags: &[&str]) {
             .unwrap();
     let auth_url = format!("http://{}", running.address(ServiceName::Auth).unwrap());
     let execution_addr = format!("127.0.0.1:{port}");
-    let client_id = kept["client_id"].as_str().unwrap().to_owned();
-    let client_secret = kept["client_secret"].as_str().unwrap().to_owned();
+    // With `=`: a secret may begin with '-'.
+    let client_id = format!(
+        "--service-client-id={}",
+        kept["client_id"].as_str().unwrap()
+    );
+    let client_secret = format!(
+        "--service-client-secret={}",
+        kept["client_secret"].as_str().unwrap()
+    );
     let execution_dir = temp_dir("orders-outage-execution");
-    let mut execution_args = vec![
-        "--auth-url",
-        &auth_url,
-        "--service-client-id",
-        &client_id,
-        "--service-client-secret",
-        &client_secret,
-    ];
+    let mut execution_args = vec!["--auth-url", &auth_url, &client_id, &client_secret];
     execution_args.extend_from_slice(flags);
     let mut args = up_args(&execution_dir, &execution_args);
     args.servers.execution.execution_addr = execution_addr.parse().unwrap();

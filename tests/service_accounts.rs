@@ -344,9 +344,20 @@ async fn trellis_up_provisions_its_own_service_account_once() {
     let database = Database::connect(&url, &DatabaseOptions::default())
         .await
         .unwrap();
+    // The servers' account, and the built-in fulfillment worker's.
     let accounts = ServiceAccounts::new(database.clone()).list().await.unwrap();
-    assert_eq!(accounts.len(), 1);
-    assert_eq!(accounts[0].name, "trellis-up");
+    let mut names: Vec<(&str, ServiceScope)> = accounts
+        .iter()
+        .map(|a| (a.name.as_str(), a.scope))
+        .collect();
+    names.sort_by_key(|(name, _)| *name);
+    assert_eq!(
+        names,
+        [
+            ("trellis-up", ServiceScope::Service),
+            ("trellis-up-fulfillment", ServiceScope::Worker)
+        ]
+    );
     database.close().await;
     std::fs::remove_dir_all(data_dir).unwrap();
 }
@@ -355,7 +366,14 @@ async fn trellis_up_provisions_its_own_service_account_once() {
 /// counts), with no per-account limit anyone could fill.
 #[tokio::test]
 async fn service_token_requests_are_limited_per_address() {
-    let mut fx = Fixture::start(&["--issue-service-token-rate", "3/1m"]).await;
+    // Without the built-in worker, whose own token would count here too.
+    let mut fx = Fixture::start(&[
+        "--issue-service-token-rate",
+        "3/1m",
+        "--fulfillment-workers",
+        "0",
+    ])
+    .await;
     let credentials = fx.account(ServiceScope::Worker).await;
     let wrong = Credentials {
         client_secret: "wrong".into(),

@@ -117,6 +117,9 @@ async fn the_worker_runs_allowed_commands_only() {
         "http://{}",
         running.address(ServiceName::Execution).unwrap()
     );
+    // With `=`: a secret may begin with '-'.
+    let client_id = format!("--client-id={}", account.client_id);
+    let client_secret = format!("--client-secret={}", account.client_secret);
     let Command::Worker(args) = Cli::parse_from([
         "trellis",
         "worker",
@@ -134,10 +137,8 @@ async fn the_worker_runs_allowed_commands_only() {
         &auth_url,
         "--execution-url",
         &execution_url,
-        "--client-id",
-        &account.client_id,
-        "--client-secret",
-        &account.client_secret,
+        &client_id,
+        &client_secret,
     ])
     .command
     else {

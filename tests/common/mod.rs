@@ -393,3 +393,21 @@ pub fn authed<T>(message: T, access_token: &str) -> tonic::Request<T> {
         &[("authorization", &format!("Bearer {access_token}"))],
     )
 }
+
+/// Signs up a new organization named after `name` (unique email and
+/// organization name), its admin with password `Correct-Horse-9`.
+pub async fn sign_up(
+    auth: &mut trellis::auth::v1::auth_service_client::AuthServiceClient<Channel>,
+    name: &str,
+) -> trellis::auth::v1::SignUpResponse {
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    auth.sign_up(trellis::auth::v1::SignUpRequest {
+        email: format!("{name}.{unique}@example.com"),
+        password: "Correct-Horse-9".into(),
+        name: name.into(),
+        organization_name: format!("{name} {unique}"),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}

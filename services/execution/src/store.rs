@@ -32,21 +32,16 @@ const QUEUE_POSTGRES: EmbeddedMigration = EmbeddedMigration {
     description: "queue",
     sql: include_str!("../migrations/0001_queue.postgres.sql"),
 };
-const EVENTS_SQLITE: EmbeddedMigration = EmbeddedMigration {
+const EVENTS_AND_LOGS: EmbeddedMigration = EmbeddedMigration {
     version: 2,
     description: "events and logs",
-    sql: include_str!("../migrations/0002_events_and_logs.sqlite.sql"),
-};
-const EVENTS_POSTGRES: EmbeddedMigration = EmbeddedMigration {
-    version: 2,
-    description: "events and logs",
-    sql: include_str!("../migrations/0002_events_and_logs.postgres.sql"),
+    sql: include_str!("../migrations/0002_events_and_logs.sql"),
 };
 
 pub const MIGRATIONS: ServiceMigrations = ServiceMigrations {
     service: "execution",
-    sqlite: &[QUEUE_SQLITE, EVENTS_SQLITE],
-    postgres: &[QUEUE_POSTGRES, EVENTS_POSTGRES],
+    sqlite: &[QUEUE_SQLITE, EVENTS_AND_LOGS],
+    postgres: &[QUEUE_POSTGRES, EVENTS_AND_LOGS],
 };
 
 trellis_store::stored_names! {
@@ -355,11 +350,11 @@ struct Published {
     is_final: bool,
 }
 
-fn snapshot(execution: &ExecutionRecord) -> Result<Vec<u8>, StoreError> {
+fn snapshot(execution: &ExecutionRecord) -> Result<String, StoreError> {
     let mut light = execution.clone();
     light.payload = Vec::new();
     light.output = Vec::new();
-    serde_json::to_vec(&light).map_err(|e| corrupt("snapshot", e))
+    serde_json::to_string(&light).map_err(|e| corrupt("snapshot", e))
 }
 
 #[derive(Clone)]
@@ -1097,7 +1092,7 @@ impl Queue {
         after: i64,
         limit: i64,
     ) -> Result<Vec<ExecutionEvent>, StoreError> {
-        let rows: Vec<(i64, i64, Vec<u8>)> = with_pool!(&self.db, |pool| {
+        let rows: Vec<(i64, i64, String)> = with_pool!(&self.db, |pool| {
             sqlx::query_as(
                 "SELECT event_id, occurred_at, snapshot FROM execution_events \
                  WHERE org_id = $1 AND event_id > $2 ORDER BY event_id LIMIT $3",
@@ -1111,7 +1106,7 @@ impl Queue {
         rows.into_iter()
             .map(|(event_id, occurred_at, snapshot)| {
                 let execution: ExecutionRecord =
-                    serde_json::from_slice(&snapshot).map_err(|e| corrupt("snapshot", e))?;
+                    serde_json::from_str(&snapshot).map_err(|e| corrupt("snapshot", e))?;
                 if execution.org_id != org_id {
                     return Err(corrupt("snapshot", "of another organization"));
                 }

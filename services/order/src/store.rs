@@ -11,8 +11,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use trellis_store::{
-    BeginWrite, Database, EmbeddedMigration, FanOut, Page, ServiceMigrations, StoreError,
-    is_unique_violation, with_pool,
+    BeginWrite, Database, EmbeddedMigration, FanOut, Page, ServiceMigrations, StoreError, with_pool,
 };
 use uuid::Uuid;
 
@@ -708,10 +707,4 @@ impl Orders {
             })
             .collect()
     }
-}
-
-/// Whether `error` is the order's number or id colliding (a bug or a
-/// replayed id), not a transient fault.
-pub fn is_duplicate(error: &StoreError) -> bool {
-    matches!(error, StoreError::Sqlx(e) if is_unique_violation(e))
 }

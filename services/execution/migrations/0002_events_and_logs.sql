@@ -12,8 +12,8 @@ CREATE TABLE execution_events (
     event_id BIGINT NOT NULL,
     execution_id TEXT NOT NULL,
     occurred_at BIGINT NOT NULL,
-    -- The execution after the change, without payload and output.
-    snapshot BYTEA NOT NULL,
+    -- The execution after the change (JSON), without payload and output.
+    snapshot TEXT NOT NULL,
     PRIMARY KEY (org_id, event_id)
 );
 CREATE INDEX execution_events_age ON execution_events (occurred_at);
