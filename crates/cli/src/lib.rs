@@ -834,7 +834,11 @@ async fn service_accounts_command(command: &ServiceAccountsCommand) -> Result<()
                     };
                     say(&format!(
                         "{}  {:<8} {:<8} {}",
-                        account.id, account.scope, state, account.name
+                        // as_str: Display of a stored name ignores padding.
+                        account.id,
+                        account.scope.as_str(),
+                        state,
+                        account.name
                     ));
                 }
             }),

@@ -161,6 +161,7 @@ pub async fn run(
     }
     tracing::info!("stopping: waiting for the runs in progress");
     let _all = slots.acquire_many(args.concurrency).await;
+    tracing::info!("stopped");
     Ok(())
 }
 

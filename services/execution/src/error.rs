@@ -29,8 +29,8 @@ pub enum ExecutionServiceError {
     MonthlyRunsUsed { plan_limit: i64 },
     /// resume_after names events no longer kept, or never handed out.
     #[error(
-        "events after {asked} are no longer kept (this organization's retained events are \
-         {oldest_retained} to {last}): list the executions again, then watch"
+        "cannot replay the events after {asked}: this organization's retained events are \
+         {oldest_retained} to {last}; list the executions again, then watch"
     )]
     ResumeOutOfRange {
         asked: i64,
