@@ -120,7 +120,7 @@ async fn one_execution_per_idempotency_key(db: &Database) {
         ));
     }
     let listed = queue
-        .list(org, None, None, &Page::parse(0, "").unwrap())
+        .list(org, None, None, true, &Page::parse(0, "").unwrap())
         .await
         .unwrap();
     assert_eq!(listed.len(), 4);
@@ -215,6 +215,7 @@ async fn leases_are_fair_and_keep_to_limits(db: &Database) {
                 small,
                 Some(State::Pending),
                 None,
+                true,
                 &Page::parse(0, "").unwrap(),
             )
             .await

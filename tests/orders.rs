@@ -459,6 +459,18 @@ async fn orders_place_confirm_and_refuse(flags: &[&str]) {
         [2, 1],
         "newest first"
     );
+    // Nor cancel the platform's execution behind an order (CancelOrder is
+    // the way).
+    let platform = executions
+        .cancel_execution(authed(
+            exec::CancelExecutionRequest {
+                execution_id: burst.execution_id.clone(),
+            },
+            &ana.token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(platform.code(), Code::FailedPrecondition, "{platform:?}");
     // Users cannot make executions in the platform's queue.
     let reserved = executions
         .create_execution(authed(

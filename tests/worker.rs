@@ -182,6 +182,26 @@ async fn the_worker_runs_allowed_commands_only() {
     lines.sort();
     assert_eq!(lines, ["from stdin", "hello", "oops"]);
 
+    // A background process holding the output open neither keeps the run
+    // going nor outlives it.
+    let background = create(
+        &mut executions,
+        &token,
+        &["sh", "-c", "sleep 300 & echo started"],
+        b"",
+    )
+    .await;
+    let done = final_state(&mut executions, &token, &background).await;
+    assert_eq!(done.status(), pb::ExecutionStatus::Passed);
+    let stray = std::process::Command::new("pgrep")
+        .args(["-f", "^sleep 300$"])
+        .output()
+        .unwrap();
+    assert!(
+        stray.stdout.is_empty(),
+        "the run's background process was killed"
+    );
+
     let fails = create(&mut executions, &token, &["sh", "-c", "exit 3"], b"").await;
     let failed = final_state(&mut executions, &token, &fails).await;
     assert_eq!(failed.status(), pb::ExecutionStatus::Failed);

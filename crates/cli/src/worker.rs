@@ -8,9 +8,13 @@
 //! fails the execution for good.
 //!
 //! The program gets the execution's payload on stdin, runs in a fresh
-//! empty directory, and sees TRELLIS_EXECUTION_ID, TRELLIS_ORGANIZATION_ID,
+//! empty directory (mode 0700) in a process group of its own (killed with
+//! it), and sees TRELLIS_EXECUTION_ID, TRELLIS_ORGANIZATION_ID,
 //! TRELLIS_ATTEMPT and TRELLIS_FOLDER; nothing else of the worker's
-//! environment but PATH.
+//! environment but PATH. It runs as the worker's own OS user, so it can
+//! read what that user can (the worker's environment in /proc included):
+//! allow only trusted programs, or run the worker as a user of its own
+//! with the secret in a file only it reads (`--client-secret-file`).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -73,8 +77,19 @@ pub struct WorkerArgs {
     #[arg(long, env = "TRELLIS_WORKER_CLIENT_ID")]
     pub client_id: String,
     /// Prefer the variable to the flag: flags show in the process list.
-    #[arg(long, env = "TRELLIS_WORKER_CLIENT_SECRET", hide_env_values = true)]
-    pub client_secret: Secret,
+    #[arg(
+        long,
+        env = "TRELLIS_WORKER_CLIENT_SECRET",
+        hide_env_values = true,
+        required_unless_present = "client_secret_file",
+        conflicts_with = "client_secret_file"
+    )]
+    pub client_secret: Option<Secret>,
+    /// A file holding the secret (surrounding whitespace ignored): keeps it
+    /// out of the worker's environment, which the programs it runs as the
+    /// same user could read.
+    #[arg(long, env = "TRELLIS_WORKER_CLIENT_SECRET_FILE")]
+    pub client_secret_file: Option<PathBuf>,
     /// How often an idle worker asks again.
     #[arg(long, default_value = "1s", value_parser = trellis_runtime::parse_duration)]
     pub poll_interval: Duration,
@@ -98,11 +113,23 @@ pub async fn run(
     if args.allow.is_empty() {
         tracing::warn!("no --allow: every execution leased will fail with 'command not allowed'");
     }
+    let client_secret = match (&args.client_secret, &args.client_secret_file) {
+        (Some(secret), _) => secret.0.clone(),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .map_err(|e| CliError::Invalid(format!("client-secret-file {}: {e}", file.display())))?
+            .trim()
+            .to_owned(),
+        (None, None) => {
+            return Err(CliError::Invalid(
+                "set --client-secret or --client-secret-file".into(),
+            ));
+        }
+    };
     let tokens = Arc::new(ServiceTokens::new(
         endpoint(&args.auth_url)?,
         ServiceCredentials {
             client_id: args.client_id.clone(),
-            client_secret: args.client_secret.0.clone(),
+            client_secret,
         },
         Duration::from_secs(3),
     ));
@@ -186,16 +213,13 @@ async fn execute(workers: &Workers, args: &WorkerArgs, leased: pb::LeasedExecuti
         let error = format!("command not allowed by this worker: {program}");
         return fail(workers, &lease_id, &error, false).await;
     }
-    let dir = std::env::temp_dir().join(format!("trellis-run-{}", execution.execution_id));
-    if let Err(error) = std::fs::create_dir_all(&dir) {
-        return fail(
-            workers,
-            &lease_id,
-            &format!("no work directory: {error}"),
-            true,
-        )
-        .await;
-    }
+    let dir = match run_directory(&execution.execution_id) {
+        Ok(dir) => dir,
+        Err(error) => {
+            let error = format!("no work directory: {error}");
+            return fail(workers, &lease_id, &error, true).await;
+        }
+    };
     let ended = supervise(
         workers,
         args,
@@ -244,6 +268,35 @@ async fn execute(workers: &Workers, args: &WorkerArgs, leased: pb::LeasedExecuti
     }
 }
 
+/// A new directory of this run's own (never one that existed: a name with
+/// the time and process in it, made with `create_dir`), readable by this
+/// user only.
+fn run_directory(execution_id: &str) -> std::io::Result<PathBuf> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!(
+        "trellis-run-{execution_id}-{}-{nanos}",
+        std::process::id()
+    ));
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(&dir)?;
+    Ok(dir)
+}
+
+/// Ends every process of a run: the program and whatever it started in
+/// the background (its process group, of which it is the leader).
+fn kill_group(leader: Option<u32>) {
+    if let Some(pid) = leader {
+        let _ = std::process::Command::new("kill")
+            .args(["-s", "KILL", "--", &format!("-{pid}")])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 async fn fail(workers: &Workers, lease_id: &str, error: &str, retryable: bool) {
     let failed = workers
         .clone()
@@ -281,6 +334,8 @@ async fn supervise(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // A group of its own, so its background processes end with it.
+        .process_group(0)
         .kill_on_drop(true);
     let mut child = command
         .spawn()
@@ -308,6 +363,12 @@ async fn supervise(
     let mut sent: u64 = 0;
     let mut dropped: u64 = 0;
     let mut output_open = true;
+    let leader = child.id();
+    // Once the program exits, its output gets this long to drain (a
+    // background process may hold the pipes open).
+    let mut exited: Option<std::process::ExitStatus> = None;
+    let drained = tokio::time::sleep(Duration::from_secs(86_400));
+    tokio::pin!(drained);
     let ended = loop {
         tokio::select! {
             line = lines_out.recv(), if output_open => match line {
@@ -321,10 +382,23 @@ async fn supervise(
                         sent += send_logs(workers, lease_id, &mut batch).await;
                     }
                 }
-                None => output_open = false,
+                None => {
+                    output_open = false;
+                    if let Some(status) = exited {
+                        break Ended::Exited(status);
+                    }
+                }
             },
-            status = child.wait(), if !output_open => {
-                break status.map(Ended::Exited).map_err(|e| e.to_string())?;
+            status = child.wait(), if exited.is_none() => {
+                let status = status.map_err(|e| e.to_string())?;
+                if !output_open {
+                    break Ended::Exited(status);
+                }
+                exited = Some(status);
+                drained.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
+            }
+            () = &mut drained, if exited.is_some() => {
+                break Ended::Exited(exited.expect("exited"));
             }
             _ = flush.tick() => {
                 sent += send_logs(workers, lease_id, &mut batch).await;
@@ -344,6 +418,7 @@ async fn supervise(
             () = &mut deadline => break Ended::TimedOut,
         }
     };
+    kill_group(leader);
     if !matches!(ended, Ended::Exited(_)) {
         let _ = child.kill().await;
     }
@@ -438,5 +513,14 @@ async fn read_lines(stream: impl tokio::io::AsyncRead + Unpin, lines: mpsc::Send
 /// through a character costs that character, not the line).
 fn text_of(raw: &[u8]) -> String {
     let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-    String::from_utf8_lossy(raw).into_owned()
+    let mut text = String::from_utf8_lossy(raw).into_owned();
+    // Replacement characters can make it longer than the server's bound.
+    if text.len() > MAX_LINE_BYTES {
+        let mut cut = MAX_LINE_BYTES;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
 }

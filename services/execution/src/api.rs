@@ -99,6 +99,24 @@ fn writer(tenant: &TenantContext) -> Result<()> {
     }
 }
 
+/// The platform's own executions (order fulfillment) carry other users'
+/// orders: admins see them, other members do not.
+pub(crate) fn sees_platform_work(tenant: &TenantContext) -> bool {
+    tenant.role == Role::Admin
+}
+
+/// The organization's execution, if this member may see it.
+pub(crate) async fn visible(
+    queue: &Queue,
+    tenant: &TenantContext,
+    execution_id: Uuid,
+) -> Result<ExecutionRecord> {
+    match queue.get(tenant.org_id, execution_id).await? {
+        Some(e) if !e.system || sees_platform_work(tenant) => Ok(e),
+        _ => Err(ExecutionServiceError::NotFound(execution_id)),
+    }
+}
+
 /// The first millisecond of the UTC calendar month `now_ms` falls in.
 pub fn month_start(now_ms: i64) -> i64 {
     let days = now_ms.div_euclid(86_400_000);
@@ -305,6 +323,11 @@ impl ExecutionApi {
             system,
         };
         match self.queue.create_within(&execution, allowance).await? {
+            // A user's key never answers with the platform's execution, nor
+            // the other way round.
+            Created::Existing(made) if made.system != system => Err(
+                ExecutionServiceError::invalid("idempotency_key", "used by another execution"),
+            ),
             Created::New(made) | Created::Existing(made) => Ok(execution_message(&made)),
             Created::AllowanceUsed => Err(ExecutionServiceError::MonthlyRunsUsed {
                 plan_limit: allowance.map_or(0, |a| a.limit),
@@ -314,11 +337,9 @@ impl ExecutionApi {
 
     pub async fn get(&self, tenant: &TenantContext, execution_id: &str) -> Result<pb::Execution> {
         let execution_id = id("execution_id", execution_id)?;
-        self.queue
-            .get(tenant.org_id, execution_id)
-            .await?
-            .map(|e| execution_message(&e))
-            .ok_or(ExecutionServiceError::NotFound(execution_id))
+        Ok(execution_message(
+            &visible(&self.queue, tenant, execution_id).await?,
+        ))
     }
 
     pub async fn list(
@@ -335,7 +356,13 @@ impl ExecutionApi {
             .map_err(|e| ExecutionServiceError::invalid(e.field(), e.to_string()))?;
         let found = self
             .queue
-            .list(tenant.org_id, state, queue.as_deref(), &page)
+            .list(
+                tenant.org_id,
+                state,
+                queue.as_deref(),
+                sees_platform_work(tenant),
+                &page,
+            )
             .await?;
         let cursors: Vec<(i64, String)> = found
             .iter()
@@ -354,6 +381,9 @@ impl ExecutionApi {
     ) -> Result<pb::Execution> {
         writer(tenant)?;
         let execution_id = id("execution_id", execution_id)?;
+        if visible(&self.queue, tenant, execution_id).await?.system {
+            return Err(ExecutionServiceError::PlatformExecution(execution_id));
+        }
         match self
             .queue
             .cancel(tenant.org_id, execution_id, now_ms())
@@ -368,6 +398,9 @@ impl ExecutionApi {
     pub async fn delete(&self, tenant: &TenantContext, execution_id: &str) -> Result<()> {
         writer(tenant)?;
         let execution_id = id("execution_id", execution_id)?;
+        if visible(&self.queue, tenant, execution_id).await?.system {
+            return Err(ExecutionServiceError::PlatformExecution(execution_id));
+        }
         match self.queue.delete(tenant.org_id, execution_id).await? {
             Deleted::Deleted => Ok(()),
             Deleted::NotFinal => Err(ExecutionServiceError::NotFinal(execution_id)),

@@ -25,6 +25,9 @@ pub enum ExecutionServiceError {
     AlreadyFinal(Uuid),
     #[error("execution {0} is pending or running; cancel it first")]
     NotFinal(Uuid),
+    /// Order fulfillment: settled through its order (CancelOrder).
+    #[error("execution {0} is the platform's; act on its order instead")]
+    PlatformExecution(Uuid),
     #[error("the {plan_limit} executions of this month's plan are used up")]
     MonthlyRunsUsed { plan_limit: i64 },
     /// resume_after names events no longer kept, or never handed out.
@@ -63,7 +66,7 @@ impl ServiceError for ExecutionServiceError {
             InvalidField(_) => Code::InvalidArgument,
             NotFound(_) | LeaseNotFound(_) => Code::NotFound,
             WriteRoleRequired => Code::PermissionDenied,
-            AlreadyFinal(_) | NotFinal(_) => Code::FailedPrecondition,
+            AlreadyFinal(_) | NotFinal(_) | PlatformExecution(_) => Code::FailedPrecondition,
             MonthlyRunsUsed { .. } | LogFull(_) => Code::ResourceExhausted,
             ResumeOutOfRange { .. } => Code::OutOfRange,
             MissingCaller => Code::Unauthenticated,
@@ -81,6 +84,7 @@ impl ServiceError for ExecutionServiceError {
             WriteRoleRequired => "WRITE_ROLE_REQUIRED",
             AlreadyFinal(_) => "ALREADY_FINAL",
             NotFinal(_) => "NOT_FINAL",
+            PlatformExecution(_) => "PLATFORM_EXECUTION",
             MonthlyRunsUsed { .. } => "MONTHLY_RUNS_USED",
             ResumeOutOfRange { .. } => "RESUME_OUT_OF_RANGE",
             LogFull(_) => "LOG_FULL",

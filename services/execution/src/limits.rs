@@ -48,13 +48,12 @@ impl PlanLimits {
         {
             return Ok(limits);
         }
-        let asked = self
-            .auth
-            .clone()
-            .get_plan_limits(GetPlanLimitsRequest {
-                organization_id: org_id.to_string(),
-            })
-            .await;
+        let mut request = tonic::Request::new(GetPlanLimitsRequest {
+            organization_id: org_id.to_string(),
+        });
+        // Auth slow or away: a lease or create waits this long at most.
+        request.set_timeout(std::time::Duration::from_secs(2));
+        let asked = self.auth.clone().get_plan_limits(request).await;
         match asked {
             Ok(answer) => {
                 let plan = answer.into_inner().limits.unwrap_or_default();

@@ -552,18 +552,21 @@ impl Queue {
         row.map(ExecutionRecord::try_from).transpose()
     }
 
-    /// Newest first, optionally of one state and one queue.
+    /// Newest first, optionally of one state and one queue; the
+    /// platform's own executions only with `include_system`.
     pub async fn list(
         &self,
         org_id: Uuid,
         state: Option<State>,
         queue: Option<&str>,
+        include_system: bool,
         page: &Page,
     ) -> Result<Vec<ExecutionRecord>, StoreError> {
         let (cursor_at, cursor_id, first, limit) = page.binds();
         let sql = format!(
             "SELECT {COLUMNS} FROM execution_executions WHERE org_id = $1 \
              AND ($6 = '' OR status = $6) AND ($7 = '' OR queue = $7) \
+             AND ($8 OR system = FALSE) \
              AND ($4 = 1 OR created_at < $2 OR (created_at = $2 AND id < $3)) \
              ORDER BY created_at DESC, id DESC LIMIT $5"
         );
@@ -576,6 +579,7 @@ impl Queue {
                 .bind(limit)
                 .bind(state.map_or("", State::as_str))
                 .bind(queue.unwrap_or(""))
+                .bind(include_system)
                 .fetch_all(pool)
                 .await?
         });

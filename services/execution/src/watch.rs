@@ -11,7 +11,7 @@ use trellis_runtime::{StreamSender, TaskStream, spawn_stream, status_of};
 use trellis_store::Subscription;
 use trellis_tenancy::TenantContext;
 
-use crate::api::{execution_message, id, name, state_of};
+use crate::api::{execution_message, id, name, sees_platform_work, state_of, visible};
 use crate::error::{ExecutionServiceError, Result};
 use crate::store::{Queue, Resume, State, events_topic, logs_topic};
 
@@ -41,6 +41,7 @@ pub async fn watch_executions(
         "" => None,
         queue => Some(name("queue", queue)?),
     };
+    let platform_work = sees_platform_work(tenant);
     let mut subscription = queue.fanout().subscribe(&events_topic(org_id));
     let mut cursor = match request.resume_after {
         None => queue.last_event_id(org_id).await?,
@@ -73,7 +74,8 @@ pub async fn watch_executions(
             for event in events {
                 cursor = event.event_id;
                 let execution = &event.execution;
-                if state.is_some_and(|s| s != execution.state)
+                if (execution.system && !platform_work)
+                    || state.is_some_and(|s| s != execution.state)
                     || only_queue.as_ref().is_some_and(|q| *q != execution.queue)
                 {
                     continue;
@@ -112,10 +114,7 @@ pub async fn stream_logs(
     let mut subscription = request
         .follow
         .then(|| queue.fanout().subscribe(&logs_topic(execution_id)));
-    let first = queue
-        .get(org_id, execution_id)
-        .await?
-        .ok_or(ExecutionServiceError::NotFound(execution_id))?;
+    let first = visible(queue, tenant, execution_id).await?;
     let queue = queue.clone();
     let mut cursor = request.after_sequence;
     Ok(spawn_stream(move |sender| async move {

@@ -34,9 +34,14 @@ const MAX_KEY_BYTES: usize = 128;
 const MAX_REASON_BYTES: usize = 500;
 /// A second call with a key in flight waits this long for the first.
 const IN_FLIGHT_WAIT: Duration = Duration::from_secs(5);
+/// First and longest wait between looks at a claim in flight.
 const IN_FLIGHT_POLL: Duration = Duration::from_millis(20);
-/// A claim unplaced this long belongs to a call that died: take it over.
-const CLAIM_STALE_MS: i64 = 30_000;
+const IN_FLIGHT_POLL_MAX: Duration = Duration::from_millis(500);
+/// A claim unplaced this long belongs to a call that died (calls end
+/// within --request-timeout, 30 s by default): take it over. A slower call
+/// that still runs loses its claim safely: it can neither place the order
+/// nor give the key or the stock back.
+const CLAIM_STALE_MS: i64 = 120_000;
 
 pub struct OrderApi {
     pub orders: Orders,
@@ -274,18 +279,14 @@ fn fingerprint(session_id: Uuid, customer: &Customer, delivery: &Delivery) -> St
     .to_string()
 }
 
-/// Stock lines per product, in one order (the cart's lines of one product
-/// together).
+/// One stock line per cart line: the catalog adds up a product's lines
+/// (each within its per-line bound).
 fn stock_lines(items: &[Item]) -> Vec<cart::StockLine> {
-    let mut per_product: std::collections::BTreeMap<&str, i32> = Default::default();
-    for item in items {
-        *per_product.entry(item.product_id.as_str()).or_default() += item.quantity;
-    }
-    per_product
-        .into_iter()
-        .map(|(product_id, quantity)| cart::StockLine {
-            product_id: product_id.to_owned(),
-            quantity,
+    items
+        .iter()
+        .map(|item| cart::StockLine {
+            product_id: item.product_id.clone(),
+            quantity: item.quantity,
         })
         .collect()
 }
@@ -312,16 +313,17 @@ impl OrderApi {
         let session_id = id("session_id", &request.session_id)?;
         let customer = customer_of(request.customer)?;
         let delivery = delivery_of(request.delivery)?;
-        let key = match request.idempotency_key.as_str() {
+        let mut key = match request.idempotency_key.as_str() {
             "" => None,
             key => Some(RequestKey {
                 org_id: tenant.org_id,
                 user_id: tenant.user_id,
                 key: text("idempotency_key", key, MAX_KEY_BYTES, true)?,
+                claimed_at: 0,
             }),
         };
         let mut order_id = Uuid::new_v4();
-        if let Some(key) = &key {
+        if let Some(key) = &mut key {
             let print = fingerprint(session_id, &customer, &delivery);
             match self.claim(key, &print, order_id).await? {
                 Claim::New(claimed) => order_id = claimed,
@@ -353,19 +355,21 @@ impl OrderApi {
         placed
     }
 
-    /// Claims the key, waiting a little for a call already placing it;
-    /// takes over a claim whose call died.
-    async fn claim(&self, key: &RequestKey, print: &str, order_id: Uuid) -> Result<Claim> {
+    /// Claims the key (setting its token), waiting a little, with growing
+    /// pauses, for a call already placing it; takes over a claim whose call
+    /// died.
+    async fn claim(&self, key: &mut RequestKey, print: &str, order_id: Uuid) -> Result<Claim> {
         let deadline = tokio::time::Instant::now() + IN_FLIGHT_WAIT;
+        let mut pause = IN_FLIGHT_POLL;
         loop {
-            let now = now_ms();
-            match self.orders.claim(key, print, order_id, now).await? {
+            key.claimed_at = now_ms();
+            match self.orders.claim(key, print, order_id).await? {
                 Claim::InFlight {
                     order_id,
                     claimed_at,
                 } => {
-                    if now - claimed_at > CLAIM_STALE_MS
-                        && self.orders.take_over(key, claimed_at, now).await?
+                    if key.claimed_at - claimed_at > CLAIM_STALE_MS
+                        && self.orders.take_over(key, claimed_at).await?
                     {
                         return Ok(Claim::New(order_id));
                     }
@@ -375,7 +379,8 @@ impl OrderApi {
                             claimed_at,
                         });
                     }
-                    tokio::time::sleep(IN_FLIGHT_POLL).await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(IN_FLIGHT_POLL_MAX);
                 }
                 settled => return Ok(settled),
             }
@@ -429,9 +434,17 @@ impl OrderApi {
             updated_at: now,
         };
         let placed = match self.orders.place(&order, key).await {
-            Ok(placed) => placed,
+            Ok(Some(placed)) => placed,
+            // Taken over by a retry, whose order (and reservation) it is.
+            Ok(None) => return Err(OrderServiceError::InFlight),
             Err(error) => {
-                if let Err(release) = self.relay.release(tenant.org_id, order_id).await {
+                // Only while the claim is still this call's: else the stock
+                // is the order's of whoever took it over.
+                let ours = match key {
+                    Some(key) => self.orders.unclaim(key).await.unwrap_or(false),
+                    None => true,
+                };
+                if ours && let Err(release) = self.relay.release(tenant.org_id, order_id).await {
                     // Left to the sweep of abandoned claims (keyed orders).
                     tracing::warn!(%release, "giving back the stock of an unstored order failed");
                 }

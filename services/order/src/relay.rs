@@ -200,8 +200,11 @@ impl Relay {
     async fn abandoned_round(&self) -> Result<()> {
         let before = now_ms() - trellis_runtime::time::millis(ABANDONED_AFTER);
         for (key, order_id) in self.orders.abandoned_claims(before, OUTBOX_BATCH).await? {
-            self.release(key.org_id, order_id).await?;
-            self.orders.unclaim(&key).await?;
+            // The key first: a call that took the claim over meanwhile keeps
+            // it, and its reservation.
+            if self.orders.unclaim(&key).await? {
+                self.release(key.org_id, order_id).await?;
+            }
         }
         Ok(())
     }

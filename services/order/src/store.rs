@@ -183,12 +183,16 @@ fn record(row: Option<OrderRow>) -> Result<Option<OrderRecord>, StoreError> {
     row.map(OrderRecord::try_from).transpose()
 }
 
-/// Who asks with which idempotency key.
+/// Who asks with which idempotency key, and the claim's token: when this
+/// call claimed it. Only the holder of the current token may place the
+/// order or give the key back, so a call that lost its claim to a takeover
+/// can do neither.
 #[derive(Clone, Debug)]
 pub struct RequestKey {
     pub org_id: Uuid,
     pub user_id: Uuid,
     pub key: String,
+    pub claimed_at: i64,
 }
 
 /// What claiming an idempotency key found.
@@ -250,14 +254,13 @@ impl Orders {
         }
     }
 
-    /// Claims `key` for a request with `fingerprint`, to be placed as
-    /// `order_id`.
+    /// Claims `key` (at its `claimed_at`) for a request with
+    /// `fingerprint`, to be placed as `order_id`.
     pub async fn claim(
         &self,
         key: &RequestKey,
         fingerprint: &str,
         order_id: Uuid,
-        now: i64,
     ) -> Result<Claim, StoreError> {
         let inserted = with_pool!(&self.db, |pool| {
             sqlx::query(
@@ -270,7 +273,7 @@ impl Orders {
             .bind(&key.key)
             .bind(fingerprint)
             .bind(order_id.to_string())
-            .bind(now)
+            .bind(key.claimed_at)
             .execute(pool)
             .await?
             .rows_affected()
@@ -291,7 +294,7 @@ impl Orders {
         });
         // Given back between the two statements: claim it again.
         let Some((stored, order_id_text, placed, claimed_at)) = found else {
-            return Box::pin(self.claim(key, fingerprint, order_id, now)).await;
+            return Box::pin(self.claim(key, fingerprint, order_id)).await;
         };
         let existing = uuid("order id", &order_id_text)?;
         Ok(if stored != fingerprint {
@@ -306,20 +309,16 @@ impl Orders {
         })
     }
 
-    /// Takes over a claim left since `claimed_at` (its call died); false
-    /// when another call took it first or it was placed meanwhile.
-    pub async fn take_over(
-        &self,
-        key: &RequestKey,
-        claimed_at: i64,
-        now: i64,
-    ) -> Result<bool, StoreError> {
+    /// Takes over, with `key.claimed_at` as the new token, a claim left
+    /// since `claimed_at` (its call died); false when another call took it
+    /// first or it was placed meanwhile.
+    pub async fn take_over(&self, key: &RequestKey, claimed_at: i64) -> Result<bool, StoreError> {
         let taken = with_pool!(&self.db, |pool| {
             sqlx::query(
                 "UPDATE order_requests SET claimed_at = $1 WHERE org_id = $2 AND user_id = $3 \
                  AND idempotency_key = $4 AND placed = FALSE AND claimed_at = $5",
             )
-            .bind(now)
+            .bind(key.claimed_at)
             .bind(key.org_id.to_string())
             .bind(key.user_id.to_string())
             .bind(&key.key)
@@ -332,29 +331,32 @@ impl Orders {
     }
 
     /// Gives an unplaced claim back (the order was refused), so the key
-    /// can be used again.
-    pub async fn unclaim(&self, key: &RequestKey) -> Result<(), StoreError> {
-        with_pool!(&self.db, |pool| {
+    /// can be used again; false when `key` no longer holds it.
+    pub async fn unclaim(&self, key: &RequestKey) -> Result<bool, StoreError> {
+        let gone = with_pool!(&self.db, |pool| {
             sqlx::query(
                 "DELETE FROM order_requests WHERE org_id = $1 AND user_id = $2 \
-                 AND idempotency_key = $3 AND placed = FALSE",
+                 AND idempotency_key = $3 AND placed = FALSE AND claimed_at = $4",
             )
             .bind(key.org_id.to_string())
             .bind(key.user_id.to_string())
             .bind(&key.key)
+            .bind(key.claimed_at)
             .execute(pool)
-            .await?;
+            .await?
+            .rows_affected()
         });
-        Ok(())
+        Ok(gone == 1)
     }
 
     /// Stores the order (numbered now), its outbox row for the fulfillment
-    /// execution, and marks its claim placed, in one transaction.
+    /// execution, and marks its claim placed, in one transaction. `None`
+    /// when `key` no longer holds its claim (taken over): nothing stored.
     pub async fn place(
         &self,
         order: &OrderRecord,
         key: Option<&RequestKey>,
-    ) -> Result<OrderRecord, StoreError> {
+    ) -> Result<Option<OrderRecord>, StoreError> {
         let items = json("items", &order.items)?;
         let customer = json("customer", &order.customer)?;
         let delivery = json("delivery", &order.delivery)?;
@@ -362,8 +364,24 @@ impl Orders {
             "INSERT INTO order_orders ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
              $10, $11, $12, $13, $14, $15, $16)"
         );
-        let number = with_pool!(&self.db, |pool| {
+        let number: Option<i64> = with_pool!(&self.db, |pool| {
             let mut tx = pool.begin_write().await?;
+            if let Some(key) = key {
+                let held = sqlx::query(
+                    "UPDATE order_requests SET placed = TRUE WHERE org_id = $1 AND user_id = $2 \
+                     AND idempotency_key = $3 AND placed = FALSE AND claimed_at = $4",
+                )
+                .bind(key.org_id.to_string())
+                .bind(key.user_id.to_string())
+                .bind(&key.key)
+                .bind(key.claimed_at)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if held != 1 {
+                    return Ok(None);
+                }
+            }
             // The counter row stays locked to the commit: concurrent orders
             // of one organization take consecutive numbers, and a rollback
             // gives its number back.
@@ -404,23 +422,14 @@ impl Orders {
             .bind(order.created_at)
             .execute(&mut *tx)
             .await?;
-            if let Some(key) = key {
-                sqlx::query(
-                    "UPDATE order_requests SET placed = TRUE WHERE org_id = $1 AND user_id = $2 \
-                     AND idempotency_key = $3",
-                )
-                .bind(key.org_id.to_string())
-                .bind(key.user_id.to_string())
-                .bind(&key.key)
-                .execute(&mut *tx)
-                .await?;
-            }
             tx.commit().await?;
-            number
+            Some(number)
         });
-        let mut placed = order.clone();
-        placed.number = number;
-        Ok(placed)
+        Ok(number.map(|number| {
+            let mut placed = order.clone();
+            placed.number = number;
+            placed
+        }))
     }
 
     pub async fn get(&self, org_id: Uuid, id: Uuid) -> Result<Option<OrderRecord>, StoreError> {
@@ -678,15 +687,15 @@ impl Orders {
     }
 
     /// Claims never placed and older than `before` (their call died after
-    /// reserving stock, and nobody retried): (key, order id).
+    /// reserving stock, and nobody retried): (key with its token, order id).
     pub async fn abandoned_claims(
         &self,
         before: i64,
         limit: i64,
     ) -> Result<Vec<(RequestKey, Uuid)>, StoreError> {
-        let rows: Vec<(String, String, String, String)> = with_pool!(&self.db, |pool| {
+        let rows: Vec<(String, String, String, String, i64)> = with_pool!(&self.db, |pool| {
             sqlx::query_as(
-                "SELECT org_id, user_id, idempotency_key, order_id FROM order_requests \
+                "SELECT org_id, user_id, idempotency_key, order_id, claimed_at FROM order_requests \
                  WHERE placed = FALSE AND claimed_at < $1 ORDER BY claimed_at LIMIT $2",
             )
             .bind(before)
@@ -695,12 +704,13 @@ impl Orders {
             .await?
         });
         rows.into_iter()
-            .map(|(org_id, user_id, key, order_id)| {
+            .map(|(org_id, user_id, key, order_id, claimed_at)| {
                 Ok((
                     RequestKey {
                         org_id: uuid("claim org id", &org_id)?,
                         user_id: uuid("claim user id", &user_id)?,
                         key,
+                        claimed_at,
                     },
                     uuid("claim order id", &order_id)?,
                 ))
