@@ -27,7 +27,7 @@ cargo build --release --quiet --example queue_bench -p trellis-execution
 target=${CARGO_TARGET_DIR:-target}
 bin=$target/release/trellis
 client=$target/release/examples/queue_bench
-work=$(mktemp -d)
+work=${KEEP_DIR:-$(mktemp -d)}
 server=
 schema=
 stop() {
@@ -37,7 +37,7 @@ stop() {
   schema=
   true
 }
-trap 'stop; rm -rf "$work"' EXIT
+trap 'stop; [ -n "${KEEP_DIR:-}" ] || rm -rf "$work"' EXIT
 
 for backend in $BACKENDS; do
   dir="$work/$backend"
@@ -61,7 +61,7 @@ for backend in $BACKENDS; do
   port=$((20000 + RANDOM % 20000))
   "$bin" serve auth session execution --data-dir "$dir" "${flags[@]}" \
     --auth-addr "127.0.0.1:$port" --session-addr 127.0.0.1:0 \
-    --execution-addr "127.0.0.1:$((port + 1))" --log warn > "$dir/server.log" 2>&1 &
+    --execution-addr "127.0.0.1:$((port + 1))" --log "${LOG:-warn}" > "$dir/server.log" 2>&1 &
   server=$!
   for _ in $(seq 100); do grep -q "execution  listening" "$dir/server.log" && break; sleep 0.1; done
   echo "== $backend"

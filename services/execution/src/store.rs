@@ -38,10 +38,16 @@ const EVENTS_AND_LOGS: EmbeddedMigration = EmbeddedMigration {
     sql: include_str!("../migrations/0002_events_and_logs.sql"),
 };
 
+const LEASE_ORDER: EmbeddedMigration = EmbeddedMigration {
+    version: 3,
+    description: "lease order",
+    sql: include_str!("../migrations/0003_lease_order.sql"),
+};
+
 pub const MIGRATIONS: ServiceMigrations = ServiceMigrations {
     service: "execution",
-    sqlite: &[QUEUE_SQLITE, EVENTS_AND_LOGS],
-    postgres: &[QUEUE_POSTGRES, EVENTS_AND_LOGS],
+    sqlite: &[QUEUE_SQLITE, EVENTS_AND_LOGS, LEASE_ORDER],
+    postgres: &[QUEUE_POSTGRES, EVENTS_AND_LOGS, LEASE_ORDER],
 };
 
 trellis_store::stored_names! {
@@ -302,45 +308,62 @@ pub fn logs_topic(execution_id: Uuid) -> String {
 }
 
 /// Appends one event per changed execution inside the open transaction
-/// `$tx`, organizations in id order (one lock order for the counters);
-/// evaluates to what to publish once committed. The counter is bumped last
-/// in each transaction so its row lock is held only to the commit.
+/// `$tx` (at most [`MAX_EVENTS_PER_TRANSACTION`]), organizations in id order
+/// (one lock order for the counters), each organization's in one counter
+/// bump and one insert; evaluates to what to publish once committed. The
+/// counter is bumped just before its events so its row lock is held only
+/// to the commit.
 macro_rules! append_events {
     ($tx:expr, $changed:expr, $now:expr) => {{
         let mut changed: Vec<&ExecutionRecord> = $changed.iter().collect();
+        debug_assert!(changed.len() <= MAX_EVENTS_PER_TRANSACTION);
         changed.sort_by_key(|e| e.org_id);
         let mut published: Vec<Published> = Vec::with_capacity(changed.len());
-        for execution in changed {
-            let (event_id,): (i64,) = sqlx::query_as(
-                "INSERT INTO execution_event_counters (org_id, last_event_id) VALUES ($1, 1) \
+        for batch in changed.chunk_by(|a, b| a.org_id == b.org_id) {
+            let org = batch[0].org_id;
+            let count = batch.len() as i64;
+            let (last,): (i64,) = sqlx::query_as(
+                "INSERT INTO execution_event_counters (org_id, last_event_id) VALUES ($1, $2) \
                  ON CONFLICT (org_id) DO UPDATE \
-                 SET last_event_id = execution_event_counters.last_event_id + 1 \
+                 SET last_event_id = execution_event_counters.last_event_id + $2 \
                  RETURNING last_event_id",
             )
-            .bind(execution.org_id.to_string())
+            .bind(org.to_string())
+            .bind(count)
             .fetch_one(&mut *$tx)
             .await?;
-            sqlx::query(
+            let mut insert = sqlx::QueryBuilder::new(
                 "INSERT INTO execution_events (org_id, event_id, execution_id, occurred_at, \
-                 snapshot) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(execution.org_id.to_string())
-            .bind(event_id)
-            .bind(execution.id.to_string())
-            .bind($now)
-            .bind(snapshot(execution)?)
-            .execute(&mut *$tx)
-            .await?;
-            published.push(Published {
-                org_id: execution.org_id,
-                event_id,
-                execution_id: execution.id,
-                is_final: execution.state.is_final(),
+                 snapshot) ",
+            );
+            let mut event_id = last - count;
+            let mut rows = Vec::with_capacity(batch.len());
+            for execution in batch {
+                event_id += 1;
+                rows.push((event_id, execution, snapshot(execution)?));
+                published.push(Published {
+                    org_id: org,
+                    event_id,
+                    execution_id: execution.id,
+                    is_final: execution.state.is_final(),
+                });
+            }
+            insert.push_values(rows, |mut row, (event_id, execution, snapshot)| {
+                row.push_bind(org.to_string())
+                    .push_bind(event_id)
+                    .push_bind(execution.id.to_string())
+                    .push_bind($now)
+                    .push_bind(snapshot);
             });
+            insert.build().execute(&mut *$tx).await?;
         }
         published
     }};
 }
+
+/// Events one transaction appends at most (a lease of the most items), so
+/// one insert's binds stay far below either database's limit.
+const MAX_EVENTS_PER_TRANSACTION: usize = 100;
 
 /// An event committed, to announce.
 struct Published {
@@ -422,89 +445,100 @@ impl Queue {
         // In a block of its own: a unique violation is an answer here.
         let inserted: Result<Option<Vec<Published>>, StoreError> = with_pool!(&self.db, |pool| {
             async {
-            let mut tx = pool.begin_write().await?;
-            if let Some(allowance) = allowance {
-                let seeded: Option<(i64,)> = sqlx::query_as(
-                    "SELECT created FROM execution_month_runs WHERE org_id = $1 AND month_start = $2",
-                )
-                .bind(&org)
-                .bind(allowance.month_start)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if seeded.is_none() {
-                    // First ask this month (or since the upgrade): count once.
-                    let (count,): (i64,) = sqlx::query_as(
-                        "SELECT COUNT(*) FROM execution_executions WHERE org_id = $1 \
-                         AND created_at >= $2 AND system = FALSE",
-                    )
-                    .bind(&org)
-                    .bind(allowance.month_start)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    sqlx::query(
-                        "INSERT INTO execution_month_runs (org_id, month_start, created) \
-                         VALUES ($1, $2, $3) ON CONFLICT (org_id, month_start) DO NOTHING",
-                    )
-                    .bind(&org)
-                    .bind(allowance.month_start)
-                    .bind(count)
-                    .execute(&mut *tx)
-                    .await?;
+                let mut tx = pool.begin_write().await?;
+                if let Some(allowance) = allowance {
+                    macro_rules! count_one {
+                    () => {
+                        sqlx::query(
+                            "UPDATE execution_month_runs SET created = created + 1 \
+                             WHERE org_id = $1 AND month_start = $2 AND created < $3",
+                        )
+                        .bind(&org)
+                        .bind(allowance.month_start)
+                        .bind(allowance.limit)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                            == 1
+                    };
                 }
-                let counted = sqlx::query(
-                    "UPDATE execution_month_runs SET created = created + 1 \
-                     WHERE org_id = $1 AND month_start = $2 AND created < $3",
-                )
-                .bind(&org)
-                .bind(allowance.month_start)
-                .bind(allowance.limit)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if counted == 0 {
-                    return Ok(None);
+                    let mut counted = count_one!();
+                    if !counted {
+                        // Used up, or the first ask this month (or since the
+                        // upgrade): then count the month once and try again.
+                        let seeded: Option<(i64,)> = sqlx::query_as(
+                            "SELECT created FROM execution_month_runs \
+                         WHERE org_id = $1 AND month_start = $2",
+                        )
+                        .bind(&org)
+                        .bind(allowance.month_start)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        if seeded.is_none() {
+                            let (count,): (i64,) = sqlx::query_as(
+                                "SELECT COUNT(*) FROM execution_executions WHERE org_id = $1 \
+                             AND created_at >= $2 AND system = FALSE",
+                            )
+                            .bind(&org)
+                            .bind(allowance.month_start)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                            sqlx::query(
+                                "INSERT INTO execution_month_runs (org_id, month_start, created) \
+                             VALUES ($1, $2, $3) ON CONFLICT (org_id, month_start) DO NOTHING",
+                            )
+                            .bind(&org)
+                            .bind(allowance.month_start)
+                            .bind(count)
+                            .execute(&mut *tx)
+                            .await?;
+                            counted = count_one!();
+                        }
+                    }
+                    if !counted {
+                        return Ok(None);
+                    }
                 }
-            }
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(execution.id.to_string())
-                .bind(execution.org_id.to_string())
-                .bind(execution.created_by.to_string())
-                .bind(&execution.queue)
-                .bind(execution.state.as_str())
-                .bind(execution.attempt)
-                .bind(execution.max_attempts)
-                .bind(execution.priority)
-                .bind(&spec)
-                .bind(&execution.payload)
-                .bind(&execution.output)
-                .bind(&execution.error)
-                .bind(&execution.analysis)
-                .bind(execution.cancel_requested)
-                .bind(&execution.idempotency_key)
-                .bind(execution.created_at)
-                .bind(execution.started_at)
-                .bind(execution.finished_at)
-                .bind(execution.next_attempt_at)
-                .bind(execution.lease_id.map(|l| l.to_string()))
-                .bind(execution.lease_expires_at)
-                .bind(execution.updated_at)
-                .bind(execution.system)
-                .execute(&mut *tx)
-                .await?;
-            if execution.state == State::Pending {
-                sqlx::query(PENDING_BY)
-                    .bind(&org)
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(execution.id.to_string())
+                    .bind(execution.org_id.to_string())
+                    .bind(execution.created_by.to_string())
                     .bind(&execution.queue)
-                    .bind(1_i64)
+                    .bind(execution.state.as_str())
+                    .bind(execution.attempt)
+                    .bind(execution.max_attempts)
+                    .bind(execution.priority)
+                    .bind(&spec)
+                    .bind(&execution.payload)
+                    .bind(&execution.output)
+                    .bind(&execution.error)
+                    .bind(&execution.analysis)
+                    .bind(execution.cancel_requested)
+                    .bind(&execution.idempotency_key)
+                    .bind(execution.created_at)
+                    .bind(execution.started_at)
+                    .bind(execution.finished_at)
+                    .bind(execution.next_attempt_at)
+                    .bind(execution.lease_id.map(|l| l.to_string()))
+                    .bind(execution.lease_expires_at)
+                    .bind(execution.updated_at)
+                    .bind(execution.system)
                     .execute(&mut *tx)
                     .await?;
+                if execution.state == State::Pending {
+                    sqlx::query(PENDING_BY)
+                        .bind(&org)
+                        .bind(&execution.queue)
+                        .bind(1_i64)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let published =
+                    append_events!(tx, std::slice::from_ref(execution), execution.created_at);
+                tx.commit().await?;
+                Ok(Some(published))
             }
-            let published =
-                append_events!(tx, std::slice::from_ref(execution), execution.created_at);
-            tx.commit().await?;
-            Ok(Some(published))
-        }
-        .await
+            .await
         });
         match inserted {
             Ok(Some(published)) => {
@@ -697,17 +731,26 @@ impl Queue {
             ""
         };
         let turns_sql = turns_sql(ask.queues.len());
-        let pick_sql = format!(
-            "SELECT id, system FROM execution_executions WHERE org_id = $1 AND queue = $2 \
-             AND status = 'pending' AND next_attempt_at <= $3 \
-             ORDER BY priority DESC, created_at, id LIMIT 1{lock_rows}"
-        );
-        let take_sql = format!(
-            "UPDATE execution_executions SET status = 'running', attempt = attempt + 1, \
-             lease_id = $1, lease_expires_at = $2, lease_ms = $3, \
-             started_at = COALESCE(started_at, $4), updated_at = $4 \
-             WHERE id = $5 AND status = 'pending' RETURNING {COLUMNS}"
-        );
+        // Takes an organization's next eligible execution in one statement;
+        // `only_system` when it is at its limit (the platform's own
+        // executions are outside it).
+        let take_sql = |only_system: bool| {
+            let system = if only_system {
+                " AND system = TRUE"
+            } else {
+                ""
+            };
+            format!(
+                "UPDATE execution_executions SET status = 'running', attempt = attempt + 1, \
+                 lease_id = $1, lease_expires_at = $2, lease_ms = $3, \
+                 started_at = COALESCE(started_at, $4), updated_at = $4 \
+                 WHERE id = (SELECT id FROM execution_executions WHERE org_id = $5 \
+                 AND queue = $6 AND status = 'pending' AND next_attempt_at <= $4{system} \
+                 ORDER BY priority DESC, created_at, id LIMIT 1{lock_rows}) \
+                 AND status = 'pending' RETURNING {COLUMNS}"
+            )
+        };
+        let (take_any, take_system) = (take_sql(false), take_sql(true));
         with_pool!(&self.db, |pool| {
             let mut tx = pool.begin_write().await?;
             let mut query = sqlx::query_as(sqlx::AssertSqlSafe(turns_sql)).bind(MAX_ORGS_PER_LEASE);
@@ -719,6 +762,7 @@ impl Queue {
             // yet; None: held by another lease).
             let mut room: HashMap<String, Option<i64>> = HashMap::new();
             let mut exhausted = vec![false; turns.len()];
+            let mut taken_of = vec![0_i64; turns.len()];
             let mut leased = Vec::new();
             'rounds: for _ in 0..MAX_ROUNDS {
                 let mut progress = false;
@@ -729,17 +773,6 @@ impl Queue {
                     if exhausted[index] {
                         continue;
                     }
-                    let picked: Option<(String, bool)> =
-                        sqlx::query_as(sqlx::AssertSqlSafe(pick_sql.clone()))
-                            .bind(org)
-                            .bind(queue)
-                            .bind(ask.now)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                    let Some((id, system)) = picked else {
-                        exhausted[index] = true;
-                        continue;
-                    };
                     if !room.contains_key(org) {
                         // Another lease serving this organization right now:
                         // skip it rather than wait (two leases never update
@@ -769,44 +802,55 @@ impl Queue {
                         };
                         room.insert(org.clone(), left);
                     }
-                    // Held by another lease; or at its limit (the platform's
-                    // own executions are outside it).
-                    let allowed = match room[org] {
-                        None => false,
-                        Some(left) => system || left > 0,
+                    let take = match room[org] {
+                        None => None,
+                        Some(left) if left > 0 => Some(&take_any),
+                        Some(_) => Some(&take_system),
                     };
-                    if !allowed {
+                    let Some(take) = take else {
                         exhausted[index] = true;
                         continue;
-                    }
+                    };
                     let taken: Option<ExecutionRow> =
-                        sqlx::query_as(sqlx::AssertSqlSafe(take_sql.clone()))
+                        sqlx::query_as(sqlx::AssertSqlSafe(take.clone()))
                             .bind(Uuid::new_v4().to_string())
                             .bind(ask.now + ask.lease_ms)
                             .bind(ask.lease_ms)
                             .bind(ask.now)
-                            .bind(&id)
+                            .bind(org)
+                            .bind(queue)
                             .fetch_optional(&mut *tx)
                             .await?;
-                    if let Some(row) = taken {
-                        leased.push(ExecutionRecord::try_from(row)?);
-                        if !system && let Some(Some(left)) = room.get_mut(org) {
-                            *left -= 1;
-                        }
-                        sqlx::query(
-                            "UPDATE execution_turns SET served_at = $1, pending = pending - 1 \
-                             WHERE org_id = $2 AND queue = $3",
-                        )
-                        .bind(ask.now)
-                        .bind(org)
-                        .bind(queue)
-                        .execute(&mut *tx)
-                        .await?;
-                        progress = true;
+                    let Some(row) = taken else {
+                        exhausted[index] = true;
+                        continue;
+                    };
+                    let execution = ExecutionRecord::try_from(row)?;
+                    if !execution.system
+                        && let Some(Some(left)) = room.get_mut(org)
+                    {
+                        *left -= 1;
                     }
+                    leased.push(execution);
+                    taken_of[index] += 1;
+                    progress = true;
                 }
                 if !progress {
                     break;
+                }
+            }
+            for ((org, queue), taken) in turns.iter().zip(taken_of) {
+                if taken > 0 {
+                    sqlx::query(
+                        "UPDATE execution_turns SET served_at = $1, pending = pending - $2 \
+                         WHERE org_id = $3 AND queue = $4",
+                    )
+                    .bind(ask.now)
+                    .bind(taken)
+                    .bind(org)
+                    .bind(queue)
+                    .execute(&mut *tx)
+                    .await?;
                 }
             }
             let published = append_events!(tx, leased, ask.now);

@@ -1,0 +1,6 @@
+-- A lease picks an organization's next execution in (priority, created_at,
+-- id) order; with the index in that order the pick reads the first eligible
+-- row instead of sorting the organization's whole backlog on every pick.
+DROP INDEX execution_ready;
+CREATE INDEX execution_ready ON execution_executions
+    (queue, status, org_id, priority DESC, created_at, id);
