@@ -733,6 +733,8 @@ async fn call_past_the_tenancy_layer(
             .get_execution(authed(Default::default(), token))
             .await
             .map(drop),
+        // Answers HTTP and forwards; the servers behind it guard.
+        ServiceName::Gateway => return None,
     };
     Some(answer.unwrap_err())
 }
@@ -763,7 +765,11 @@ async fn every_server_refuses_the_token_of_an_ended_session() {
         .into_inner();
     let token = signed_up.access_token;
     let mut guarded = Vec::new();
-    for service in ServiceName::ALL {
+    let grpc_servers: Vec<ServiceName> = ServiceName::ALL
+        .into_iter()
+        .filter(|s| s.serves_grpc_services())
+        .collect();
+    for &service in &grpc_servers {
         let channel = channel(running.address(service).unwrap()).await;
         if let Some(status) = call_past_the_tenancy_layer(service, channel.clone(), &token).await {
             assert!(
@@ -773,7 +779,7 @@ async fn every_server_refuses_the_token_of_an_ended_session() {
             guarded.push((service, channel));
         }
     }
-    assert_eq!(guarded.len(), ServiceName::ALL.len() - 1, "all but Auth");
+    assert_eq!(guarded.len(), grpc_servers.len() - 1, "all but Auth");
 
     auth.logout(authed(LogoutRequest {}, &token)).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;

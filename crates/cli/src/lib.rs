@@ -856,6 +856,21 @@ async fn service_accounts_command(command: &ServiceAccountsCommand) -> Result<()
     Ok(result?)
 }
 
+/// `trellis up` runs everything on this machine, for development: the
+/// gateway's cookies work on plain-HTTP localhost (no `Secure`), and the
+/// servers believe the client address the gateway forwards from loopback
+/// (where the gateway is), unless --trusted-proxies says otherwise.
+pub fn for_up(args: &ServeArgs) -> ServeArgs {
+    let mut args = args.clone();
+    args.servers.gateway.gateway_insecure_cookies = true;
+    if args.limits.trusted_proxies.is_empty() {
+        args.limits.trusted_proxies =
+            trellis_tenancy::TrustedProxies::parse("127.0.0.1/32,::1/128")
+                .expect("loopback CIDRs parse");
+    }
+    args
+}
+
 async fn serve_until_signal(services: &[ServiceName], args: &ServeArgs) -> Result<(), CliError> {
     let mut running = start(services, args).await?;
     let trigger = running.trigger.clone();
@@ -904,7 +919,7 @@ where
     };
     let result = runtime.block_on(async {
         match &cli.command {
-            Command::Up(args) => serve_until_signal(&ServiceName::ALL, args).await,
+            Command::Up(args) => serve_until_signal(&ServiceName::ALL, &for_up(args)).await,
             Command::Serve { services, args } => serve_until_signal(services, args).await,
             Command::Migrate(storage) => migrate(storage, &ServiceName::ALL).await,
             Command::Keys(command) => keys_command(command),

@@ -42,6 +42,14 @@ macro_rules! servers {
                 }
             }
 
+            /// Serves gRPC services with health and reflection (every
+            /// server but the gateway, which answers HTTP itself).
+            pub fn serves_grpc_services(self) -> bool {
+                match self {
+                    $( ServiceName::$variant => !<$server as Server>::HTTP_FRONT ),+
+                }
+            }
+
             pub(crate) fn upstream_url(self, args: &ServerArgs) -> Option<&str> {
                 match self {
                     $( ServiceName::$variant => <$server as Server>::upstream_url(&args.$field) ),+
@@ -91,6 +99,7 @@ servers! {
     cart: Cart => trellis_cart::CartServer,
     order: Order => trellis_order::OrderServer,
     execution: Execution => trellis_execution::ExecutionServer,
+    gateway: Gateway => trellis_gateway::GatewayServer,
 }
 
 #[cfg(test)]

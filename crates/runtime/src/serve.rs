@@ -9,6 +9,7 @@ use tonic_health::ServingStatus;
 use tower::ServiceBuilder;
 use trellis_tenancy::{
     AuthLayer, MethodCallers, RequestContextLayer, SessionGuard, StreamLayer, TokenVerifier,
+    TrustedProxies,
 };
 
 use crate::access_log::AccessLogLayer;
@@ -33,6 +34,9 @@ pub struct ServiceSet {
     callers: MethodCallers,
     sessions: Option<Arc<SessionGuard>>,
     tasks: Vec<BackgroundTask>,
+    /// An HTTP front (the gateway) instead of gRPC services, and whose
+    /// `x-forwarded-for` it believes.
+    http: Option<(axum::Router, TrustedProxies)>,
 }
 
 impl ServiceSet {
@@ -45,6 +49,21 @@ impl ServiceSet {
             callers: MethodCallers::from_contract(),
             sessions: None,
             tasks: Vec::new(),
+            http: None,
+        }
+    }
+
+    /// A server that answers HTTP itself (the gateway: gRPC-web, CORS,
+    /// cookies, its own limits) on HTTP/1.1 and HTTP/2: `router` gets every
+    /// request after the request context and the access log, with no token
+    /// check, no reflection and no request timeout in front of it (it
+    /// proxies streams; the servers behind it apply their own rules).
+    /// It believes `x-forwarded-for` from `trusted` only (a load balancer in
+    /// front of it), not from the proxies the servers behind it trust.
+    pub fn http(name: &'static str, router: axum::Router, trusted: TrustedProxies) -> Self {
+        ServiceSet {
+            http: Some((router, trusted)),
+            ..ServiceSet::new(name)
         }
     }
 
@@ -107,6 +126,7 @@ pub async fn serve(
         callers,
         sessions,
         tasks,
+        http,
     } = services;
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -143,53 +163,6 @@ pub async fn serve(
     // streams end then with UNAVAILABLE, so a client's reconnect goes to a
     // new connection, to another replica.
     let (close_streams, streams_closing) = tokio::sync::watch::channel(false);
-
-    // The stack, outermost first. Outside it all, tonic applies the request
-    // timeout (the shorter of `--request-timeout` and the client's
-    // grpc-timeout) around the whole stack, so time spent waiting for a
-    // concurrency slot or a session check counts against the deadline.
-    let stack = ServiceBuilder::new()
-        // First, so every later layer, the handler and every outbound call
-        // see one request id, trace context, deadline and client address
-        // (x-forwarded-for believed from trusted proxies only); echoes
-        // x-request-id even on calls refused further in.
-        .layer(RequestContextLayer::new(limits.trusted_proxies.clone()))
-        // Outside the limit and the token check: calls that wait for a slot
-        // or are refused (UNAUTHENTICATED, RESOURCE_EXHAUSTED) are logged
-        // too, with the waiting counted in their latency.
-        .layer(AccessLogLayer)
-        // Bounds work in progress across all connections; excess calls wait
-        // (until their deadline). Before the token check on purpose: a
-        // signature check is work (~40 us uncached), so a flood of forged
-        // or unauthenticated calls holds slots like any other instead of
-        // spending CPU outside the bound; public methods (Login) are bounded
-        // the same way.
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            limits.concurrency_limit,
-        ))
-        // Innermost: verifies the bearer JWT (cached verdicts; public
-        // methods pass without one), refuses a caller of another kind than
-        // the contract declares for the method (a user on WorkerService, a
-        // worker on a user RPC, anyone but a service on an internal one)
-        // before asking Auth anything, and, with a session guard, refuses
-        // tokens whose login session or service account has ended; then
-        // hands the handler its Principal. Nothing after it runs for a
-        // refused call.
-        .layer(AuthLayer::new(verifier.clone(), callers).with_session_guard(sessions.clone()))
-        // Innermost, for server streams only (unary calls pass untouched):
-        // a stream ends when its token expires or stops verifying, its
-        // session ends (looked at every --session-check-ttl), its caller's
-        // deadline passes or the server stops taking calls, each with a
-        // status the client can act on; open streams are capped per
-        // organization, per user and in all, public ones in a pool apart.
-        // Streams hold no concurrency slot once their first response is out,
-        // and --request-timeout does not cut them.
-        .layer(
-            StreamLayer::new(limits.stream_limits(), streams_closing, verifier.clone())
-                .with_session_guard(sessions),
-        )
-        .into_inner();
-
     let address = listener.local_addr().ok();
     let watcher = watch_background_tasks(
         name,
@@ -218,16 +191,94 @@ pub async fn serve(
         close_streams.send_replace(true);
     };
 
-    let server = tonic::transport::Server::builder()
-        .timeout(limits.request_timeout)
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .http2_keepalive_interval(Some(limits.keepalive_interval))
-        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
-        .tcp_nodelay(true)
-        .layer(stack)
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, stop_accepting);
+    let server: std::pin::Pin<
+        Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match http {
+        None => {
+            // The stack, outermost first. Outside it all, tonic applies the request
+            // timeout (the shorter of `--request-timeout` and the client's
+            // grpc-timeout) around the whole stack, so time spent waiting for a
+            // concurrency slot or a session check counts against the deadline.
+            let stack = ServiceBuilder::new()
+                // First, so every later layer, the handler and every outbound call
+                // see one request id, trace context, deadline and client address
+                // (x-forwarded-for believed from trusted proxies only); echoes
+                // x-request-id even on calls refused further in.
+                .layer(RequestContextLayer::new(limits.trusted_proxies.clone()))
+                // Outside the limit and the token check: calls that wait for a slot
+                // or are refused (UNAUTHENTICATED, RESOURCE_EXHAUSTED) are logged
+                // too, with the waiting counted in their latency.
+                .layer(AccessLogLayer)
+                // Bounds work in progress across all connections; excess calls wait
+                // (until their deadline). Before the token check on purpose: a
+                // signature check is work (~40 us uncached), so a flood of forged
+                // or unauthenticated calls holds slots like any other instead of
+                // spending CPU outside the bound; public methods (Login) are bounded
+                // the same way.
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                    limits.concurrency_limit,
+                ))
+                // Innermost: verifies the bearer JWT (cached verdicts; public
+                // methods pass without one), refuses a caller of another kind than
+                // the contract declares for the method (a user on WorkerService, a
+                // worker on a user RPC, anyone but a service on an internal one)
+                // before asking Auth anything, and, with a session guard, refuses
+                // tokens whose login session or service account has ended; then
+                // hands the handler its Principal. Nothing after it runs for a
+                // refused call.
+                .layer(
+                    AuthLayer::new(verifier.clone(), callers).with_session_guard(sessions.clone()),
+                )
+                // Innermost, for server streams only (unary calls pass untouched):
+                // a stream ends when its token expires or stops verifying, its
+                // session ends (looked at every --session-check-ttl), its caller's
+                // deadline passes or the server stops taking calls, each with a
+                // status the client can act on; open streams are capped per
+                // organization, per user and in all, public ones in a pool apart.
+                // Streams hold no concurrency slot once their first response is out,
+                // and --request-timeout does not cut them.
+                .layer(
+                    StreamLayer::new(limits.stream_limits(), streams_closing, verifier.clone())
+                        .with_session_guard(sessions),
+                )
+                .into_inner();
 
+            let server = tonic::transport::Server::builder()
+                .timeout(limits.request_timeout)
+                .max_concurrent_streams(limits.max_concurrent_streams)
+                .http2_keepalive_interval(Some(limits.keepalive_interval))
+                .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+                .tcp_nodelay(true)
+                .layer(stack)
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, stop_accepting);
+
+            Box::pin(server)
+        }
+        Some((router, trusted)) => {
+            drop((streams_closing, routes));
+            drop(verifier);
+            drop(callers);
+            drop(sessions);
+            // The gateway: the request context (request id, the client
+            // address believed from its own trusted proxies only) and the
+            // access log, then its own router, which does the rest.
+            let stack = ServiceBuilder::new()
+                .layer(RequestContextLayer::new(trusted))
+                .layer(AccessLogLayer)
+                .into_inner();
+            let server = tonic::transport::Server::builder()
+                .accept_http1(true)
+                .max_concurrent_streams(limits.max_concurrent_streams)
+                .http2_keepalive_interval(Some(limits.keepalive_interval))
+                .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+                .tcp_nodelay(true)
+                .layer(stack)
+                .add_routes(Routes::from(router))
+                .serve_with_incoming_shutdown(incoming, stop_accepting);
+            Box::pin(server)
+        }
+    };
     if limits.trusted_proxies.is_empty() {
         tracing::info!(server = name, address = ?address, "serving");
     } else {

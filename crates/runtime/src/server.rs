@@ -32,6 +32,9 @@ pub trait Server {
     /// [`SessionGuard`] in front of its handlers, from whoever starts it,
     /// so no server can forget it.
     const ANSWERS_SESSION_CHECKS: bool = false;
+    /// Whether it answers HTTP itself ([`ServiceSet::http`], the gateway)
+    /// rather than serving gRPC services with health and reflection.
+    const HTTP_FRONT: bool = false;
 
     /// Where it listens (`--<name>-addr`).
     fn listen_address(args: &Self::Args) -> SocketAddr;

@@ -492,6 +492,11 @@ impl Queue {
                             .bind(count)
                             .execute(&mut *tx)
                             .await?;
+                        }
+                        // Seeded now: by this call, or (PostgreSQL, read
+                        // committed) by another first create of the month
+                        // since the update above. Count again.
+                        if seeded.is_none_or(|(created,)| created < allowance.limit) {
                             counted = count_one!();
                         }
                     }

@@ -1,0 +1,339 @@
+//! Forwards a gRPC call (gRPC-web already turned into gRPC) to the server
+//! owning its package, as it came: metadata, `grpc-timeout`, the body and the
+//! trailers stream through untouched, except for what the gateway owns:
+//! hop-by-hop headers and cookies are dropped, `x-forwarded-for` is the
+//! client address the gateway saw, cookies become a bearer header (with
+//! the CSRF check), and auth responses set or clear the cookies.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{AUTHORIZATION, HeaderName, ORIGIN};
+use http::{HeaderMap, HeaderValue};
+use http_body_util::BodyExt;
+use prost::Message;
+use tonic::body::Body;
+use tonic::transport::Channel;
+use tower::ServiceExt;
+use trellis::MethodPolicy;
+use trellis::auth::v1::{RefreshRequest, SignUpResponse};
+use trellis::common::v1::Caller;
+use trellis_tenancy::{CallContext, FORWARDED_FOR_HEADER};
+
+use crate::cookies::{self, CookieNames, Presented};
+
+/// RPCs whose success starts or continues a login session: the response
+/// (every one shares SignUpResponse's field numbers) sets the cookies.
+const ISSUES_TOKENS: [&str; 4] = [
+    "/trellis.auth.v1.AuthService/SignUp",
+    "/trellis.auth.v1.AuthService/Login",
+    "/trellis.auth.v1.AuthService/Refresh",
+    "/trellis.auth.v1.OrganizationService/AcceptInvitation",
+];
+const REFRESH: &str = "/trellis.auth.v1.AuthService/Refresh";
+const LOGOUT: &str = "/trellis.auth.v1.AuthService/Logout";
+
+/// Auth requests and responses read whole are this small; anything larger
+/// is not one and goes through untouched or is refused.
+const MAX_BUFFERED: usize = 64 * 1024;
+
+/// Request headers that belong to one hop (or to the gateway) and never
+/// reach a server.
+const DROPPED_REQUEST_HEADERS: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "cookie",
+    cookies::CSRF_HEADER,
+    FORWARDED_FOR_HEADER,
+];
+
+#[derive(Clone)]
+pub struct Proxy {
+    channels: HashMap<&'static str, Channel>,
+    methods: HashMap<&'static str, &'static MethodPolicy>,
+    names: CookieNames,
+}
+
+impl Proxy {
+    pub fn new(channels: HashMap<&'static str, Channel>, names: CookieNames) -> Self {
+        let methods = trellis::METHODS.iter().map(|m| (m.path, m)).collect();
+        Proxy {
+            channels,
+            methods,
+            names,
+        }
+    }
+}
+
+/// `auth` of `/trellis.auth.v1.AuthService/Login`.
+fn area_of(path: &str) -> Option<&str> {
+    path.strip_prefix("/trellis.")?.split('.').next()
+}
+
+fn refuse(status: tonic::Status) -> http::Response<Body> {
+    status.into_http()
+}
+
+impl tower::Service<http::Request<Body>> for Proxy {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.forward(request).await) })
+    }
+}
+
+impl Proxy {
+    async fn forward(&self, request: http::Request<Body>) -> http::Response<Body> {
+        let path = request.uri().path().to_owned();
+        // Internal RPCs are refused as unknown: from outside they do not
+        // exist. So is anything that is no Trellis RPC (upstream health and
+        // reflection included).
+        let policy = match self.methods.get(path.as_str()) {
+            Some(policy) if policy.caller != Caller::Service => *policy,
+            _ => {
+                return refuse(tonic::Status::not_found(format!(
+                    "no such method through the gateway: {}",
+                    trellis_tenancy::truncated(&path, 200)
+                )));
+            }
+        };
+        let Some(channel) = area_of(&path).and_then(|area| self.channels.get(area)) else {
+            return refuse(tonic::Status::not_found("no server for this method"));
+        };
+
+        let (mut parts, mut body) = request.into_parts();
+        let presented = Presented::from_headers(&parts.headers, &self.names);
+        let from_browser = parts.headers.contains_key(ORIGIN);
+        let bearer = parts.headers.contains_key(AUTHORIZATION);
+        let mut by_cookie = false;
+        if !bearer
+            && policy.caller != Caller::Public
+            && let Some(access) = &presented.access
+        {
+            // Cookies travel with every request the browser makes, forged
+            // ones included: a state change needs the CSRF token too.
+            if !policy.read_only && !cookies::csrf_matches(&parts.headers, &presented) {
+                return refuse(tonic::Status::permission_denied(
+                    "a call authenticated by cookie that changes state needs x-csrf-token \
+                     (the csrf_token of the login session's auth response)",
+                ));
+            }
+            let Ok(value) = HeaderValue::from_str(&format!("Bearer {access}")) else {
+                return refuse(tonic::Status::unauthenticated("malformed access cookie"));
+            };
+            parts.headers.insert(AUTHORIZATION, value);
+            by_cookie = true;
+        }
+        let client = parts
+            .extensions
+            .get::<CallContext>()
+            .and_then(CallContext::client_address);
+        for name in DROPPED_REQUEST_HEADERS {
+            parts.headers.remove(name);
+        }
+        if let Some(client) = client
+            && let Ok(value) = HeaderValue::from_str(&client.to_string())
+        {
+            parts
+                .headers
+                .insert(HeaderName::from_static(FORWARDED_FOR_HEADER), value);
+        }
+        if path == REFRESH
+            && !bearer
+            && let Some(refresh) = &presented.refresh
+        {
+            body = match refresh_from_cookie(body, refresh).await {
+                Ok(body) => body,
+                Err(status) => return refuse(status),
+            };
+        }
+        parts.version = http::Version::HTTP_2;
+        let forwarded = http::Request::from_parts(parts, body);
+
+        let response = match channel.clone().oneshot(forwarded).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::warn!(%error, path, "upstream unreachable");
+                return refuse(tonic::Status::unavailable(format!(
+                    "the {} server is unreachable",
+                    area_of(&path).unwrap_or("upstream")
+                )));
+            }
+        };
+        if ISSUES_TOKENS.contains(&path.as_str()) {
+            self.with_session_cookies(response, from_browser).await
+        } else if path == LOGOUT && by_cookie {
+            self.clearing_cookies(response).await
+        } else {
+            response
+        }
+    }
+
+    /// Sets the cookies from a successful auth response; a browser's copy
+    /// of the body no longer carries the tokens (they are in HttpOnly
+    /// cookies, out of reach of the page's scripts).
+    async fn with_session_cookies(
+        &self,
+        response: http::Response<Body>,
+        from_browser: bool,
+    ) -> http::Response<Body> {
+        let (mut parts, body) = response.into_parts();
+        let Some((data, trailers)) = read_whole(body).await else {
+            return refuse(tonic::Status::internal("auth response too large"));
+        };
+        let status_ok = |headers: Option<&HeaderMap>| {
+            headers
+                .and_then(|h| h.get("grpc-status"))
+                .is_some_and(|s| s == "0")
+        };
+        let mut data = data;
+        if status_ok(trailers.as_ref())
+            && let Some(mut tokens) = message(&data).and_then(|m| SignUpResponse::decode(m).ok())
+        {
+            cookies::set_session_cookies(
+                &mut parts.headers,
+                &self.names,
+                &tokens.access_token,
+                tokens.expires_in,
+                &tokens.refresh_token,
+                &tokens.csrf_token,
+            );
+            if from_browser {
+                tokens.access_token.clear();
+                tokens.refresh_token.clear();
+                data = frame(&tokens.encode_to_vec());
+            }
+        }
+        rebuilt(parts, data, trailers)
+    }
+
+    async fn clearing_cookies(&self, response: http::Response<Body>) -> http::Response<Body> {
+        let (mut parts, body) = response.into_parts();
+        let Some((data, trailers)) = read_whole(body).await else {
+            return refuse(tonic::Status::internal("logout response too large"));
+        };
+        if trailers
+            .as_ref()
+            .and_then(|t| t.get("grpc-status"))
+            .is_some_and(|s| s == "0")
+        {
+            cookies::clear_session_cookies(&mut parts.headers, &self.names);
+        }
+        rebuilt(parts, data, trailers)
+    }
+}
+
+/// A unary body read whole (bounded), with its trailers.
+async fn read_whole(body: Body) -> Option<(Bytes, Option<HeaderMap>)> {
+    let limited = http_body_util::Limited::new(body, MAX_BUFFERED);
+    let collected = limited.collect().await.ok()?;
+    let trailers = collected.trailers().cloned();
+    Some((collected.to_bytes(), trailers))
+}
+
+fn rebuilt(
+    mut parts: http::response::Parts,
+    data: Bytes,
+    trailers: Option<HeaderMap>,
+) -> http::Response<Body> {
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    let mut frames: Vec<Result<http_body::Frame<Bytes>, Infallible>> = Vec::with_capacity(2);
+    if !data.is_empty() {
+        frames.push(Ok(http_body::Frame::data(data)));
+    }
+    if let Some(trailers) = trailers {
+        frames.push(Ok(http_body::Frame::trailers(trailers)));
+    }
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+    http::Response::from_parts(parts, Body::new(body))
+}
+
+/// The message of a body holding exactly one uncompressed gRPC frame.
+fn message(data: &[u8]) -> Option<&[u8]> {
+    let (&compressed, rest) = data.split_first()?;
+    let (length, message) = rest.split_at_checked(4)?;
+    let length = u32::from_be_bytes(length.try_into().ok()?) as usize;
+    (compressed == 0 && message.len() == length).then_some(message)
+}
+
+fn frame(message: &[u8]) -> Bytes {
+    let mut framed = BytesMut::with_capacity(5 + message.len());
+    framed.put_u8(0);
+    framed.put_u32(message.len() as u32);
+    framed.put_slice(message);
+    framed.freeze()
+}
+
+/// A Refresh whose body names no refresh token takes the cookie's.
+async fn refresh_from_cookie(body: Body, refresh: &str) -> Result<Body, tonic::Status> {
+    let limited = http_body_util::Limited::new(body, MAX_BUFFERED);
+    let data = limited
+        .collect()
+        .await
+        .map_err(|_| tonic::Status::invalid_argument("refresh request too large"))?
+        .to_bytes();
+    let mut request = if data.is_empty() {
+        RefreshRequest::default()
+    } else {
+        message(&data)
+            .and_then(|m| RefreshRequest::decode(m).ok())
+            .ok_or_else(|| tonic::Status::invalid_argument("malformed refresh request"))?
+    };
+    if request.refresh_token.is_empty() {
+        request.refresh_token = refresh.to_owned();
+    }
+    Ok(Body::new(http_body_util::Full::new(frame(
+        &request.encode_to_vec(),
+    ))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_by_the_package_area() {
+        assert_eq!(
+            area_of("/trellis.cart.v1.CatalogService/ListProducts"),
+            Some("cart")
+        );
+        assert_eq!(
+            area_of("/trellis.auth.v1.OrganizationService/GetOrganization"),
+            Some("auth")
+        );
+        assert_eq!(area_of("/grpc.health.v1.Health/Check"), None);
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let framed = frame(b"abc");
+        assert_eq!(message(&framed), Some(&b"abc"[..]));
+        assert_eq!(message(&framed[..6]), None);
+        let mut compressed = framed.to_vec();
+        compressed[0] = 1;
+        assert_eq!(message(&compressed), None);
+    }
+
+    #[test]
+    fn every_public_and_user_method_has_an_upstream() {
+        for method in trellis::METHODS {
+            let area = area_of(method.path).expect("a trellis method");
+            assert!(crate::UPSTREAMS.contains(&area), "{}", method.path);
+        }
+    }
+}
