@@ -345,3 +345,92 @@ async fn the_gateway_routes_guards_and_keeps_browser_sessions_in_cookies() {
     running.shutdown().await.unwrap();
     std::fs::remove_dir_all(data_dir).unwrap();
 }
+
+/// Server streams go through as events happen; each client address and
+/// each organization has its own allowance (RESOURCE_EXHAUSTED for RPCs,
+/// HTTP 429 for the HTTP endpoints).
+#[tokio::test]
+async fn the_gateway_streams_events_and_limits_each_client() {
+    use trellis::execution::v1 as exec;
+    use trellis::execution::v1::execution_service_client::ExecutionServiceClient;
+
+    let data_dir = temp_dir("gateway-limits");
+    let args = trellis_cli::for_up(&up_args(&data_dir, &["--gateway-client-rate=1"]));
+    let running = trellis_cli::start(&ServiceName::ALL, &args).await.unwrap();
+    let gateway = running.address(ServiceName::Gateway).unwrap();
+    let direct = channel(running.address(ServiceName::Execution).unwrap()).await;
+    let mut auth =
+        AuthServiceClient::new(channel(running.address(ServiceName::Auth).unwrap()).await);
+    let user = sign_up(&mut auth, "streamer").await;
+    let bearer = format!("Bearer {}", user.access_token);
+
+    // A stream opened through the gateway (from 127.0.0.1) sees a change
+    // made directly on the Execution server.
+    let mut through = ExecutionServiceClient::new(channel(gateway).await);
+    let mut events = through
+        .watch_executions(with_metadata(
+            exec::WatchExecutionsRequest::default(),
+            &[("authorization", &bearer)],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let created = ExecutionServiceClient::new(direct)
+        .create_execution(with_metadata(
+            exec::CreateExecutionRequest {
+                queue: "gateway".into(),
+                image: "alpine".into(),
+                ..Default::default()
+            },
+            &[("authorization", &bearer)],
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .execution
+        .unwrap();
+    let event = tokio::time::timeout(std::time::Duration::from_secs(5), events.message())
+        .await
+        .expect("the event arrives through the gateway")
+        .unwrap()
+        .unwrap()
+        .event
+        .unwrap();
+    assert_eq!(event.execution.unwrap().execution_id, created.execution_id);
+
+    // One call a second, bursts of two: a client at 127.0.0.4 runs out,
+    // one at 127.0.0.5 does not; the HTTP endpoints answer 429 alike.
+    let hungry = Ipv4Addr::new(127, 0, 0, 4);
+    let who_am_i = |from| {
+        let request = grpc_web_post(
+            "/trellis.auth.v1.AuthService/WhoAmI",
+            &WhoAmIRequest {},
+            &format!("Authorization: {bearer}\r\n"),
+        );
+        async move { grpc_web_status(&http1(gateway, from, &request).await) }
+    };
+    assert_eq!(who_am_i(hungry).await, Some(0));
+    assert_eq!(who_am_i(hungry).await, Some(0));
+    let mut refused = false;
+    for _ in 0..5 {
+        let code = who_am_i(hungry).await;
+        assert!(matches!(code, Some(0) | Some(8)), "{code:?}");
+        if code == Some(Code::ResourceExhausted as i32) {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the third call within a second is over the limit");
+    let health = http1(
+        gateway,
+        hungry,
+        b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(health.starts_with("HTTP/1.1 429"), "{health}");
+    assert_eq!(who_am_i(Ipv4Addr::new(127, 0, 0, 5)).await, Some(0));
+
+    drop(events);
+    running.shutdown().await.unwrap();
+    std::fs::remove_dir_all(data_dir).unwrap();
+}

@@ -581,6 +581,7 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
             upstreams: upstreams.clone(),
             redis: redis.clone(),
             fanout: fanout.clone(),
+            verifier: verifier.clone(),
         };
         let set = service.create(&args.servers, context).await?;
         let set = if service.answers_session_checks() {

@@ -76,6 +76,10 @@ pub struct ServerContext {
     /// `--redis-url`, else PostgreSQL LISTEN/NOTIFY on PostgreSQL, else
     /// this process.
     pub fanout: Arc<dyn FanOut>,
+    /// The process's token verifier (one JWKS cache, one verified-token
+    /// cache), for a server that looks at tokens before the stack does
+    /// (the gateway's per-organization limits).
+    pub verifier: Arc<trellis_tenancy::TokenVerifier>,
 }
 
 /// A Redis pool and the prefix every key of this deployment starts with.

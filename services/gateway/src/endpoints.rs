@@ -4,6 +4,7 @@
 //! Trellis tokens).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -15,18 +16,46 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use trellis::auth::v1::GetJwksRequest;
 use trellis::auth::v1::auth_service_client::AuthServiceClient;
+use trellis_tenancy::{CallContext, rate_limit_key};
+
+use crate::limits::RateLimit;
 
 /// How long one upstream question may take before it counts as down.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 
 type Channels = HashMap<&'static str, Channel>;
 
-pub fn router(channels: Channels) -> axum::Router {
+pub fn router(channels: Channels, clients: Arc<RateLimit<String>>) -> axum::Router {
     axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/.well-known/jwks.json", get(jwks))
         .with_state(channels)
+        // The same per-address limit as RPCs, as HTTP 429.
+        .route_layer(axum::middleware::from_fn_with_state(clients, limited))
+}
+
+async fn limited(
+    State(clients): State<Arc<RateLimit<String>>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let client = request
+        .extensions()
+        .get::<CallContext>()
+        .and_then(CallContext::client_address);
+    if let Some(client) = client
+        && let Err(wait) = clients.take(&rate_limit_key(client))
+    {
+        let seconds = wait.as_secs().max(1).to_string();
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, seconds)],
+            "rate limit: too many requests from this address\n",
+        )
+            .into_response();
+    }
+    next.run(request).await
 }
 
 async fn readyz(State(channels): State<Channels>) -> Response {

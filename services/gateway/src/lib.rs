@@ -9,10 +9,12 @@
 
 mod cookies;
 mod endpoints;
+mod limits;
 mod proxy;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
@@ -46,6 +48,14 @@ pub struct GatewayArgs {
     /// address is the connection's peer.
     #[arg(long, env = "TRELLIS_GATEWAY_TRUSTED_PROXIES", default_value = "", value_parser = TrustedProxies::parse)]
     pub gateway_trusted_proxies: TrustedProxies,
+    /// Calls per second one client address (an IPv6 client's /64) may make,
+    /// with bursts of twice that; 0 = no limit. Per gateway replica.
+    #[arg(long, env = "TRELLIS_GATEWAY_CLIENT_RATE", default_value_t = 200)]
+    pub gateway_client_rate: u32,
+    /// Calls per second one organization's users may make through this
+    /// replica, with bursts of twice that; 0 = no limit.
+    #[arg(long, env = "TRELLIS_GATEWAY_ORG_RATE", default_value_t = 1000)]
+    pub gateway_org_rate: u32,
 }
 
 /// Origins a browser sends: scheme, host and optional port, nothing else.
@@ -108,7 +118,14 @@ impl Server for GatewayServer {
         } else {
             CookieNames::SECURE
         };
-        let proxy = proxy::Proxy::new(channels.clone(), names);
+        let clients = Arc::new(limits::RateLimit::new(args.gateway_client_rate));
+        let proxy = proxy::Proxy::new(
+            channels.clone(),
+            names,
+            clients.clone(),
+            Arc::new(limits::RateLimit::new(args.gateway_org_rate)),
+            context.verifier.clone(),
+        );
         let origins = args
             .gateway_allowed_origins
             .iter()
@@ -142,7 +159,7 @@ impl Server for GatewayServer {
             // plain gRPC over HTTP/2 passes through untouched.
             .layer(tonic_web::GrpcWebLayer::new())
             .service(proxy);
-        let router = endpoints::router(channels)
+        let router = endpoints::router(channels, clients)
             .fallback_service(grpc)
             .layer(cors);
         Ok(ServiceSet::http(

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -22,9 +23,13 @@ use tower::ServiceExt;
 use trellis::MethodPolicy;
 use trellis::auth::v1::{RefreshRequest, SignUpResponse};
 use trellis::common::v1::Caller;
-use trellis_tenancy::{CallContext, FORWARDED_FOR_HEADER};
+use trellis_tenancy::{
+    CallContext, FORWARDED_FOR_HEADER, Principal, TokenVerifier, rate_limit_key,
+};
+use uuid::Uuid;
 
 use crate::cookies::{self, CookieNames, Presented};
+use crate::limits::RateLimit;
 
 /// RPCs whose success starts or continues a login session: the response
 /// (every one shares SignUpResponse's field numbers) sets the cookies.
@@ -60,17 +65,51 @@ pub struct Proxy {
     channels: HashMap<&'static str, Channel>,
     methods: HashMap<&'static str, &'static MethodPolicy>,
     names: CookieNames,
+    clients: Arc<RateLimit<String>>,
+    orgs: Arc<RateLimit<Uuid>>,
+    verifier: Arc<TokenVerifier>,
 }
 
 impl Proxy {
-    pub fn new(channels: HashMap<&'static str, Channel>, names: CookieNames) -> Self {
+    pub fn new(
+        channels: HashMap<&'static str, Channel>,
+        names: CookieNames,
+        clients: Arc<RateLimit<String>>,
+        orgs: Arc<RateLimit<Uuid>>,
+        verifier: Arc<TokenVerifier>,
+    ) -> Self {
         let methods = trellis::METHODS.iter().map(|m| (m.path, m)).collect();
         Proxy {
             channels,
             methods,
             names,
+            clients,
+            orgs,
+            verifier,
         }
     }
+
+    /// The organization of a user's bearer token, verified (so nobody can
+    /// spend another organization's allowance by naming it); None for
+    /// anything else, which its server then refuses or serves.
+    async fn organization_of(&self, headers: &HeaderMap) -> Option<Uuid> {
+        let token = headers
+            .get(AUTHORIZATION)?
+            .to_str()
+            .ok()?
+            .strip_prefix("Bearer ")?;
+        match self.verifier.verify(token).await {
+            Ok(Principal::User(tenant)) => Some(tenant.org_id),
+            _ => None,
+        }
+    }
+}
+
+pub fn too_many(what: &str, wait: std::time::Duration) -> tonic::Status {
+    tonic::Status::resource_exhausted(format!(
+        "rate limit: too many calls {what}; retry in {} ms",
+        wait.as_millis().max(1)
+    ))
 }
 
 /// `auth` of `/trellis.auth.v1.AuthService/Login`.
@@ -116,6 +155,15 @@ impl Proxy {
             return refuse(tonic::Status::not_found("no server for this method"));
         };
 
+        let client = request
+            .extensions()
+            .get::<CallContext>()
+            .and_then(CallContext::client_address);
+        if let Some(client) = client
+            && let Err(wait) = self.clients.take(&rate_limit_key(client))
+        {
+            return refuse(too_many("from this address", wait));
+        }
         let (mut parts, mut body) = request.into_parts();
         let presented = Presented::from_headers(&parts.headers, &self.names);
         let from_browser = parts.headers.contains_key(ORIGIN);
@@ -139,10 +187,11 @@ impl Proxy {
             parts.headers.insert(AUTHORIZATION, value);
             by_cookie = true;
         }
-        let client = parts
-            .extensions
-            .get::<CallContext>()
-            .and_then(CallContext::client_address);
+        if let Some(org) = self.organization_of(&parts.headers).await
+            && let Err(wait) = self.orgs.take(&org)
+        {
+            return refuse(too_many("for this organization", wait));
+        }
         for name in DROPPED_REQUEST_HEADERS {
             parts.headers.remove(name);
         }
