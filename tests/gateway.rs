@@ -121,11 +121,16 @@ async fn the_gateway_routes_guards_and_keeps_browser_sessions_in_cookies() {
     let signed_up = signed_up.into_inner();
     assert_eq!(cookie(&cookies, "trellis-access"), signed_up.access_token);
     assert_eq!(cookie(&cookies, "trellis-refresh"), signed_up.refresh_token);
-    assert_eq!(cookie(&cookies, "trellis-csrf"), signed_up.csrf_token);
+    // The CSRF cookie names its login session.
+    let csrf_cookie = cookie(&cookies, "trellis-csrf");
+    assert_eq!(
+        csrf_cookie,
+        format!("{}.{}", signed_up.session_id, signed_up.csrf_token)
+    );
     let access = format!("trellis-access={}", signed_up.access_token);
     let all_cookies = format!(
-        "{access}; trellis-refresh={}; trellis-csrf={}",
-        signed_up.refresh_token, signed_up.csrf_token
+        "{access}; trellis-refresh={}; trellis-csrf={csrf_cookie}",
+        signed_up.refresh_token
     );
 
     // A bearer call needs no cookie and no CSRF token.
@@ -196,10 +201,57 @@ async fn the_gateway_routes_guards_and_keeps_browser_sessions_in_cookies() {
     assert_ne!(refreshed.refresh_token, signed_up.refresh_token);
     assert_eq!(cookie(&cookies, "trellis-refresh"), refreshed.refresh_token);
 
+    // A CSRF cookie of another login session vouches for nothing.
+    let other = auth
+        .login(LoginRequest {
+            email: email.clone(),
+            password: "Correct-Horse-9".into(),
+        })
+        .await
+        .unwrap();
+    let other_csrf = cookie(&set_cookies(other.metadata()), "trellis-csrf");
+    let other = other.into_inner();
+    let mixed = sessions
+        .create_session(with_metadata(
+            CreateSessionRequest::default(),
+            &[
+                (
+                    "cookie",
+                    &format!(
+                        "trellis-access={}; trellis-csrf={other_csrf}",
+                        refreshed.access_token
+                    ),
+                ),
+                ("x-csrf-token", &other.csrf_token),
+            ],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(mixed.code(), Code::PermissionDenied, "{mixed:?}");
+
+    // Headers the servers would refuse are refused here, and the shared
+    // connection to the server goes on serving.
+    let padding = "x".repeat(100 * 1024);
+    let too_big = auth
+        .who_am_i(with_metadata(
+            WhoAmIRequest {},
+            &[("authorization", &bearer), ("x-pad", &padding)],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(too_big.code(), Code::ResourceExhausted, "{too_big:?}");
+    auth.who_am_i(with_metadata(
+        WhoAmIRequest {},
+        &[("authorization", &bearer)],
+    ))
+    .await
+    .unwrap();
+
     // Logout by cookie (with its CSRF token) clears the cookies.
     let cookies_now = format!(
         "trellis-access={}; trellis-csrf={}",
-        refreshed.access_token, refreshed.csrf_token
+        refreshed.access_token,
+        cookie(&cookies, "trellis-csrf")
     );
     let logged_out = auth
         .logout(with_metadata(

@@ -1,13 +1,16 @@
 //! Cookie mode for browsers. A successful SignUp, Login, Refresh or
 //! AcceptInvitation through the gateway sets three HttpOnly, SameSite=Strict
 //! cookies: the access token, the refresh token and the login session's
-//! CSRF token. A later call without an `authorization` header but with the
-//! access cookie is forwarded with `authorization: Bearer <cookie>`; if its
-//! RPC is not `NO_SIDE_EFFECTS` it must carry `x-csrf-token` equal to the
-//! CSRF cookie, which was set from the same login session's response as the
-//! access token (a double submit the page cannot fake from another origin:
-//! it can neither read nor write these cookies). A bearer header wins over
-//! cookies and needs no CSRF token.
+//! CSRF token (with the id of the session it belongs to). A later call
+//! without an `authorization` header but with the access cookie is
+//! forwarded with `authorization: Bearer <cookie>`; if its RPC is not
+//! `NO_SIDE_EFFECTS` it must carry `x-csrf-token` equal to the CSRF
+//! cookie's token, and that cookie must belong to the verified access
+//! token's login session. The cookie was set from that session's own auth
+//! response, so the header equals the session's csrf_token; a page of
+//! another origin can neither read these cookies nor, without a CORS grant,
+//! send the header. A bearer header wins over cookies and needs no CSRF
+//! token.
 
 use http::HeaderMap;
 use http::header::{COOKIE, SET_COOKIE};
@@ -107,13 +110,15 @@ pub fn set_session_cookies(
     access_token: &str,
     expires_in: i64,
     refresh_token: &str,
+    session_id: &str,
     csrf_token: &str,
 ) {
     let attributes = names.attributes();
+    let csrf = csrf_cookie_value(session_id, csrf_token);
     let cookies = [
         (names.access, access_token, Some(expires_in.max(0))),
         (names.refresh, refresh_token, None),
-        (names.csrf, csrf_token, None),
+        (names.csrf, csrf.as_str(), None),
     ];
     for (name, value, max_age) in cookies {
         if !cookie_safe(value) {
@@ -136,12 +141,26 @@ pub fn clear_session_cookies(headers: &mut HeaderMap, names: &CookieNames) {
     }
 }
 
-/// `x-csrf-token` equals the CSRF cookie, compared in constant time.
-pub fn csrf_matches(headers: &HeaderMap, presented: &Presented) -> bool {
+/// The CSRF cookie's value: the login session it belongs to and its token.
+fn csrf_cookie_value(session_id: &str, csrf_token: &str) -> String {
+    format!("{session_id}.{csrf_token}")
+}
+
+/// `x-csrf-token` equals the CSRF cookie's token, compared in constant
+/// time, and the cookie belongs to `session` (the login session of the
+/// verified access token): a CSRF cookie of one session never vouches for
+/// another session's token.
+pub fn csrf_matches(headers: &HeaderMap, presented: &Presented, session: &str) -> bool {
     let header = headers
         .get(HeaderName::from_static(CSRF_HEADER))
         .map(HeaderValue::as_bytes);
-    match (header, presented.csrf.as_deref()) {
+    let expected = presented
+        .csrf
+        .as_deref()
+        .and_then(|value| value.split_once('.'))
+        .filter(|(cookie_session, _)| *cookie_session == session)
+        .map(|(_, token)| token);
+    match (header, expected) {
         (Some(sent), Some(expected)) if !expected.is_empty() && sent.len() == expected.len() => {
             sent.iter()
                 .zip(expected.as_bytes())
@@ -175,31 +194,51 @@ mod tests {
     }
 
     #[test]
-    fn csrf_must_equal_the_cookie() {
+    fn csrf_must_equal_the_cookie_of_the_same_session() {
         let presented = Presented {
-            csrf: Some("abc".into()),
+            csrf: Some(csrf_cookie_value("s1", "abc")),
             ..Presented::default()
         };
         let mut headers = HeaderMap::new();
-        assert!(!csrf_matches(&headers, &presented));
+        assert!(!csrf_matches(&headers, &presented, "s1"));
         headers.insert(CSRF_HEADER, HeaderValue::from_static("abd"));
-        assert!(!csrf_matches(&headers, &presented));
+        assert!(!csrf_matches(&headers, &presented, "s1"));
         headers.insert(CSRF_HEADER, HeaderValue::from_static("abc"));
-        assert!(csrf_matches(&headers, &presented));
-        assert!(!csrf_matches(&headers, &Presented::default()));
+        assert!(csrf_matches(&headers, &presented, "s1"));
+        assert!(
+            !csrf_matches(&headers, &presented, "s2"),
+            "another session's cookie"
+        );
+        assert!(!csrf_matches(&headers, &Presented::default(), "s1"));
     }
 
     #[test]
     fn production_cookies_are_host_prefixed_secure_and_strict() {
         let mut headers = HeaderMap::new();
-        set_session_cookies(&mut headers, &CookieNames::SECURE, "a.b.c", 900, "r", "c");
+        set_session_cookies(
+            &mut headers,
+            &CookieNames::SECURE,
+            "a.b.c",
+            900,
+            "r",
+            "s",
+            "c",
+        );
         let set: Vec<_> = headers.get_all(SET_COOKIE).iter().collect();
         assert_eq!(set.len(), 3);
         assert_eq!(
             set[0],
             "__Host-trellis-access=a.b.c; Max-Age=900; Path=/; HttpOnly; Secure; SameSite=Strict"
         );
-        set_session_cookies(&mut headers, &CookieNames::SECURE, "bad;value", 1, "r", "c");
+        set_session_cookies(
+            &mut headers,
+            &CookieNames::SECURE,
+            "bad;value",
+            1,
+            "r",
+            "s",
+            "c",
+        );
         assert_eq!(headers.get_all(SET_COOKIE).iter().count(), 5);
     }
 }

@@ -59,23 +59,31 @@ async fn limited(
 }
 
 async fn readyz(State(channels): State<Channels>) -> Response {
+    // Every server at once: the answer takes one timeout at most.
+    let mut asking = tokio::task::JoinSet::new();
+    for (&name, channel) in &channels {
+        let mut health = HealthClient::new(channel.clone());
+        asking.spawn(async move {
+            let asked = tokio::time::timeout(
+                UPSTREAM_TIMEOUT,
+                health.check(HealthCheckRequest {
+                    service: String::new(),
+                }),
+            )
+            .await;
+            let serving = matches!(asked, Ok(Ok(ref answer)) if answer.get_ref().status == ServingStatus::Serving as i32);
+            (name, serving)
+        });
+    }
     let mut down = Vec::new();
-    let mut names: Vec<_> = channels.keys().copied().collect();
-    names.sort_unstable();
-    for name in names {
-        let mut health = HealthClient::new(channels[name].clone());
-        let asked = tokio::time::timeout(
-            UPSTREAM_TIMEOUT,
-            health.check(HealthCheckRequest {
-                service: String::new(),
-            }),
-        )
-        .await;
-        let serving = matches!(asked, Ok(Ok(ref answer)) if answer.get_ref().status == ServingStatus::Serving as i32);
-        if !serving {
-            down.push(name);
+    while let Some(answer) = asking.join_next().await {
+        match answer {
+            Ok((_, true)) => {}
+            Ok((name, false)) => down.push(name),
+            Err(_) => down.push("?"),
         }
     }
+    down.sort_unstable();
     if down.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {

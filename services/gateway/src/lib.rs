@@ -56,6 +56,13 @@ pub struct GatewayArgs {
     /// replica, with bursts of twice that; 0 = no limit.
     #[arg(long, env = "TRELLIS_GATEWAY_ORG_RATE", default_value_t = 1000)]
     pub gateway_org_rate: u32,
+    /// Calls one client address may have in progress at once (server
+    /// streams until they end).
+    #[arg(long, env = "TRELLIS_GATEWAY_CLIENT_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub gateway_client_concurrency: u32,
+    /// Calls in progress through this gateway at once, in all.
+    #[arg(long, env = "TRELLIS_GATEWAY_CONCURRENCY", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub gateway_concurrency: u32,
 }
 
 /// Origins a browser sends: scheme, host and optional port, nothing else.
@@ -124,6 +131,10 @@ impl Server for GatewayServer {
             names,
             clients.clone(),
             Arc::new(limits::RateLimit::new(args.gateway_org_rate)),
+            Arc::new(limits::InFlight::new(
+                args.gateway_client_concurrency as usize,
+                args.gateway_concurrency as usize,
+            )),
             context.verifier.clone(),
         );
         let origins = args

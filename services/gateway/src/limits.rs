@@ -1,10 +1,12 @@
-//! Rate limits per client address and per organization: token buckets in
+//! Rate limits per client address and per organization, and calls in
+//! progress per client address and in all. Rate limits are token buckets in
 //! this replica's memory (a browser keeps its connection to one replica;
 //! N replicas allow up to N times the rate in all). Both maps are bounded:
 //! past their size the least recently used bucket is forgotten, which
 //! only ever lets a forgotten client start again with a full bucket.
 
 use std::hash::Hash;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -85,5 +87,89 @@ mod tests {
         );
         assert!(limit.take(&"b").is_ok(), "another key has its own bucket");
         assert!(RateLimit::new(0).take(&"a").is_ok());
+    }
+}
+
+/// Calls in progress (streams until they end), per client address and in
+/// all: a slow or stream-hoarding client holds its own slots, not everyone's.
+pub struct InFlight {
+    per_client: usize,
+    total: usize,
+    all: Arc<AtomicUsize>,
+    clients: quick_cache::sync::Cache<String, Arc<AtomicUsize>>,
+}
+
+/// A call's slot, given back when dropped.
+pub struct InFlightGuard {
+    all: Arc<AtomicUsize>,
+    client: Option<Arc<AtomicUsize>>,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.all.fetch_sub(1, Ordering::AcqRel);
+        if let Some(client) = &self.client {
+            client.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl InFlight {
+    pub fn new(per_client: usize, total: usize) -> Self {
+        InFlight {
+            per_client,
+            total,
+            all: Arc::new(AtomicUsize::new(0)),
+            clients: quick_cache::sync::Cache::new(MAX_BUCKETS),
+        }
+    }
+
+    /// A slot for a call of `client`, or None when it or everyone is at
+    /// the limit.
+    pub fn enter(&self, client: Option<&str>) -> Option<InFlightGuard> {
+        if self.all.fetch_add(1, Ordering::AcqRel) >= self.total {
+            self.all.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let mut guard = InFlightGuard {
+            all: self.all.clone(),
+            client: None,
+        };
+        if let Some(client) = client {
+            let counter = match self.clients.get(client) {
+                Some(counter) => counter,
+                None => {
+                    let fresh = Arc::new(AtomicUsize::new(0));
+                    self.clients.insert(client.to_owned(), fresh.clone());
+                    fresh
+                }
+            };
+            if counter.fetch_add(1, Ordering::AcqRel) >= self.per_client {
+                counter.fetch_sub(1, Ordering::AcqRel);
+                return None; // the guard gives the overall slot back
+            }
+            guard.client = Some(counter);
+        }
+        Some(guard)
+    }
+}
+
+#[cfg(test)]
+mod in_flight_tests {
+    use super::*;
+
+    #[test]
+    fn slots_per_client_and_in_all_come_back_when_dropped() {
+        let in_flight = InFlight::new(2, 3);
+        let a1 = in_flight.enter(Some("a")).unwrap();
+        let _a2 = in_flight.enter(Some("a")).unwrap();
+        assert!(
+            in_flight.enter(Some("a")).is_none(),
+            "a's two slots are taken"
+        );
+        let _b1 = in_flight.enter(Some("b")).unwrap();
+        assert!(in_flight.enter(Some("c")).is_none(), "all three are taken");
+        drop(a1);
+        assert!(in_flight.enter(Some("a")).is_some());
     }
 }

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{AUTHORIZATION, HeaderName, ORIGIN};
@@ -29,7 +30,7 @@ use trellis_tenancy::{
 use uuid::Uuid;
 
 use crate::cookies::{self, CookieNames, Presented};
-use crate::limits::RateLimit;
+use crate::limits::{InFlight, InFlightGuard, RateLimit};
 
 /// RPCs whose success starts or continues a login session: the response
 /// (every one shares SignUpResponse's field numbers) sets the cookies.
@@ -40,11 +41,21 @@ const ISSUES_TOKENS: [&str; 4] = [
     "/trellis.auth.v1.OrganizationService/AcceptInvitation",
 ];
 const REFRESH: &str = "/trellis.auth.v1.AuthService/Refresh";
-const LOGOUT: &str = "/trellis.auth.v1.AuthService/Logout";
+/// Their success ends the cookies' session: the cookies are cleared.
+const LOGOUTS: [&str; 2] = [
+    "/trellis.auth.v1.AuthService/Logout",
+    "/trellis.auth.v1.AuthService/LogoutAll",
+];
 
-/// Auth requests and responses read whole are this small; anything larger
-/// is not one and goes through untouched or is refused.
+/// Auth responses read whole are this small; anything larger is refused.
 const MAX_BUFFERED: usize = 64 * 1024;
+/// A request message at most (tonic's default limit on the servers).
+const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+/// How long a request's body may take to arrive.
+const REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Request headers, as HTTP/2 counts them (32 bytes per field beside name
+/// and value), well within what the servers accept.
+const MAX_REQUEST_HEADER_BYTES: usize = 8 * 1024;
 
 /// Request headers that belong to one hop (or to the gateway) and never
 /// reach a server.
@@ -67,6 +78,7 @@ pub struct Proxy {
     names: CookieNames,
     clients: Arc<RateLimit<String>>,
     orgs: Arc<RateLimit<Uuid>>,
+    in_flight: Arc<InFlight>,
     verifier: Arc<TokenVerifier>,
 }
 
@@ -76,6 +88,7 @@ impl Proxy {
         names: CookieNames,
         clients: Arc<RateLimit<String>>,
         orgs: Arc<RateLimit<Uuid>>,
+        in_flight: Arc<InFlight>,
         verifier: Arc<TokenVerifier>,
     ) -> Self {
         let methods = trellis::METHODS.iter().map(|m| (m.path, m)).collect();
@@ -85,22 +98,8 @@ impl Proxy {
             names,
             clients,
             orgs,
+            in_flight,
             verifier,
-        }
-    }
-
-    /// The organization of a user's bearer token, verified (so nobody can
-    /// spend another organization's allowance by naming it); None for
-    /// anything else, which its server then refuses or serves.
-    async fn organization_of(&self, headers: &HeaderMap) -> Option<Uuid> {
-        let token = headers
-            .get(AUTHORIZATION)?
-            .to_str()
-            .ok()?
-            .strip_prefix("Bearer ")?;
-        match self.verifier.verify(token).await {
-            Ok(Principal::User(tenant)) => Some(tenant.org_id),
-            _ => None,
         }
     }
 }
@@ -159,12 +158,32 @@ impl Proxy {
             .extensions()
             .get::<CallContext>()
             .and_then(CallContext::client_address);
-        if let Some(client) = client
-            && let Err(wait) = self.clients.take(&rate_limit_key(client))
+        let client_key = client.map(rate_limit_key);
+        if let Some(key) = &client_key
+            && let Err(wait) = self.clients.take(key)
         {
             return refuse(too_many("from this address", wait));
         }
-        let (mut parts, mut body) = request.into_parts();
+        // One connection to each server carries every caller's calls: a
+        // header block the server would refuse would close it for all.
+        if header_bytes(request.headers()) > MAX_REQUEST_HEADER_BYTES {
+            return refuse(tonic::Status::resource_exhausted(format!(
+                "request headers over {MAX_REQUEST_HEADER_BYTES} bytes"
+            )));
+        }
+        let Some(held) = self.in_flight.enter(client_key.as_deref()) else {
+            return refuse(tonic::Status::resource_exhausted(
+                "too many calls in progress from this address or in all",
+            ));
+        };
+        let (mut parts, body) = request.into_parts();
+        // Every Trellis RPC takes one request message: read it whole
+        // (bounded, in bounded time) before asking a server, so a slow
+        // sender holds a slot here, not a stream of the shared connection.
+        let mut body = match read_request(body).await {
+            Ok(body) => body,
+            Err(status) => return refuse(status),
+        };
         let presented = Presented::from_headers(&parts.headers, &self.names);
         let from_browser = parts.headers.contains_key(ORIGIN);
         let bearer = parts.headers.contains_key(AUTHORIZATION);
@@ -173,22 +192,29 @@ impl Proxy {
             && policy.caller != Caller::Public
             && let Some(access) = &presented.access
         {
-            // Cookies travel with every request the browser makes, forged
-            // ones included: a state change needs the CSRF token too.
-            if !policy.read_only && !cookies::csrf_matches(&parts.headers, &presented) {
-                return refuse(tonic::Status::permission_denied(
-                    "a call authenticated by cookie that changes state needs x-csrf-token \
-                     (the csrf_token of the login session's auth response)",
-                ));
-            }
             let Ok(value) = HeaderValue::from_str(&format!("Bearer {access}")) else {
                 return refuse(tonic::Status::unauthenticated("malformed access cookie"));
             };
             parts.headers.insert(AUTHORIZATION, value);
             by_cookie = true;
         }
-        if let Some(org) = self.organization_of(&parts.headers).await
-            && let Err(wait) = self.orgs.take(&org)
+        let caller = self.principal_of(&parts.headers).await;
+        // Cookies travel with every request the browser makes, forged ones
+        // included: a state change needs the CSRF token of the cookie's own
+        // login session too. (A cookie token that does not verify is left
+        // to its server, which answers UNAUTHENTICATED.)
+        if by_cookie
+            && !policy.read_only
+            && let Some(Principal::User(tenant)) = &caller
+            && !cookies::csrf_matches(&parts.headers, &presented, &tenant.session_id.to_string())
+        {
+            return refuse(tonic::Status::permission_denied(
+                "a call authenticated by cookie that changes state needs x-csrf-token \
+                 (the csrf_token of the login session's auth response)",
+            ));
+        }
+        if let Some(Principal::User(tenant)) = &caller
+            && let Err(wait) = self.orgs.take(&tenant.org_id)
         {
             return refuse(too_many("for this organization", wait));
         }
@@ -206,31 +232,49 @@ impl Proxy {
             && !bearer
             && let Some(refresh) = &presented.refresh
         {
-            body = match refresh_from_cookie(body, refresh).await {
+            body = match refresh_from_cookie(&body, refresh) {
                 Ok(body) => body,
                 Err(status) => return refuse(status),
             };
         }
+        if ISSUES_TOKENS.contains(&path.as_str()) {
+            // The answer is read whole and rewritten: no compressed frames.
+            parts.headers.remove("grpc-accept-encoding");
+        }
         parts.version = http::Version::HTTP_2;
-        let forwarded = http::Request::from_parts(parts, body);
+        let forwarded =
+            http::Request::from_parts(parts, Body::new(http_body_util::Full::new(body)));
 
         let response = match channel.clone().oneshot(forwarded).await {
             Ok(response) => response,
             Err(error) => {
-                tracing::warn!(%error, path, "upstream unreachable");
+                // The access log has the call and its UNAVAILABLE.
+                tracing::debug!(%error, path, "upstream call failed");
                 return refuse(tonic::Status::unavailable(format!(
                     "the {} server is unreachable",
                     area_of(&path).unwrap_or("upstream")
                 )));
             }
         };
-        if ISSUES_TOKENS.contains(&path.as_str()) {
+        let response = if ISSUES_TOKENS.contains(&path.as_str()) {
             self.with_session_cookies(response, from_browser).await
-        } else if path == LOGOUT && by_cookie {
+        } else if LOGOUTS.contains(&path.as_str()) && by_cookie {
             self.clearing_cookies(response).await
         } else {
             response
-        }
+        };
+        // The slot is held until the answer ends (streams included).
+        response.map(|body| Body::new(Held { body, _held: held }))
+    }
+
+    /// The verified caller of a bearer token, if it verifies.
+    async fn principal_of(&self, headers: &HeaderMap) -> Option<Principal> {
+        let token = headers
+            .get(AUTHORIZATION)?
+            .to_str()
+            .ok()?
+            .strip_prefix("Bearer ")?;
+        self.verifier.verify(token).await.ok()
     }
 
     /// Sets the cookies from a successful auth response; a browser's copy
@@ -251,15 +295,19 @@ impl Proxy {
                 .is_some_and(|s| s == "0")
         };
         let mut data = data;
-        if status_ok(trailers.as_ref())
-            && let Some(mut tokens) = message(&data).and_then(|m| SignUpResponse::decode(m).ok())
-        {
+        if status_ok(trailers.as_ref()) {
+            let Some(mut tokens) = message(&data).and_then(|m| SignUpResponse::decode(m).ok())
+            else {
+                // Never hand a browser tokens its scripts could read.
+                return refuse(tonic::Status::internal("unreadable auth response"));
+            };
             cookies::set_session_cookies(
                 &mut parts.headers,
                 &self.names,
                 &tokens.access_token,
                 tokens.expires_in,
                 &tokens.refresh_token,
+                &tokens.session_id,
                 &tokens.csrf_token,
             );
             if from_browser {
@@ -329,26 +377,69 @@ fn frame(message: &[u8]) -> Bytes {
 }
 
 /// A Refresh whose body names no refresh token takes the cookie's.
-async fn refresh_from_cookie(body: Body, refresh: &str) -> Result<Body, tonic::Status> {
-    let limited = http_body_util::Limited::new(body, MAX_BUFFERED);
-    let data = limited
-        .collect()
-        .await
-        .map_err(|_| tonic::Status::invalid_argument("refresh request too large"))?
-        .to_bytes();
+fn refresh_from_cookie(data: &Bytes, refresh: &str) -> Result<Bytes, tonic::Status> {
     let mut request = if data.is_empty() {
         RefreshRequest::default()
     } else {
-        message(&data)
+        message(data)
             .and_then(|m| RefreshRequest::decode(m).ok())
             .ok_or_else(|| tonic::Status::invalid_argument("malformed refresh request"))?
     };
     if request.refresh_token.is_empty() {
         request.refresh_token = refresh.to_owned();
     }
-    Ok(Body::new(http_body_util::Full::new(frame(
-        &request.encode_to_vec(),
-    ))))
+    Ok(frame(&request.encode_to_vec()))
+}
+
+/// The request body whole, within [`MAX_REQUEST_BYTES`] and
+/// [`REQUEST_BODY_TIMEOUT`].
+async fn read_request(body: Body) -> Result<Bytes, tonic::Status> {
+    let limited = http_body_util::Limited::new(body, MAX_REQUEST_BYTES);
+    match tokio::time::timeout(REQUEST_BODY_TIMEOUT, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(
+            tonic::Status::resource_exhausted(format!("request over {MAX_REQUEST_BYTES} bytes")),
+        ),
+        Ok(Err(_)) => Err(tonic::Status::cancelled("the request body was cut off")),
+        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+            "the request body took over {} s",
+            REQUEST_BODY_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// Header bytes as HTTP/2 counts them.
+fn header_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum()
+}
+
+/// A response body that holds its call's in-flight slot until it ends.
+struct Held {
+    body: Body,
+    _held: InFlightGuard,
+}
+
+impl http_body::Body for Held {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, tonic::Status>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 #[cfg(test)]
