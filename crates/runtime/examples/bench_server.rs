@@ -133,7 +133,9 @@ fn main() {
                 tonic::transport::Server::builder()
                     .add_service(service)
                     .serve_with_incoming_shutdown(
-                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        // As the Trellis servers accept: without Nagle.
+                        tonic::transport::server::TcpIncoming::from(listener)
+                            .with_nodelay(Some(true)),
                         async move { stop.wait().await },
                     )
                     .await

@@ -171,7 +171,10 @@ pub async fn serve(
         service_names.clone(),
         shutdown.clone(),
     );
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // tonic ignores its own tcp_nodelay for a listener it did not bind:
+    // without it, Nagle holds a response's later frames for the client's
+    // delayed ACK (tens of ms).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let mut on_signal = shutdown.clone();
     let drain = limits.shutdown_drain;
     let stop_accepting = async move {
