@@ -8,6 +8,7 @@ mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 
+use base64::Engine as _;
 use common::*;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -306,6 +307,69 @@ async fn the_gateway_routes_guards_and_keeps_browser_sessions_in_cookies() {
         answer.matches(&token).count(),
         1,
         "the token is in the cookie only"
+    );
+
+    // gRPC-web text (base64 both ways), as some browser clients send it.
+    let mut text_request = grpc_web_post(
+        "/trellis.auth.v1.AuthService/Login",
+        &login,
+        "Accept: application/grpc-web-text\r\n",
+    );
+    let body_at = text_request
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap()
+        + 4;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&text_request[body_at..]);
+    text_request.truncate(body_at);
+    let head = String::from_utf8(text_request)
+        .unwrap()
+        .replace("application/grpc-web+proto", "application/grpc-web-text")
+        .replace(
+            &format!("Content-Length: {}", 5 + login.encoded_len()),
+            &format!("Content-Length: {}", encoded.len()),
+        );
+    let answer = http1(
+        gateway,
+        Ipv4Addr::LOCALHOST,
+        format!("{head}{encoded}").as_bytes(),
+    )
+    .await;
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("content-type: application/grpc-web-text"),
+        "{answer}"
+    );
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let decoded: Vec<u8> = body
+        .split("\r\n")
+        .filter(|chunk| chunk.len() > 8 && !chunk.chars().all(|c| c.is_ascii_hexdigit()))
+        .flat_map(|chunk| {
+            base64::engine::general_purpose::STANDARD
+                .decode(chunk)
+                .unwrap_or_default()
+        })
+        .collect();
+    assert!(
+        String::from_utf8_lossy(&decoded).contains("grpc-status:0"),
+        "{answer}"
+    );
+
+    // Status details travel through: a weak password's BadRequest.
+    let weak = auth
+        .sign_up(trellis::auth::v1::SignUpRequest {
+            email: format!("weak.{unique}@example.com"),
+            password: "short".into(),
+            name: "Weak".into(),
+            organization_name: format!("Weak {unique}"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(weak.code(), Code::InvalidArgument);
+    assert!(
+        !weak.details().is_empty(),
+        "grpc-status-details-bin through the gateway"
     );
 
     // Preflight: answered by the gateway; a disallowed origin gets no grant.
