@@ -134,6 +134,24 @@ async fn the_gateway_routes_guards_and_keeps_browser_sessions_in_cookies() {
         signed_up.refresh_token
     );
 
+    // A refusal of an auth call comes through as itself, over plain gRPC
+    // as over gRPC-web (trailers-only answers end with their headers).
+    let wrong = auth
+        .login(LoginRequest {
+            email: email.clone(),
+            password: "Wrong-Horse-9".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated, "{wrong:?}");
+    let bogus = auth
+        .refresh(RefreshRequest {
+            refresh_token: "bogus".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bogus.code(), Code::Unauthenticated, "{bogus:?}");
+
     // A bearer call needs no cookie and no CSRF token.
     let bearer = format!("Bearer {}", signed_up.access_token);
     let mut sessions = SessionServiceClient::new(through.clone());

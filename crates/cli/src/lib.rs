@@ -351,6 +351,16 @@ async fn open_databases(
 ) -> Result<Vec<Database>, CliError> {
     let mut databases = Vec::with_capacity(services.len());
     for &service in services {
+        let migrations = service.migrations();
+        if migrations.sqlite.is_empty() && migrations.postgres.is_empty() {
+            // No tables (the gateway): no file, no connection to PostgreSQL.
+            let options = DatabaseOptions {
+                max_connections: 1,
+                ..DatabaseOptions::default()
+            };
+            databases.push(Database::connect("sqlite://:memory:", &options).await?);
+            continue;
+        }
         let url = storage.database_url(service);
         let database = Database::connect(&url, &DatabaseOptions::default()).await?;
         if run_migrations {
@@ -545,7 +555,7 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
         None => Arc::new(MemoryCounters::default()),
     };
 
-    let channels = upstream_channels(args, &listeners)?;
+    let (channels, endpoints) = upstream_channels(args, &listeners)?;
     let auth = channels[ServiceName::Auth.as_str()].clone();
     let (verifier, session_guard) = build_verifier(args, auth.clone());
     let worker_tokens = fulfillment_credentials(args, &services, &databases)
@@ -566,7 +576,9 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
                 Duration::from_secs(3),
             ))
         });
-    let upstreams = Upstreams::new(channels, tokens).with_worker_tokens(worker_tokens);
+    let upstreams = Upstreams::new(channels, tokens)
+        .with_worker_tokens(worker_tokens)
+        .with_endpoints(endpoints);
     let fanout = fan_out(&args.storage, redis.as_ref(), &databases).await?;
     let (trigger, shutdown) = Shutdown::new();
     let mut tasks = JoinSet::new();
@@ -589,10 +601,16 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
         } else {
             set.with_session_guard(Some(session_guard.clone()))
         };
-        say(&format!(
-            "{:<10} listening on {bound}  ({})",
-            service.as_str(),
+        let serves = if service.serves_grpc_services() {
             set.service_names().join(", ")
+        } else {
+            "HTTP: gRPC-web and gRPC for every service above, /healthz, /readyz, \
+             /.well-known/jwks.json"
+                .to_owned()
+        };
+        say(&format!(
+            "{:<10} listening on {bound}  ({serves})",
+            service.as_str()
         ));
         addresses.push((service, bound));
         let limits = args.limits.clone();
@@ -617,18 +635,25 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
 /// Redis connections of the process, shared by sessions and counters.
 const REDIS_POOL_SIZE: u32 = 16;
 
+/// Channels to every server and their endpoints, by server name.
+type UpstreamAddresses = (
+    HashMap<&'static str, Channel>,
+    HashMap<&'static str, Endpoint>,
+);
+
 /// A lazily connected channel to every server: its `--<name>-url`, else
 /// this process's own listener when it runs that server, else its listen
 /// address (an unspecified IP reached on loopback).
 fn upstream_channels(
     args: &ServeArgs,
     listeners: &[(ServiceName, TcpListener, SocketAddr)],
-) -> Result<HashMap<&'static str, Channel>, CliError> {
+) -> Result<UpstreamAddresses, CliError> {
     let reachable = |address: SocketAddr| match address.ip().is_unspecified() {
         true => format!("http://127.0.0.1:{}", address.port()),
         false => format!("http://{address}"),
     };
     let mut channels = HashMap::new();
+    let mut endpoints = HashMap::new();
     for service in ServiceName::ALL {
         let url = match service.upstream_url(&args.servers) {
             Some(url) => url.to_owned(),
@@ -645,8 +670,9 @@ fn upstream_channels(
             .connect_timeout(Duration::from_secs(2));
         // Lazy, so every server starts even while the others come up.
         channels.insert(service.as_str(), endpoint.connect_lazy());
+        endpoints.insert(service.as_str(), endpoint);
     }
-    Ok(channels)
+    Ok((channels, endpoints))
 }
 
 /// This process's service account: from the flags, or, when it runs Auth

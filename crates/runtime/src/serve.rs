@@ -194,6 +194,11 @@ pub async fn serve(
         close_streams.send_replace(true);
     };
 
+    // Whose x-forwarded-for this server believes: the gateway has its own.
+    let believed = match &http {
+        Some((_, trusted)) => trusted.clone(),
+        None => limits.trusted_proxies.clone(),
+    };
     let server: std::pin::Pin<
         Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
     > = match http {
@@ -282,13 +287,13 @@ pub async fn serve(
             Box::pin(server)
         }
     };
-    if limits.trusted_proxies.is_empty() {
+    if believed.is_empty() {
         tracing::info!(server = name, address = ?address, "serving");
     } else {
         tracing::info!(
             server = name,
             address = ?address,
-            trusted_proxies = %limits.trusted_proxies,
+            trusted_proxies = %believed,
             "serving; x-forwarded-for believed from the trusted proxies"
         );
     }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 use trellis_tenancy::{AsService, AsServiceLayer, Propagate, PropagateLayer, ServiceTokens};
 
 /// Where every server of the deployment is reached (`--<name>-url`, or this
@@ -13,6 +13,7 @@ use trellis_tenancy::{AsService, AsServiceLayer, Propagate, PropagateLayer, Serv
 #[derive(Clone, Default)]
 pub struct Upstreams {
     channels: HashMap<&'static str, Channel>,
+    endpoints: HashMap<&'static str, Endpoint>,
     tokens: Option<Arc<ServiceTokens>>,
     worker_tokens: Option<Arc<ServiceTokens>>,
 }
@@ -24,9 +25,22 @@ impl Upstreams {
     ) -> Self {
         Upstreams {
             channels,
+            endpoints: HashMap::new(),
             tokens,
             worker_tokens: None,
         }
+    }
+
+    /// Also where each server is, for a caller that opens connections of
+    /// its own (the gateway, which spreads its callers over several).
+    pub fn with_endpoints(mut self, endpoints: HashMap<&'static str, Endpoint>) -> Self {
+        self.endpoints = endpoints;
+        self
+    }
+
+    /// The address (and connection settings) of the server named `server`.
+    pub fn endpoint(&self, server: &str) -> Option<Endpoint> {
+        self.endpoints.get(server).cloned()
     }
 
     /// Also a worker account's token, for a server's built-in worker (the

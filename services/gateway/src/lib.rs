@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
+use tonic::transport::Channel;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use trellis_runtime::{ConfigError, JwtArgs, Server, ServerContext, ServiceSet, SetupError};
 use trellis_store::ServiceMigrations;
@@ -28,6 +29,9 @@ pub use cookies::CookieNames;
 /// Servers whose RPCs the gateway routes, by the area of their package
 /// (`trellis.<area>.v1`).
 pub const UPSTREAMS: [&str; 5] = ["auth", "session", "cart", "order", "execution"];
+
+/// Connections the gateway keeps to each server.
+const UPSTREAM_CONNECTIONS: usize = 8;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct GatewayArgs {
@@ -115,9 +119,19 @@ impl Server for GatewayServer {
     async fn create(args: &GatewayArgs, context: ServerContext) -> Result<ServiceSet, SetupError> {
         let mut channels = HashMap::new();
         for server in UPSTREAMS {
-            let channel = context.upstreams.channel(server).ok_or_else(|| {
-                ConfigError::Invalid(format!("the gateway has no channel to the {server} server"))
-            })?;
+            // Several HTTP/2 connections to each server, the less busy of
+            // two picked per call: one connection's stream limit (256 at
+            // the servers' defaults) is not a ceiling for every caller.
+            let channel = match context.upstreams.endpoint(server) {
+                Some(endpoint) => {
+                    Channel::balance_list(std::iter::repeat_n(endpoint, UPSTREAM_CONNECTIONS))
+                }
+                None => context.upstreams.channel(server).ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "the gateway has no channel to the {server} server"
+                    ))
+                })?,
+            };
             channels.insert(server, channel);
         }
         let names = if args.gateway_insecure_cookies {

@@ -349,6 +349,11 @@ fn rebuilt(
     trailers: Option<HeaderMap>,
 ) -> http::Response<Body> {
     parts.headers.remove(http::header::CONTENT_LENGTH);
+    if data.is_empty() && trailers.is_none() {
+        // Trailers-only (a refusal: grpc-status in the headers): the body
+        // must end with the headers, as one HEADERS frame with END_STREAM.
+        return http::Response::from_parts(parts, Body::empty());
+    }
     let mut frames: Vec<Result<http_body::Frame<Bytes>, Infallible>> = Vec::with_capacity(2);
     if !data.is_empty() {
         frames.push(Ok(http_body::Frame::data(data)));
