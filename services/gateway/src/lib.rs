@@ -24,7 +24,7 @@ use trellis_runtime::{ConfigError, JwtArgs, Server, ServerContext, ServiceSet, S
 use trellis_store::ServiceMigrations;
 use trellis_tenancy::TrustedProxies;
 
-pub use cookies::CookieNames;
+use crate::cookies::CookieNames;
 
 /// Servers whose RPCs the gateway routes, by the area of their package
 /// (`trellis.<area>.v1`).

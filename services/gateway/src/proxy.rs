@@ -104,7 +104,7 @@ impl Proxy {
     }
 }
 
-pub fn too_many(what: &str, wait: std::time::Duration) -> tonic::Status {
+fn too_many(what: &str, wait: std::time::Duration) -> tonic::Status {
     tonic::Status::resource_exhausted(format!(
         "rate limit: too many calls {what}; retry in {} ms",
         wait.as_millis().max(1)
