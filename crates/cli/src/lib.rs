@@ -13,12 +13,12 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use trellis_auth::service_accounts::{self, ServiceAccountError, ServiceAccounts, ServiceScope};
 use trellis_auth::{KeyStore, KeyStoreError};
 use trellis_runtime::{
-    ConfigError, JwtArgs, RedisKeyspace, ServerContext, ServerLimits, SetupError, Shutdown,
-    ShutdownTrigger, TelemetryArgs, Upstreams,
+    Admin, ClientTls, ConfigError, JwtArgs, RedisKeyspace, ServerContext, ServerLimits, ServerTls,
+    SetupError, Shutdown, ShutdownTrigger, TelemetryArgs, TlsArgs, UpstreamTarget, Upstreams,
 };
 use trellis_store::{
     Counters, Database, DatabaseOptions, FanOut, MemoryCounters, MemoryFanOut, PgFanOut,
@@ -232,6 +232,12 @@ pub struct ServeArgs {
     /// UNAVAILABLE. Also the most a logout can take while Auth is down.
     #[arg(long, env = "TRELLIS_SESSION_CHECK_GRACE", default_value = "60s", value_parser = trellis_runtime::parse_duration)]
     pub session_check_grace: Duration,
+    /// Plaintext port for gRPC health (kubelet probes speak no TLS) and
+    /// Prometheus `/metrics`, for every server of the process; unset, none.
+    #[arg(long, env = "TRELLIS_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     #[command(flatten)]
     pub limits: ServerLimits,
     #[command(flatten)]
@@ -276,6 +282,10 @@ pub enum CliError {
     Setup(#[from] SetupError),
     #[error(transparent)]
     ServiceAccount(#[from] ServiceAccountError),
+    #[error("TLS: {0}")]
+    Tls(#[from] trellis_runtime::tls::TlsError),
+    #[error("admin port failed: {0}")]
+    Admin(tonic::transport::Error),
     #[error("{service} server failed: {source}")]
     Serve {
         service: &'static str,
@@ -303,8 +313,12 @@ impl CliError {
 /// Servers started by [`start`], running until [`Running::shutdown`].
 pub struct Running {
     pub addresses: Vec<(ServiceName, SocketAddr)>,
+    /// The admin port's address, with --admin-addr.
+    pub admin_address: Option<SocketAddr>,
     trigger: ShutdownTrigger,
     tasks: JoinSet<Result<(), CliError>>,
+    /// Serves until the last server has stopped.
+    admin: Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
 }
 
 impl Running {
@@ -324,13 +338,35 @@ impl Running {
     /// Waits for the servers; returns the first failure.
     pub async fn join(&mut self) -> Result<(), CliError> {
         let mut first_error = None;
-        while let Some(result) = self.tasks.join_next().await {
-            let outcome = result.unwrap_or_else(|error| Err(CliError::Panicked(error.to_string())));
-            if let Err(error) = outcome {
+        loop {
+            let admin = async {
+                match self.admin.as_mut() {
+                    Some(admin) => admin.await,
+                    None => std::future::pending().await,
+                }
+            };
+            let result = tokio::select! {
+                result = self.tasks.join_next() => match result {
+                    Some(result) => result.unwrap_or_else(|error| Err(CliError::Panicked(error.to_string()))),
+                    None => break,
+                },
+                ended = admin => {
+                    self.admin = None;
+                    match ended {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(error)) => Err(CliError::Admin(error)),
+                        Err(error) => Err(CliError::Panicked(error.to_string())),
+                    }
+                }
+            };
+            if let Err(error) = result {
                 // One failed server takes the process down with it.
                 self.trigger.trigger();
                 first_error.get_or_insert(error);
             }
+        }
+        if let Some(admin) = self.admin.take() {
+            admin.abort();
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -506,6 +542,7 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
     args.limits.validate()?;
     args.jwt.validate()?;
     args.servers.validate(&args.jwt)?;
+    args.tls.validate()?;
     // Streams look at their session every TTL: zero would spin.
     if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&args.session_check_ttl) {
         return Err(CliError::Invalid(format!(
@@ -538,6 +575,24 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
         })?;
         listeners.push((service, listener, bound));
     }
+    let admin_listener = match args.admin_addr {
+        Some(address) => {
+            Some(
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|source| CliError::Listen {
+                        service: "admin",
+                        address,
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
+    // Each server's files are read now, so a broken certificate stops the
+    // start rather than the first handshake.
+    let grpc_tls = ServerTls::load(&args.tls, &[b"h2"])?;
+    let http_tls = ServerTls::load(&args.tls, &[b"h2", b"http/1.1"])?;
 
     let databases = open_databases(&args.storage, &services, !args.skip_migrations).await?;
     let redis = connect_redis(&args.storage).await?;
@@ -555,7 +610,7 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
         None => Arc::new(MemoryCounters::default()),
     };
 
-    let (channels, endpoints) = upstream_channels(args, &listeners)?;
+    let (channels, targets) = upstream_channels(args, &listeners)?;
     let auth = channels[ServiceName::Auth.as_str()].clone();
     let (verifier, session_guard) = build_verifier(args, auth.clone());
     let worker_tokens = fulfillment_credentials(args, &services, &databases)
@@ -578,17 +633,23 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
         });
     let upstreams = Upstreams::new(channels, tokens)
         .with_worker_tokens(worker_tokens)
-        .with_endpoints(endpoints);
+        .with_targets(targets);
     let fanout = fan_out(&args.storage, redis.as_ref(), &databases).await?;
     let (trigger, shutdown) = Shutdown::new();
+    let admin = Admin::default();
     let mut tasks = JoinSet::new();
     let mut addresses = Vec::new();
     for ((service, listener, bound), database) in listeners.into_iter().zip(databases) {
+        // No pool to watch for a server without tables (the gateway).
+        if !service.migrations().sqlite.is_empty() {
+            admin.metrics.database_pool(service.as_str(), &database);
+        }
         let context = ServerContext {
             limits: args.limits.clone(),
             jwt: args.jwt.clone(),
             data_dir: args.storage.data_dir.clone(),
             database,
+            metrics: admin.metrics.clone(),
             counters: counters.clone(),
             upstreams: upstreams.clone(),
             redis: redis.clone(),
@@ -596,6 +657,12 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
             verifier: verifier.clone(),
         };
         let set = service.create(&args.servers, context).await?;
+        let tls = if service.serves_grpc_services() {
+            grpc_tls.clone()
+        } else {
+            http_tls.clone()
+        };
+        let set = set.with_tls(tls).with_admin(admin.clone());
         let set = if service.answers_session_checks() {
             set
         } else {
@@ -608,8 +675,13 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
              /.well-known/jwks.json"
                 .to_owned()
         };
+        let transport = match (&args.tls.tls_cert, &args.tls.tls_client_ca) {
+            (None, _) => "",
+            (Some(_), None) => "; TLS",
+            (Some(_), Some(_)) => "; mTLS",
+        };
         say(&format!(
-            "{:<10} listening on {bound}  ({serves})",
+            "{:<10} listening on {bound}  ({serves}{transport})",
             service.as_str()
         ));
         addresses.push((service, bound));
@@ -625,35 +697,51 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
                 })
         });
     }
+    let admin_address = admin_listener
+        .as_ref()
+        .and_then(|listener| listener.local_addr().ok());
+    let admin = admin_listener.map(|listener| {
+        if let Some(address) = admin_address {
+            say(&format!(
+                "{:<10} listening on {address}  (gRPC health, /metrics; plaintext)",
+                "admin"
+            ));
+        }
+        tokio::spawn(admin.serve(listener))
+    });
     Ok(Running {
         addresses,
+        admin_address,
         trigger,
         tasks,
+        admin,
     })
 }
 
 /// Redis connections of the process, shared by sessions and counters.
 const REDIS_POOL_SIZE: u32 = 16;
 
-/// Channels to every server and their endpoints, by server name.
+/// Channels to every server and where each is, by server name.
 type UpstreamAddresses = (
     HashMap<&'static str, Channel>,
-    HashMap<&'static str, Endpoint>,
+    HashMap<&'static str, UpstreamTarget>,
 );
 
 /// A lazily connected channel to every server: its `--<name>-url`, else
 /// this process's own listener when it runs that server, else its listen
-/// address (an unspecified IP reached on loopback).
+/// address (an unspecified IP reached on loopback); TLS with --tls-ca.
 fn upstream_channels(
     args: &ServeArgs,
     listeners: &[(ServiceName, TcpListener, SocketAddr)],
 ) -> Result<UpstreamAddresses, CliError> {
+    let tls = ClientTls::from_args(&args.tls);
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let reachable = |address: SocketAddr| match address.ip().is_unspecified() {
-        true => format!("http://127.0.0.1:{}", address.port()),
-        false => format!("http://{address}"),
+        true => format!("{scheme}://127.0.0.1:{}", address.port()),
+        false => format!("{scheme}://{address}"),
     };
     let mut channels = HashMap::new();
-    let mut endpoints = HashMap::new();
+    let mut targets = HashMap::new();
     for service in ServiceName::ALL {
         let url = match service.upstream_url(&args.servers) {
             Some(url) => url.to_owned(),
@@ -665,14 +753,13 @@ fn upstream_channels(
                 reachable(local.unwrap_or_else(|| service.listen_address(&args.servers)))
             }
         };
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| CliError::Invalid(format!("{}-url {url:?}: {e}", service.as_str())))?
-            .connect_timeout(Duration::from_secs(2));
+        let target = UpstreamTarget::new(&url, tls.clone())
+            .map_err(|e| CliError::Invalid(format!("{}-url {e}", service.as_str())))?;
         // Lazy, so every server starts even while the others come up.
-        channels.insert(service.as_str(), endpoint.connect_lazy());
-        endpoints.insert(service.as_str(), endpoint);
+        channels.insert(service.as_str(), target.connect(1));
+        targets.insert(service.as_str(), target);
     }
-    Ok((channels, endpoints))
+    Ok((channels, targets))
 }
 
 /// This process's service account: from the flags, or, when it runs Auth
@@ -930,10 +1017,6 @@ where
             ..TelemetryArgs::default()
         },
     };
-    if let Err(message) = trellis_runtime::init_tracing(&telemetry) {
-        eprintln!("trellis: {message}");
-        return ExitCode::from(2);
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -942,6 +1025,27 @@ where
         Err(error) => {
             eprintln!("trellis: cannot start the async runtime: {error}");
             return ExitCode::FAILURE;
+        }
+    };
+    // Traces name the server they come from: one per process in production.
+    let service_name = match &cli.command {
+        Command::Serve { services, .. } => {
+            let names: Vec<&str> = dedup(services).iter().map(|s| s.as_str()).collect();
+            format!("trellis-{}", names.join("-"))
+        }
+        Command::Worker(_) => "trellis-worker".to_owned(),
+        _ => "trellis".to_owned(),
+    };
+    // Inside the runtime: the OTLP exporter's channel lives on it.
+    let telemetry = {
+        let _entered = runtime.enter();
+        trellis_runtime::init_tracing(&telemetry, &service_name)
+    };
+    let mut telemetry = match telemetry {
+        Ok(telemetry) => telemetry,
+        Err(message) => {
+            eprintln!("trellis: {message}");
+            return ExitCode::from(2);
         }
     };
     let result = runtime.block_on(async {
@@ -959,6 +1063,10 @@ where
             }
         }
     });
+    {
+        let _entered = runtime.enter();
+        telemetry.shutdown();
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -994,8 +1102,10 @@ mod tests {
         tasks.spawn(async { panic!("boom") });
         let mut running = Running {
             addresses: Vec::new(),
+            admin_address: None,
             trigger,
             tasks,
+            admin: None,
         };
         let error = running.join().await.unwrap_err();
         assert!(matches!(error, CliError::Panicked(_)), "{error}");

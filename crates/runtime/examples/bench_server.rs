@@ -95,10 +95,13 @@ fn main() {
     };
     // The production default: human logs at info (successful RPCs log at debug).
     let log = std::env::var("TRELLIS_LOG").unwrap_or_else(|_| "info".into());
-    trellis_runtime::init_tracing(&TelemetryArgs {
-        log,
-        ..TelemetryArgs::default()
-    })
+    let _telemetry = trellis_runtime::init_tracing(
+        &TelemetryArgs {
+            log,
+            ..TelemetryArgs::default()
+        },
+        "trellis-bench",
+    )
     .unwrap();
     // One worker: the script pins the server to one core.
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -1,5 +1,6 @@
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -8,7 +9,9 @@ use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use tonic::Code;
 use tracing::{Instrument, Span};
-use trellis_tenancy::EndedByRules;
+use trellis_tenancy::{CallContext, EndedByRules};
+
+use crate::metrics::RpcMetrics;
 
 /// Unknown methods are logged too; their paths are cut to this many bytes.
 const MAX_LOGGED_METHOD: usize = 128;
@@ -23,25 +26,70 @@ const OVERSIZE_PREFIX: &str = "Error, decoded message length too large";
 /// user) that handler logs nest in. The span is DEBUG because the fmt
 /// subscriber formats span fields eagerly: at INFO it cost ~4.6 µs per call,
 /// more than the rest of the stack (see bench/auth_overhead.sh).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct AccessLogLayer;
+///
+/// It also counts each call in the server's [`RpcMetrics`] and, when spans
+/// are exported, makes the RPC span a child of the caller's `traceparent`
+/// and hands this span's own id to every call made on the caller's behalf.
+#[derive(Clone)]
+pub struct AccessLogLayer {
+    server: &'static str,
+    metrics: Arc<RpcMetrics>,
+}
+
+impl AccessLogLayer {
+    pub fn new(server: &'static str, metrics: Arc<RpcMetrics>) -> Self {
+        AccessLogLayer { server, metrics }
+    }
+}
 
 impl<S> tower::Layer<S> for AccessLogLayer {
     type Service = AccessLog<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AccessLog { inner }
+        AccessLog {
+            inner,
+            server: self.server,
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AccessLog<S> {
     inner: S,
+    server: &'static str,
+    metrics: Arc<RpcMetrics>,
+}
+
+/// A call counted in flight until it finishes; one dropped unfinished (its
+/// handler's future cancelled) counts as ended without a status.
+struct Counted {
+    metrics: Arc<RpcMetrics>,
+    method: usize,
+    started: Instant,
+    done: bool,
+}
+
+impl Counted {
+    fn finish(mut self, status: Option<Code>) {
+        self.done = true;
+        self.metrics
+            .finished(self.method, status, self.started.elapsed());
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if !self.done {
+            self.metrics
+                .finished(self.method, None, self.started.elapsed());
+        }
+    }
 }
 
 struct Completion {
     span: Span,
-    started: Instant,
+    counted: Counted,
     method: PathAndQuery,
     request_id: HeaderValue,
     /// A stream's; set when the stream rules ended it.
@@ -50,7 +98,8 @@ struct Completion {
 
 impl Completion {
     fn finish(self, status: Option<Code>) {
-        let latency_us = self.started.elapsed().as_micros() as u64;
+        let latency_us = self.counted.started.elapsed().as_micros() as u64;
+        self.counted.finish(status);
         let _entered = self.span.enter();
         let method = trellis_tenancy::truncated(self.method.path(), MAX_LOGGED_METHOD);
         let request_id = self.request_id.to_str().unwrap_or("");
@@ -87,6 +136,29 @@ impl Completion {
         }
     }
 }
+
+/// The caller's `traceparent` becomes this span's parent, and this span the
+/// parent of every hop after it: the request's header (what the gateway
+/// forwards) and its [`CallContext`] (what a handler's outbound calls send)
+/// now name it.
+fn follow_trace<B>(span: &Span, request: &mut http::Request<B>) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if let Some(parent) = request
+        .headers()
+        .get(&TRACEPARENT)
+        .and_then(|value| crate::telemetry::parse_traceparent(value.as_bytes()))
+    {
+        let _ = span.set_parent(parent);
+    }
+    if let Some(own) = crate::telemetry::traceparent_of(span) {
+        if let Some(context) = request.extensions_mut().get_mut::<CallContext>() {
+            context.set_traceparent(own.clone());
+        }
+        request.headers_mut().insert(TRACEPARENT.clone(), own);
+    }
+}
+
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 /// Reads `grpc-status`, rewriting tonic's over-size OUT_OF_RANGE.
 fn final_status(headers: &mut HeaderMap) -> Option<Code> {
@@ -140,10 +212,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let request_id = request
             .extensions()
-            .get::<trellis_tenancy::CallContext>()
+            .get::<CallContext>()
             .map(|context| context.request_id_header().clone())
             .unwrap_or_else(|| HeaderValue::from_static(""));
         let method = request
@@ -151,15 +223,30 @@ where
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let started = Instant::now();
+        let slot = self.metrics.method(method.path());
+        self.metrics.started(slot);
+        let counted = Counted {
+            metrics: self.metrics.clone(),
+            method: slot,
+            started,
+            done: false,
+        };
+        let logged_method = trellis_tenancy::truncated(method.path(), MAX_LOGGED_METHOD);
         let span = tracing::debug_span!(
             "rpc",
             // Display, not Debug: no per-character escaping on every call.
-            method = %trellis_tenancy::truncated(method.path(), MAX_LOGGED_METHOD),
+            method = %logged_method,
             request_id = request_id.to_str().unwrap_or(""),
             org = tracing::field::Empty,
             user = tracing::field::Empty,
+            server = self.server,
+            otel.name = %logged_method,
+            otel.kind = "server",
         );
-        let started = Instant::now();
+        if crate::telemetry::exporting() {
+            follow_trace(&span, &mut request);
+        }
         let response = {
             let _entered = span.enter();
             self.inner.call(request)
@@ -172,7 +259,7 @@ where
             let (mut parts, body) = response.into_parts();
             let completion = Completion {
                 span,
-                started,
+                counted,
                 method,
                 request_id,
                 ended_by_rules: parts.extensions.get::<EndedByRules>().cloned(),

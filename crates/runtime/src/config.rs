@@ -294,13 +294,27 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(clap::Args, Clone, Debug, Default)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct TelemetryArgs {
     #[arg(long, env = "TRELLIS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
     /// Log filter in `tracing` syntax, e.g. `info,trellis_tenancy=debug`.
     #[arg(long, env = "TRELLIS_LOG", default_value = "info")]
     pub log: String,
+    /// Share of new traces exported (0 to 1) when OTEL_EXPORTER_OTLP_ENDPOINT
+    /// is set; a caller's sampled `traceparent` is always followed.
+    #[arg(long, env = "TRELLIS_TRACE_SAMPLE_RATIO", default_value_t = 1.0)]
+    pub trace_sample_ratio: f64,
+}
+
+impl Default for TelemetryArgs {
+    fn default() -> Self {
+        TelemetryArgs {
+            log_format: LogFormat::Human,
+            log: "info".into(),
+            trace_sample_ratio: 1.0,
+        }
+    }
 }
 
 #[cfg(test)]

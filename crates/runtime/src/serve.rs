@@ -13,9 +13,11 @@ use trellis_tenancy::{
 };
 
 use crate::access_log::AccessLogLayer;
+use crate::admin::Admin;
 use crate::config::ServerLimits;
 use crate::shutdown::Shutdown;
 use crate::tasks::{BackgroundTask, RunningTasks, TaskError};
+use crate::tls::ServerTls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -37,6 +39,10 @@ pub struct ServiceSet {
     /// An HTTP front (the gateway) instead of gRPC services, and whose
     /// `x-forwarded-for` it believes.
     http: Option<(axum::Router, TrustedProxies)>,
+    tls: Option<Arc<ServerTls>>,
+    /// The process's admin port (health mirrored there, metrics counted
+    /// there); a server started alone gets one of its own, unserved.
+    admin: Admin,
 }
 
 impl ServiceSet {
@@ -50,7 +56,21 @@ impl ServiceSet {
             sessions: None,
             tasks: Vec::new(),
             http: None,
+            tls: None,
+            admin: Admin::default(),
         }
+    }
+
+    /// Serve TLS (mTLS when it names a client CA) instead of plaintext.
+    pub fn with_tls(mut self, tls: Option<Arc<ServerTls>>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Report health to, and count calls in, the process's admin port.
+    pub fn with_admin(mut self, admin: Admin) -> Self {
+        self.admin = admin;
+        self
     }
 
     /// A server that answers HTTP itself (the gateway: gRPC-web, CORS,
@@ -127,14 +147,19 @@ pub async fn serve(
         sessions,
         tasks,
         http,
+        tls,
+        admin,
     } = services;
 
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health {
+        own: reporter,
+        admin: admin.clone(),
+    };
     for service in &service_names {
-        health
-            .set_service_status(*service, ServingStatus::Serving)
-            .await;
+        health.set(service, ServingStatus::Serving).await;
     }
+    let metrics = admin.metrics.rpc(name);
 
     // Reflection lists exactly what this server serves, from the same
     // descriptor set the code was generated from.
@@ -171,23 +196,16 @@ pub async fn serve(
         service_names.clone(),
         shutdown.clone(),
     );
-    // tonic ignores its own tcp_nodelay for a listener it did not bind:
-    // without it, Nagle holds a response's later frames for the client's
-    // delayed ACK (tens of ms).
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = crate::tls::incoming(listener, tls.clone(), shutdown.clone());
     let mut on_signal = shutdown.clone();
     let drain = limits.shutdown_drain;
     let stop_accepting = async move {
         on_signal.wait().await;
         // Load balancers see NOT_SERVING at once; new calls are still served
         // during the drain so none are refused while routing catches up.
-        health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
+        health.set("", ServingStatus::NotServing).await;
         for service in &service_names {
-            health
-                .set_service_status(*service, ServingStatus::NotServing)
-                .await;
+            health.set(service, ServingStatus::NotServing).await;
         }
         tracing::info!(server = name, "shutting down: health NOT_SERVING, draining");
         tokio::time::sleep(drain).await;
@@ -216,7 +234,7 @@ pub async fn serve(
                 // Outside the limit and the token check: calls that wait for a slot
                 // or are refused (UNAUTHENTICATED, RESOURCE_EXHAUSTED) are logged
                 // too, with the waiting counted in their latency.
-                .layer(AccessLogLayer)
+                .layer(AccessLogLayer::new(name, metrics.clone()))
                 // Bounds work in progress across all connections; excess calls wait
                 // (until their deadline). Before the token check on purpose: a
                 // signature check is work (~40 us uncached), so a flood of forged
@@ -273,7 +291,7 @@ pub async fn serve(
             // access log, then its own router, which does the rest.
             let stack = ServiceBuilder::new()
                 .layer(RequestContextLayer::new(trusted))
-                .layer(AccessLogLayer)
+                .layer(AccessLogLayer::new(name, metrics.clone()))
                 .into_inner();
             let server = tonic::transport::Server::builder()
                 .accept_http1(true)
@@ -287,12 +305,18 @@ pub async fn serve(
             Box::pin(server)
         }
     };
+    let transport = match &tls {
+        None => "plaintext",
+        Some(tls) if tls.requires_client_certificates() => "mTLS",
+        Some(_) => "TLS",
+    };
     if believed.is_empty() {
-        tracing::info!(server = name, address = ?address, "serving");
+        tracing::info!(server = name, address = ?address, transport, "serving");
     } else {
         tracing::info!(
             server = name,
             address = ?address,
+            transport,
             trusted_proxies = %believed,
             "serving; x-forwarded-for believed from the trusted proxies"
         );
@@ -316,6 +340,20 @@ pub async fn serve(
     Ok(())
 }
 
+/// The server's own health service and the admin port's, told the same.
+#[derive(Clone)]
+struct Health {
+    own: tonic_health::server::HealthReporter,
+    admin: Admin,
+}
+
+impl Health {
+    async fn set(&self, service: &str, status: ServingStatus) {
+        self.own.set_service_status(service, status).await;
+        self.admin.set_status(service, status).await;
+    }
+}
+
 /// Until shutdown: a background task that ends is logged and makes every
 /// service of the server (and the server) NOT_SERVING; RPCs go on being
 /// served for the clients already connected. Hands the tasks back to be
@@ -323,7 +361,7 @@ pub async fn serve(
 fn watch_background_tasks(
     server: &'static str,
     mut tasks: RunningTasks,
-    health: tonic_health::server::HealthReporter,
+    health: Health,
     service_names: Vec<&'static str>,
     mut shutdown: Shutdown,
 ) -> tokio::task::JoinHandle<RunningTasks> {
@@ -332,7 +370,7 @@ fn watch_background_tasks(
             ended = tasks.first_to_end() => {
                 tracing::error!(server, task = %ended, "background task ended before shutdown; health NOT_SERVING");
                 for service in service_names.iter().copied().chain([""]) {
-                    health.set_service_status(service, ServingStatus::NotServing).await;
+                    health.set(service, ServingStatus::NotServing).await;
                 }
                 shutdown.wait().await;
             }

@@ -80,6 +80,8 @@ pub struct ServerContext {
     /// cache), for a server that looks at tokens before the stack does
     /// (the gateway's per-organization limits).
     pub verifier: Arc<trellis_tenancy::TokenVerifier>,
+    /// The process's metrics, for a server's own gauges (queue depth).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A Redis pool and the prefix every key of this deployment starts with.

@@ -2,8 +2,12 @@
 //! channel per server, in the two modes a service calls in.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use crate::tls::ClientTls;
+use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
 use trellis_tenancy::{AsService, AsServiceLayer, Propagate, PropagateLayer, ServiceTokens};
 
@@ -13,7 +17,7 @@ use trellis_tenancy::{AsService, AsServiceLayer, Propagate, PropagateLayer, Serv
 #[derive(Clone, Default)]
 pub struct Upstreams {
     channels: HashMap<&'static str, Channel>,
-    endpoints: HashMap<&'static str, Endpoint>,
+    targets: HashMap<&'static str, UpstreamTarget>,
     tokens: Option<Arc<ServiceTokens>>,
     worker_tokens: Option<Arc<ServiceTokens>>,
 }
@@ -25,7 +29,7 @@ impl Upstreams {
     ) -> Self {
         Upstreams {
             channels,
-            endpoints: HashMap::new(),
+            targets: HashMap::new(),
             tokens,
             worker_tokens: None,
         }
@@ -33,14 +37,15 @@ impl Upstreams {
 
     /// Also where each server is, for a caller that opens connections of
     /// its own (the gateway, which spreads its callers over several).
-    pub fn with_endpoints(mut self, endpoints: HashMap<&'static str, Endpoint>) -> Self {
-        self.endpoints = endpoints;
+    pub fn with_targets(mut self, targets: HashMap<&'static str, UpstreamTarget>) -> Self {
+        self.targets = targets;
         self
     }
 
-    /// The address (and connection settings) of the server named `server`.
-    pub fn endpoint(&self, server: &str) -> Option<Endpoint> {
-        self.endpoints.get(server).cloned()
+    /// A channel of its own to the server named `server`, with
+    /// `per_address` connections to each of its replicas.
+    pub fn connect(&self, server: &str, per_address: usize) -> Option<Channel> {
+        Some(self.targets.get(server)?.connect(per_address))
     }
 
     /// Also a worker account's token, for a server's built-in worker (the
@@ -90,5 +95,187 @@ impl std::fmt::Debug for Upstreams {
             .field("as_service", &self.tokens.is_some())
             .field("as_worker", &self.worker_tokens.is_some())
             .finish()
+    }
+}
+
+/// How often a server's name is resolved again (its replicas come and go)
+/// and the client certificate files looked at.
+const REFRESH: Duration = Duration::from_secs(5);
+
+/// Where one server is reached: its URL and, with `--tls-ca`, TLS.
+#[derive(Clone, Debug)]
+pub struct UpstreamTarget {
+    url: http::Uri,
+    host: String,
+    port: u16,
+    tls: Option<ClientTls>,
+}
+
+impl UpstreamTarget {
+    /// `url` must be `https://` exactly when `tls` is set.
+    pub fn new(url: &str, tls: Option<ClientTls>) -> Result<Self, String> {
+        let parsed: http::Uri = url.parse().map_err(|e| format!("{url:?}: {e}"))?;
+        let secure = match parsed.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(format!("{url:?}: use http:// or https://")),
+        };
+        if secure != tls.is_some() {
+            return Err(format!(
+                "{url:?}: https:// URLs go with --tls-ca, http:// ones without"
+            ));
+        }
+        let host = parsed
+            .host()
+            .ok_or_else(|| format!("{url:?}: no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = parsed.port_u16().unwrap_or(if secure { 443 } else { 80 });
+        Ok(UpstreamTarget {
+            url: parsed,
+            host,
+            port,
+            tls,
+        })
+    }
+
+    /// A channel spread over every address the name resolves to (a
+    /// headless Service's pods), `per_address` connections each, each call
+    /// to the less loaded of two: client-side balancing, so one long-lived
+    /// HTTP/2 connection does not tie a caller to one replica. Addresses
+    /// are resolved again every [`REFRESH`]; rotated client certificate
+    /// files reconnect everything, new connections first.
+    pub fn connect(&self, per_address: usize) -> Channel {
+        let (channel, changes) = Channel::balance_channel(64);
+        tokio::spawn(keep_endpoints(self.clone(), per_address.max(1), changes));
+        channel
+    }
+
+    fn endpoint(&self, address: SocketAddr) -> Result<Endpoint, String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+            .map_err(|e| e.to_string())?
+            // Requests still name the server as configured (:authority).
+            .origin(self.url.clone())
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            let config = tls.tonic_config(&self.host).map_err(|e| e.to_string())?;
+            endpoint = endpoint.tls_config(config).map_err(|e| e.to_string())?;
+        }
+        Ok(endpoint)
+    }
+
+    async fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
+        if let Ok(ip) = self.host.parse::<std::net::IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, self.port)]);
+        }
+        let mut addresses: Vec<SocketAddr> =
+            tokio::net::lookup_host((self.host.as_str(), self.port))
+                .await?
+                .collect();
+        // `localhost` is often ::1 and 127.0.0.1 while servers listen on
+        // one: with any IPv4 address, keep those only.
+        if addresses.iter().any(SocketAddr::is_ipv4) {
+            addresses.retain(SocketAddr::is_ipv4);
+        }
+        addresses.sort();
+        addresses.dedup();
+        Ok(addresses)
+    }
+}
+
+type EndpointKey = (u64, SocketAddr, usize);
+
+/// Keeps the balanced channel's endpoints to the addresses the target
+/// resolves to, until the channel is dropped.
+async fn keep_endpoints(
+    target: UpstreamTarget,
+    per_address: usize,
+    changes: tokio::sync::mpsc::Sender<Change<EndpointKey, Endpoint>>,
+) {
+    let mut generation = 0_u64;
+    let mut certificates = target.tls.as_ref().map(ClientTls::stamp);
+    // Address -> the generation its connections were made with.
+    let mut current: HashMap<SocketAddr, u64> = HashMap::new();
+    let mut warned = false;
+    loop {
+        let stamp = target.tls.as_ref().map(ClientTls::stamp);
+        if stamp != certificates {
+            certificates = stamp;
+            generation += 1;
+        }
+        match target.resolve().await {
+            Ok(addresses) if !addresses.is_empty() => {
+                warned = false;
+                let mut added = Vec::new();
+                for address in &addresses {
+                    if current.get(address) == Some(&generation) {
+                        continue;
+                    }
+                    match target.endpoint(*address) {
+                        Ok(endpoint) => {
+                            for slot in 0..per_address {
+                                let change =
+                                    Change::Insert((generation, *address, slot), endpoint.clone());
+                                if changes.send(change).await.is_err() {
+                                    return;
+                                }
+                            }
+                            added.push(*address);
+                        }
+                        Err(error) => {
+                            tracing::warn!(upstream = %target.url, %error, "cannot make a connection; keeping the previous ones");
+                        }
+                    }
+                }
+                // New connections are in before old ones go: no gap.
+                let stale: Vec<(SocketAddr, u64)> = current
+                    .iter()
+                    .filter(|(address, made)| {
+                        !addresses.contains(address)
+                            || (added.contains(address) && **made != generation)
+                    })
+                    .map(|(address, made)| (*address, *made))
+                    .collect();
+                for (address, made) in stale {
+                    for slot in 0..per_address {
+                        if changes
+                            .send(Change::Remove((made, address, slot)))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    current.remove(&address);
+                }
+                for address in added {
+                    current.insert(address, generation);
+                }
+            }
+            outcome => {
+                // Keep what we have: a DNS hiccup is no reason to drop
+                // working connections.
+                if !warned {
+                    let error = match outcome {
+                        Err(error) => error.to_string(),
+                        Ok(_) => "no addresses".to_owned(),
+                    };
+                    tracing::warn!(upstream = %target.url, %error, "cannot resolve; keeping the previous addresses");
+                    warned = true;
+                }
+            }
+        }
+        let wait = if current.is_empty() {
+            Duration::from_millis(500)
+        } else {
+            REFRESH
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = changes.closed() => return,
+        }
     }
 }

@@ -263,6 +263,14 @@ impl Database {
         }
     }
 
+    /// Connections open and, of those, idle: the pool gauges of `/metrics`.
+    pub fn pool_stats(&self) -> (u32, usize) {
+        match self {
+            Database::Sqlite(pool) => (pool.size(), pool.num_idle()),
+            Database::Postgres(pool) => (pool.size(), pool.num_idle()),
+        }
+    }
+
     /// Round-trips a trivial query; for readiness checks.
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {

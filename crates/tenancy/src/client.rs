@@ -80,6 +80,20 @@ where
     }
 }
 
+/// Where a server's current span can be read as a `traceparent`: set once
+/// by the process when it exports spans, so every outbound call (on a
+/// caller's behalf or as a service) names the span it was made in as the
+/// next hop's parent.
+static CURRENT_TRACEPARENT: std::sync::OnceLock<fn() -> Option<http::HeaderValue>> =
+    std::sync::OnceLock::new();
+
+/// Installs the reader of the current span's `traceparent`.
+pub fn set_current_traceparent(read: fn() -> Option<http::HeaderValue>) {
+    let _ = CURRENT_TRACEPARENT.set(read);
+}
+
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
 /// What every outbound call carries: the context's request id, trace
 /// context and credentials (a service call replaces the latter), and the
 /// deadline left (at most `default_timeout`) as `grpc-timeout`. The
@@ -95,6 +109,11 @@ pub(crate) fn prepare_outbound<B>(
         if let Some(remaining) = context.remaining() {
             timeout = timeout.min(remaining);
         }
+    }
+    if let Some(traceparent) = CURRENT_TRACEPARENT.get().and_then(|read| read()) {
+        request
+            .headers_mut()
+            .insert(TRACEPARENT.clone(), traceparent);
     }
     if timeout.is_zero() {
         return Err(Status::deadline_exceeded(format!(

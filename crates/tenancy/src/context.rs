@@ -94,6 +94,13 @@ impl CallContext {
         self.client_address
     }
 
+    /// Names another span as the parent of the calls made with this
+    /// context: the server's own RPC span, so each hop is a child of the
+    /// one before instead of all hanging off the first caller's.
+    pub fn set_traceparent(&mut self, traceparent: HeaderValue) {
+        self.traceparent = Some(traceparent);
+    }
+
     pub fn request_id_header(&self) -> &HeaderValue {
         &self.request_id
     }

@@ -25,7 +25,7 @@ pub use claims::{
     ACCESS_TOKEN_TYP, AccessClaims, Principal, Role, SERVICE_SCOPE, ServiceClaims, ServiceIdentity,
     ServiceKind, TenantContext, UnknownRole, WORKER_SCOPE,
 };
-pub use client::{DEFAULT_OUTBOUND_TIMEOUT, Propagate, PropagateLayer};
+pub use client::{DEFAULT_OUTBOUND_TIMEOUT, Propagate, PropagateLayer, set_current_traceparent};
 pub use client_address::{
     Cidr, FORWARDED_FOR_HEADER, TrustedProxies, rate_limit_block, rate_limit_key,
 };

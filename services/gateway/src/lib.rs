@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
-use tonic::transport::Channel;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use trellis_runtime::{ConfigError, JwtArgs, Server, ServerContext, ServiceSet, SetupError};
 use trellis_store::ServiceMigrations;
@@ -122,10 +121,8 @@ impl Server for GatewayServer {
             // Several HTTP/2 connections to each server, the less busy of
             // two picked per call: one connection's stream limit (256 at
             // the servers' defaults) is not a ceiling for every caller.
-            let channel = match context.upstreams.endpoint(server) {
-                Some(endpoint) => {
-                    Channel::balance_list(std::iter::repeat_n(endpoint, UPSTREAM_CONNECTIONS))
-                }
+            let channel = match context.upstreams.connect(server, UPSTREAM_CONNECTIONS) {
+                Some(channel) => channel,
                 None => context.upstreams.channel(server).ok_or_else(|| {
                     ConfigError::Invalid(format!(
                         "the gateway has no channel to the {server} server"

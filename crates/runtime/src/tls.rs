@@ -1,0 +1,457 @@
+//! TLS and mTLS with rustls: serving (`--tls-cert`/`--tls-key`, and
+//! `--tls-client-ca` to require client certificates) and the settings every
+//! outbound channel uses (`--tls-ca`, presenting the same certificate).
+//! Certificate files are read again when they change, so a rotated Secret
+//! takes effect on new connections without a restart.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Once, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::config::ConfigError;
+use crate::shutdown::Shutdown;
+
+/// How often certificate files are looked at for a change.
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A TLS handshake must finish within this, or the connection is dropped:
+/// a client that connects and says nothing holds no task for long.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Handshakes in progress at once per listener; more connections wait in
+/// the kernel's accept queue.
+const MAX_HANDSHAKES: usize = 256;
+
+/// One crypto provider for the whole process (tonic, sqlx and redis all
+/// use rustls): aws-lc-rs, installed before the first TLS object is made.
+pub fn install_crypto_provider() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        // Err only if another provider was installed first: keep that one.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    });
+}
+
+/// TLS flags, shared by every server of the process.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct TlsArgs {
+    /// PEM certificate chain this process serves (and presents as a client
+    /// to the other servers); with --tls-key turns TLS on.
+    #[arg(long, env = "TRELLIS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TRELLIS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: clients must present a certificate it signed (mTLS).
+    #[arg(long, env = "TRELLIS_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// PEM CA bundle the other servers' certificates are checked against;
+    /// set, every service-to-service call (JWKS, session checks, calls on a
+    /// caller's behalf) is TLS and `--<name>-url`s are `https://`.
+    #[arg(long, env = "TRELLIS_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    pub fn serves_tls(&self) -> bool {
+        self.tls_cert.is_some()
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let files = [
+            ("tls-cert", &self.tls_cert),
+            ("tls-key", &self.tls_key),
+            ("tls-client-ca", &self.tls_client_ca),
+            ("tls-ca", &self.tls_ca),
+        ];
+        for (name, path) in files {
+            if let Some(path) = path
+                && !path.is_file()
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} {}: no such file",
+                    path.display()
+                )));
+            }
+        }
+        if self.tls_client_ca.is_some() && self.tls_ca.is_none() {
+            // Servers that require client certificates of each other can
+            // only be reached by clients that speak TLS to them.
+            return Err(ConfigError::Invalid(
+                "tls-client-ca (mTLS) needs tls-ca too: the other servers are called over TLS"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct TlsError {
+    path: String,
+    reason: String,
+}
+
+fn tls_error(path: &Path, reason: impl std::fmt::Display) -> TlsError {
+    TlsError {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certificates: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| tls_error(path, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| tls_error(path, e))?;
+    if certificates.is_empty() {
+        return Err(tls_error(path, "no PEM certificate in the file"));
+    }
+    Ok(certificates)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| tls_error(path, e))
+}
+
+fn root_store(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in read_certificates(path)? {
+        roots.add(certificate).map_err(|e| tls_error(path, e))?;
+    }
+    Ok(roots)
+}
+
+/// When each of a set of files last changed: a different stamp means read
+/// them again.
+fn stamp(paths: &[&Path]) -> Vec<Option<(SystemTime, u64)>> {
+    paths
+        .iter()
+        .map(|path| {
+            std::fs::metadata(path)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
+}
+
+/// A server's TLS settings, swapped whole when its files change;
+/// connections already open keep the certificate they shook hands with.
+pub struct ServerTls {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+    alpn: Vec<Vec<u8>>,
+    current: RwLock<(Vec<Option<(SystemTime, u64)>>, Arc<rustls::ServerConfig>)>,
+}
+
+impl ServerTls {
+    /// `alpn`: the protocols offered (`h2`; the gateway adds `http/1.1`).
+    pub fn load(args: &TlsArgs, alpn: &[&[u8]]) -> Result<Option<Arc<ServerTls>>, TlsError> {
+        let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+            return Ok(None);
+        };
+        install_crypto_provider();
+        let mut tls = ServerTls {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.tls_client_ca.clone(),
+            alpn: alpn.iter().map(|p| p.to_vec()).collect(),
+            current: RwLock::new((Vec::new(), Arc::new(placeholder_server_config()))),
+        };
+        let files = tls.stamp();
+        let config = tls.build()?;
+        tls.current = RwLock::new((files, Arc::new(config)));
+        Ok(Some(Arc::new(tls)))
+    }
+
+    pub fn requires_client_certificates(&self) -> bool {
+        self.client_ca.is_some()
+    }
+
+    fn stamp(&self) -> Vec<Option<(SystemTime, u64)>> {
+        let mut paths = vec![self.cert.as_path(), self.key.as_path()];
+        paths.extend(self.client_ca.as_deref());
+        stamp(&paths)
+    }
+
+    fn build(&self) -> Result<rustls::ServerConfig, TlsError> {
+        let chain = read_certificates(&self.cert)?;
+        let key = read_key(&self.key)?;
+        let builder = rustls::ServerConfig::builder();
+        let builder = match &self.client_ca {
+            Some(ca) => {
+                let verifier =
+                    rustls::server::WebPkiClientVerifier::builder(Arc::new(root_store(ca)?))
+                        .build()
+                        .map_err(|e| tls_error(ca, e))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
+            .with_single_cert(chain, key)
+            .map_err(|e| tls_error(&self.key, e))?;
+        config.alpn_protocols = self.alpn.clone();
+        Ok(config)
+    }
+
+    /// The settings for the next handshake, read again first if a file
+    /// changed. A file caught half-written (or broken) keeps the last good
+    /// settings, said once per change.
+    pub fn config(&self) -> Arc<rustls::ServerConfig> {
+        let files = self.stamp();
+        {
+            let current = self.current.read().expect("TLS settings lock");
+            if current.0 == files {
+                return current.1.clone();
+            }
+        }
+        let mut current = self.current.write().expect("TLS settings lock");
+        if current.0 != files {
+            match self.build() {
+                Ok(config) => {
+                    tracing::info!(cert = %self.cert.display(), "TLS certificate files changed: new connections use them");
+                    current.1 = Arc::new(config);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "TLS certificate files changed but do not load; keeping the previous ones");
+                }
+            }
+            current.0 = files;
+        }
+        current.1.clone()
+    }
+}
+
+/// Only ever replaced before use (rustls has no empty ServerConfig).
+fn placeholder_server_config() -> rustls::ServerConfig {
+    #[derive(Debug)]
+    struct NoCertificate;
+    impl rustls::server::ResolvesServerCert for NoCertificate {
+        fn resolve(
+            &self,
+            _: rustls::server::ClientHello<'_>,
+        ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+            None
+        }
+    }
+    rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(NoCertificate))
+}
+
+/// What every outbound channel of the process uses: the CA to check
+/// servers against and the certificate to present. Read per connection
+/// generation: [`ClientTls::changed`] tells the channels to reconnect with
+/// the new files.
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    ca: PathBuf,
+    identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl ClientTls {
+    pub fn from_args(args: &TlsArgs) -> Option<ClientTls> {
+        let ca = args.tls_ca.clone()?;
+        install_crypto_provider();
+        Some(ClientTls {
+            ca,
+            identity: args.tls_cert.clone().zip(args.tls_key.clone()),
+        })
+    }
+
+    /// The files' stamp, to compare with a later one.
+    pub fn stamp(&self) -> Vec<Option<(SystemTime, u64)>> {
+        let mut paths = vec![self.ca.as_path()];
+        if let Some((cert, key)) = &self.identity {
+            paths.extend([cert.as_path(), key.as_path()]);
+        }
+        stamp(&paths)
+    }
+
+    /// tonic's settings for a channel to `domain` (the name its certificate
+    /// must carry).
+    pub fn tonic_config(
+        &self,
+        domain: &str,
+    ) -> Result<tonic::transport::ClientTlsConfig, TlsError> {
+        let ca = std::fs::read(&self.ca).map_err(|e| tls_error(&self.ca, e))?;
+        // Parsed here too, so a broken bundle is an error now rather than a
+        // refused handshake later.
+        root_store(&self.ca)?;
+        let mut config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+            .domain_name(domain);
+        if let Some((cert, key)) = &self.identity {
+            read_certificates(cert)?;
+            read_key(key)?;
+            let cert_pem = std::fs::read(cert).map_err(|e| tls_error(cert, e))?;
+            let key_pem = std::fs::read(key).map_err(|e| tls_error(key, e))?;
+            config = config.identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
+        }
+        Ok(config)
+    }
+}
+
+/// An accepted connection, plain or TLS. Either tells tonic its TCP peer
+/// the same way: the request context reads the client address from it.
+pub enum Connection {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Connected for Connection {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        match self {
+            Connection::Plain(stream) => stream.connect_info(),
+            Connection::Tls(stream) => stream.get_ref().0.connect_info(),
+        }
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Connection::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Connection::Tls(stream) => Pin::new(stream).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Connection::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Connection::Tls(stream) => Pin::new(stream).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Connection::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Connection::Tls(stream) => Pin::new(stream).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Connection::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            Connection::Tls(stream) => Pin::new(stream).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Connection::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Connection::Tls(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Connection::Plain(stream) => stream.is_write_vectored(),
+            Connection::Tls(stream) => stream.is_write_vectored(),
+        }
+    }
+}
+
+/// What a server accepts connections from.
+pub type Incoming =
+    Pin<Box<dyn tokio_stream::Stream<Item = std::io::Result<Connection>> + Send + 'static>>;
+
+/// The connections of `listener`: plain, or with `tls` those whose
+/// handshake succeeded.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    shutdown: Shutdown,
+) -> Incoming {
+    use tokio_stream::StreamExt;
+    match tls {
+        // tonic ignores its own tcp_nodelay for a listener it did not bind:
+        // without it, Nagle holds a response's later frames for the
+        // client's delayed ACK (tens of ms).
+        None => Box::pin(
+            tonic::transport::server::TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .map(|accepted| accepted.map(Connection::Plain)),
+        ),
+        Some(tls) => Box::pin(accept_tls(listener, tls, shutdown)),
+    }
+}
+
+/// Accepts connections on `listener` and hands over those whose handshake
+/// succeeded, until `shutdown`. Handshakes run beside the accept loop (a
+/// slow client delays no one), at most [`MAX_HANDSHAKES`] at once, each
+/// within [`HANDSHAKE_TIMEOUT`]; a refused one (no client certificate, one
+/// from another CA) is logged at DEBUG and dropped.
+fn accept_tls(
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    mut shutdown: Shutdown,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Connection>> {
+    let (ready, incoming) = tokio::sync::mpsc::channel(MAX_HANDSHAKES);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    tokio::spawn(async move {
+        loop {
+            let permit = tokio::select! {
+                permit = handshakes.clone().acquire_owned() => permit.expect("never closed"),
+                () = shutdown.wait() => return,
+            };
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = shutdown.wait() => return,
+                () = ready.closed() => return,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of descriptors and the like: back off, keep serving.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+            let ready = ready.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(inner)) => {
+                        let _ = ready.send(Ok(Connection::Tls(Box::new(inner)))).await;
+                    }
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "TLS handshake refused");
+                    }
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(incoming)
+}
