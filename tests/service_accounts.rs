@@ -241,6 +241,65 @@ async fn revoked_accounts_and_wrong_secrets_get_no_token(extra: &[&str]) {
     fx.stop().await;
 }
 
+/// `trellis service-accounts register`: credentials chosen elsewhere (a
+/// deployment's Secret) work; registering again is a no-op; another secret
+/// or scope for the id, a weak secret or a revoked id is refused.
+async fn registered_accounts_take_their_credentials_from_outside(extra: &[&str]) {
+    let mut fx = Fixture::start(extra).await;
+    let credentials = Credentials {
+        client_id: uuid::Uuid::new_v4().to_string(),
+        client_secret: "dev-only-secret-0123456789abcdefghijkl".into(),
+    };
+    let auth_database = fx.auth_database.clone();
+    let register = |scope, secret: &str| {
+        let database = auth_database.clone();
+        let id = credentials.client_id.clone();
+        let secret = secret.to_owned();
+        async move { service_accounts::register(&database, "from-secret", scope, &id, &secret).await }
+    };
+    register(ServiceScope::Worker, &credentials.client_secret)
+        .await
+        .unwrap();
+    register(ServiceScope::Worker, &credentials.client_secret)
+        .await
+        .unwrap();
+    let token = fx.token(&credentials).await.unwrap();
+    assert_eq!(
+        lease(fx.channel(ServiceName::Execution).await, &token).await,
+        Code::InvalidArgument,
+        "a worker token reaches WorkerService"
+    );
+    let other_secret = register(
+        ServiceScope::Worker,
+        "another-secret-0123456789abcdefghijkl",
+    )
+    .await;
+    assert!(other_secret.is_err(), "another secret for the same id");
+    let other_scope = register(ServiceScope::Service, &credentials.client_secret).await;
+    assert!(other_scope.is_err(), "another scope for the same id");
+    let weak = service_accounts::register(
+        &fx.auth_database,
+        "weak",
+        ServiceScope::Worker,
+        &uuid::Uuid::new_v4().to_string(),
+        "short",
+    )
+    .await;
+    assert!(weak.is_err(), "a weak secret");
+    service_accounts::revoke(&fx.auth_database, &credentials.client_id)
+        .await
+        .unwrap();
+    let revoked = register(ServiceScope::Worker, &credentials.client_secret).await;
+    assert!(revoked.is_err(), "a revoked id stays revoked");
+    assert!(fx.token(&credentials).await.is_err());
+    fx.stop().await;
+}
+
+backend_suite!(
+    registered_accounts_take_their_credentials_from_outside,
+    "service account registration": sqlite, postgres
+);
+
 backend_suite!(
     revoked_accounts_and_wrong_secrets_get_no_token,
     "service accounts": sqlite, postgres

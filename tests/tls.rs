@@ -331,6 +331,7 @@ async fn every_server_over_mtls_refusing_strangers() {
         r#"trellis_rpc_requests_total{server="auth",service="trellis.auth.v1.AuthService",method="SignUp",code="OK"} 1"#,
         r#"trellis_rpc_duration_seconds_count{server="order",service="trellis.order.v1.OrderService",method="PlaceOrder"} 1"#,
         r#"trellis_db_pool_connections{server="order",backend="sqlite"}"#,
+        r#"trellis_execution_queue_pending{server="execution"} 0"#,
         "# TYPE trellis_rpc_duration_seconds histogram",
     ] {
         assert!(metrics.contains(sample), "{sample} not in\n{metrics}");

@@ -86,6 +86,21 @@ pub enum ServiceAccountsCommand {
         #[command(flatten)]
         storage: StorageArgs,
     },
+    /// Make the account named by --client-id with a secret chosen elsewhere
+    /// (TRELLIS_REGISTER_CLIENT_SECRET), e.g. from the same Secret the
+    /// servers read; again with the same credentials: nothing changes.
+    Register {
+        name: String,
+        #[arg(long, value_enum)]
+        scope: AccountScope,
+        #[arg(long, env = "TRELLIS_REGISTER_CLIENT_ID")]
+        client_id: String,
+        /// At least 32 characters; prefer the variable to the flag.
+        #[arg(long, env = "TRELLIS_REGISTER_CLIENT_SECRET", hide_env_values = true)]
+        client_secret: Secret,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
     /// Every account, revoked ones included.
     List(StorageArgs),
     /// End an account: its tokens stop working on every server within
@@ -104,6 +119,15 @@ pub enum AccountScope {
     Worker,
     /// Internal RPCs between Trellis servers.
     Service,
+}
+
+impl AccountScope {
+    fn service_scope(self) -> ServiceScope {
+        match self {
+            AccountScope::Worker => ServiceScope::Worker,
+            AccountScope::Service => ServiceScope::Service,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -900,12 +924,16 @@ fn keys_command(command: &KeysCommand) -> Result<(), CliError> {
 async fn service_accounts_command(command: &ServiceAccountsCommand) -> Result<(), CliError> {
     let storage = match command {
         ServiceAccountsCommand::Create { storage, .. }
+        | ServiceAccountsCommand::Register { storage, .. }
         | ServiceAccountsCommand::List(storage)
         | ServiceAccountsCommand::Revoke { storage, .. } => storage,
     };
     // Reading or revoking in a directory with no Trellis data is a mistyped
     // --data-dir (or the wrong working directory), not an empty list.
-    let reads = !matches!(command, ServiceAccountsCommand::Create { .. });
+    let reads = !matches!(
+        command,
+        ServiceAccountsCommand::Create { .. } | ServiceAccountsCommand::Register { .. }
+    );
     let sqlite_file = storage
         .data_dir
         .join(format!("{}.db", ServiceName::Auth.as_str()));
@@ -921,16 +949,27 @@ async fn service_accounts_command(command: &ServiceAccountsCommand) -> Result<()
         .remove(0);
     let result = match command {
         ServiceAccountsCommand::Create { name, scope, .. } => {
-            let scope = match scope {
-                AccountScope::Worker => ServiceScope::Worker,
-                AccountScope::Service => ServiceScope::Service,
-            };
-            service_accounts::create(&database, name, scope)
+            service_accounts::create(&database, name, scope.service_scope())
                 .await
                 .map(|credentials| {
                     say(&serde_json::to_string(&credentials).expect("two strings serialize"))
                 })
         }
+        ServiceAccountsCommand::Register {
+            name,
+            scope,
+            client_id,
+            client_secret,
+            ..
+        } => service_accounts::register(
+            &database,
+            name,
+            scope.service_scope(),
+            client_id,
+            &client_secret.0,
+        )
+        .await
+        .map(|()| say(&format!("registered {client_id} ({name})"))),
         ServiceAccountsCommand::List(_) => ServiceAccounts::new(database.clone())
             .list()
             .await

@@ -24,9 +24,10 @@ use std::time::Duration;
 use clap::Args;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Semaphore, mpsc};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use trellis::execution::v1 as pb;
 use trellis::execution::v1::worker_service_client::WorkerServiceClient;
+use trellis_runtime::{ClientTls, TlsArgs, UpstreamTarget};
 use trellis_tenancy::{AsService, AsServiceLayer, ServiceCredentials, ServiceTokens};
 
 use crate::{CliError, Secret};
@@ -93,15 +94,20 @@ pub struct WorkerArgs {
     /// How often an idle worker asks again.
     #[arg(long, default_value = "1s", value_parser = trellis_runtime::parse_duration)]
     pub poll_interval: Duration,
+    /// --tls-ca (servers' CA) and, for mTLS, --tls-cert/--tls-key (this
+    /// worker's certificate); --tls-client-ca does not apply.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 type Workers = WorkerServiceClient<AsService<Channel>>;
 
-fn endpoint(url: &str) -> Result<Channel, CliError> {
-    Ok(Endpoint::from_shared(url.to_owned())
-        .map_err(|e| CliError::Invalid(format!("{url:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(2))
-        .connect_lazy())
+/// A lazily connected channel to `url`: `https://` with --tls-ca (the
+/// worker's --tls-cert presented when mTLS is on), spread over the
+/// name's addresses.
+fn endpoint(url: &str, tls: &TlsArgs) -> Result<Channel, CliError> {
+    let target = UpstreamTarget::new(url, ClientTls::from_args(tls)).map_err(CliError::Invalid)?;
+    Ok(target.connect(1))
 }
 
 /// Leases and runs until `stop` resolves, then lets the runs in progress
@@ -126,7 +132,7 @@ pub async fn run(
         }
     };
     let tokens = Arc::new(ServiceTokens::new(
-        endpoint(&args.auth_url)?,
+        endpoint(&args.auth_url, &args.tls)?,
         ServiceCredentials {
             client_id: args.client_id.clone(),
             client_secret,
@@ -135,7 +141,7 @@ pub async fn run(
     ));
     let workers: Workers = WorkerServiceClient::new(tower::Layer::layer(
         &AsServiceLayer::new(tokens),
-        endpoint(&args.execution_url)?,
+        endpoint(&args.execution_url, &args.tls)?,
     ));
     let slots = Arc::new(Semaphore::new(args.concurrency as usize));
     let args = Arc::new(args.clone());

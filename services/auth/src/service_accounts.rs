@@ -35,6 +35,8 @@ pub enum ServiceAccountError {
     InvalidName(&'static str),
     #[error("no active service account {0}")]
     NotFound(String),
+    #[error("service account {0}")]
+    Conflict(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("service-account file {path}: {message}")]
@@ -73,6 +75,49 @@ pub async fn create(
         client_id: account.id,
         client_secret,
     })
+}
+
+/// Shortest secret `register` takes: as strong as the ones `create` makes.
+pub const MIN_REGISTERED_SECRET_CHARS: usize = 32;
+
+/// Makes the account `client_id` with `client_secret` chosen elsewhere (a
+/// Secret of a deployment's own), so servers and the accounts table can be
+/// set up from the same Secret. Registering it again with the same
+/// credentials is a no-op; an account of that id with another secret or
+/// scope, or revoked, is refused: a revoked id stays revoked.
+pub async fn register(
+    database: &Database,
+    name: &str,
+    scope: ServiceScope,
+    client_id: &str,
+    client_secret: &str,
+) -> Result<(), ServiceAccountError> {
+    check_name(name)?;
+    let id = uuid::Uuid::parse_str(client_id)
+        .map_err(|_| ServiceAccountError::InvalidName("the client id must be a UUID"))?
+        .to_string();
+    if client_secret.chars().count() < MIN_REGISTERED_SECRET_CHARS
+        || client_secret
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(ServiceAccountError::InvalidName(
+            "the client secret must be at least 32 characters, no spaces",
+        ));
+    }
+    let hash = token_hash(client_secret);
+    let row = ServiceAccounts::new(database.clone())
+        .register(&id, name, scope, &hash)
+        .await?;
+    if row.revoked_at.is_some() {
+        return Err(ServiceAccountError::Conflict(format!("{id} was revoked")));
+    }
+    if row.scope != scope || row.secret_hash != hash {
+        return Err(ServiceAccountError::Conflict(format!(
+            "{id} exists with another secret or scope"
+        )));
+    }
+    Ok(())
 }
 
 /// Ends an account: its tokens stop working on every server within the

@@ -99,6 +99,18 @@ impl Server for ExecutionServer {
             )
         })?;
         let queue = store::Queue::new(context.database.clone(), context.fanout.clone());
+        context.metrics.gauge(
+            "trellis_execution_queue_pending",
+            "Executions waiting to be leased, all organizations and queues together.",
+            format!("server=\"{}\"", Self::NAME),
+            Arc::new({
+                let queue = queue.clone();
+                move || {
+                    let queue = queue.clone();
+                    Box::pin(async move { queue.pending_total().await.ok().map(|n| n as f64) })
+                }
+            }),
+        );
         let api = grpc::GrpcAdapter(Arc::new(api::ExecutionApi {
             queue: queue.clone(),
             limits: limits::PlanLimits::new(auth),

@@ -428,6 +428,17 @@ impl Queue {
         self.create_within(execution, None).await
     }
 
+    /// Executions waiting to be leased, every organization and queue (the
+    /// per-pair counts leasing keeps): the queue-depth gauge.
+    pub async fn pending_total(&self) -> Result<i64, StoreError> {
+        let (total,): (i64,) = with_pool!(&self.db, |pool| {
+            sqlx::query_as("SELECT CAST(COALESCE(SUM(pending), 0) AS BIGINT) FROM execution_turns")
+                .fetch_one(pool)
+                .await
+        })?;
+        Ok(total)
+    }
+
     /// Creates, counting it in the month's `allowance` when one is given
     /// (refused once used up; exact, since the count is a row the
     /// transaction holds).

@@ -45,29 +45,81 @@ impl ServiceAccounts {
         scope: ServiceScope,
         secret_hash: &str,
     ) -> Result<ServiceAccountRow, StoreError> {
+        self.insert(
+            &uuid::Uuid::new_v4().to_string(),
+            name,
+            scope,
+            secret_hash,
+            false,
+        )
+        .await
+    }
+
+    /// Stores the account `id` unless an account `id` exists (revoked or
+    /// not); the row as it now is.
+    pub async fn register(
+        &self,
+        id: &str,
+        name: &str,
+        scope: ServiceScope,
+        secret_hash: &str,
+    ) -> Result<ServiceAccountRow, StoreError> {
+        self.insert(id, name, scope, secret_hash, true).await?;
+        self.get(id)
+            .await?
+            .ok_or(StoreError::Sqlx(sqlx::Error::RowNotFound))
+    }
+
+    async fn insert(
+        &self,
+        id: &str,
+        name: &str,
+        scope: ServiceScope,
+        secret_hash: &str,
+        if_absent: bool,
+    ) -> Result<ServiceAccountRow, StoreError> {
         let row = ServiceAccountRow {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: id.to_owned(),
             name: name.to_owned(),
             scope,
             secret_hash: secret_hash.to_owned(),
             created_at: now_ms(),
             revoked_at: None,
         };
+        let statement = if if_absent {
+            "INSERT INTO auth_service_accounts \
+             (id, name, scope, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (id) DO NOTHING"
+        } else {
+            "INSERT INTO auth_service_accounts \
+             (id, name, scope, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5)"
+        };
         with_pool!(&self.db, |pool| {
-            sqlx::query(
-                "INSERT INTO auth_service_accounts \
-                 (id, name, scope, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(&row.id)
-            .bind(&row.name)
-            .bind(row.scope.as_str())
-            .bind(&row.secret_hash)
-            .bind(row.created_at)
-            .execute(pool)
-            .await
-            .map_err(StoreError::from)?;
+            sqlx::query(statement)
+                .bind(&row.id)
+                .bind(&row.name)
+                .bind(row.scope.as_str())
+                .bind(&row.secret_hash)
+                .bind(row.created_at)
+                .execute(pool)
+                .await
+                .map_err(StoreError::from)?;
         });
         Ok(row)
+    }
+
+    /// The account `id`, revoked or not.
+    pub async fn get(&self, id: &str) -> Result<Option<ServiceAccountRow>, StoreError> {
+        with_pool!(&self.db, |pool| {
+            sqlx::query_as(
+                "SELECT id, name, scope, secret_hash, created_at, revoked_at \
+                 FROM auth_service_accounts WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+            .map_err(StoreError::from)
+        })
     }
 
     /// Every account, revoked ones included, oldest first.
