@@ -50,13 +50,13 @@ macro_rules! servers {
                 }
             }
 
-            pub(crate) fn upstream_url(self, args: &ServerArgs) -> Option<&str> {
+            pub fn upstream_url(self, args: &ServerArgs) -> Option<&str> {
                 match self {
                     $( ServiceName::$variant => <$server as Server>::upstream_url(&args.$field) ),+
                 }
             }
 
-            pub(crate) fn listen_address(self, args: &ServerArgs) -> SocketAddr {
+            pub fn listen_address(self, args: &ServerArgs) -> SocketAddr {
                 match self {
                     $( ServiceName::$variant => <$server as Server>::listen_address(&args.$field) ),+
                 }

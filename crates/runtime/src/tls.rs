@@ -19,9 +19,6 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use crate::config::ConfigError;
 use crate::shutdown::Shutdown;
 
-/// How often certificate files are looked at for a change.
-pub const RELOAD_INTERVAL: Duration = Duration::from_secs(10);
-
 /// A TLS handshake must finish within this, or the connection is dropped:
 /// a client that connects and says nothing holds no task for long.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -131,9 +128,11 @@ fn root_store(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
     Ok(roots)
 }
 
-/// When each of a set of files last changed: a different stamp means read
-/// them again.
-fn stamp(paths: &[&Path]) -> Vec<Option<(SystemTime, u64)>> {
+/// When each of a set of files last changed (and its size): a different
+/// stamp means read them again.
+pub type FileStamp = Vec<Option<(SystemTime, u64)>>;
+
+fn stamp(paths: &[&Path]) -> FileStamp {
     paths
         .iter()
         .map(|path| {
@@ -151,7 +150,7 @@ pub struct ServerTls {
     key: PathBuf,
     client_ca: Option<PathBuf>,
     alpn: Vec<Vec<u8>>,
-    current: RwLock<(Vec<Option<(SystemTime, u64)>>, Arc<rustls::ServerConfig>)>,
+    current: RwLock<(FileStamp, Arc<rustls::ServerConfig>)>,
 }
 
 impl ServerTls {
@@ -178,7 +177,7 @@ impl ServerTls {
         self.client_ca.is_some()
     }
 
-    fn stamp(&self) -> Vec<Option<(SystemTime, u64)>> {
+    fn stamp(&self) -> FileStamp {
         let mut paths = vec![self.cert.as_path(), self.key.as_path()];
         paths.extend(self.client_ca.as_deref());
         stamp(&paths)
@@ -271,7 +270,7 @@ impl ClientTls {
     }
 
     /// The files' stamp, to compare with a later one.
-    pub fn stamp(&self) -> Vec<Option<(SystemTime, u64)>> {
+    pub fn stamp(&self) -> FileStamp {
         let mut paths = vec![self.ca.as_path()];
         if let Some((cert, key)) = &self.identity {
             paths.extend([cert.as_path(), key.as_path()]);
