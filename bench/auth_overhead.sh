@@ -10,6 +10,7 @@
 #   bash bench/auth_overhead.sh            # defaults below
 #   REQUESTS=500000 ROUNDS=5 bash bench/auth_overhead.sh
 #   BENCH_SERVER=/path/to/old/bench_server bash bench/auth_overhead.sh   # A/B
+#   MODES="bare trellis trellis-tls" bash bench/auth_overhead.sh          # TLS on and off
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,7 +51,9 @@ run() {
   local args=(-c "$CLIENTS" -m "$STREAMS" -t 1 -d "$work/request.bin"
     -H "content-type: application/grpc" -H "te: trailers")
   [ "$(cat "$work/token")" != none ] && args+=(-H "authorization: Bearer $(cat "$work/token")")
-  local url="http://127.0.0.1:$port/trellis.auth.v1.AuthService/WhoAmI"
+  local scheme=http
+  [[ $mode == *-tls ]] && scheme=https
+  local url="$scheme://127.0.0.1:$port/trellis.auth.v1.AuthService/WhoAmI"
   taskset -c 1 h2load -n "$WARMUP" "${args[@]}" "$url" > /dev/null
   local ticks_before ticks_after
   ticks_before=$(cpu_ticks "$pid")
@@ -95,13 +98,14 @@ awk -v goal="$GOAL" '
     printf "\n%-34s %12s %10s %10s %12s\n", "server (median of rounds)", "req/s", "p50 us", "p99 us", "CPU us/req"
     for (m in n) {
       r[m] = median(rps, m, n[m])
-      label = (m == "bare") ? "bare tonic" : (m == "bare-token") ? "bare tonic, token header ignored" : "trellis stack + EdDSA JWT"
+      label = (m == "bare") ? "bare tonic" : (m == "bare-token") ? "bare tonic, token header ignored" : (m == "trellis-tls") ? "trellis stack + JWT, over TLS" : "trellis stack + EdDSA JWT"
       c[m] = median(cpu, m, n[m])
       printf "%-34s %12.0f %10d %10d %12.2f\n", label, r[m], median(p50, m, n[m]), median(p99, m, n[m]), c[m]
     }
     ratio = r["trellis"] / r["bare"]
     printf "\nratio trellis/bare: %.2fx (goal >= %.2fx): %s\n", ratio, goal, (ratio >= goal) ? "met" : "NOT met"
     printf "ratio by server CPU per request (bare/trellis): %.2fx\n", c["bare"] / c["trellis"]
+    if ("trellis-tls" in r) printf "TLS cost per call (connections up): trellis-tls/trellis %.2fx req/s, %+.2f us CPU/request\n", r["trellis-tls"] / r["trellis"], c["trellis-tls"] - c["trellis"]
     if ("bare-token" in r) printf "ratio trellis/bare-token (same bytes on the wire): %.2fx\n", r["trellis"] / r["bare-token"]
     print "every reply checked: all calls reached the handler and succeeded"
   }' "$work/results"

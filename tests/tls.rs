@@ -305,6 +305,14 @@ async fn every_server_over_mtls_refusing_strangers() {
         .connect()
         .await;
     assert!(refused(plaintext).await, "plaintext");
+    // The gateway is the public front: TLS, no client certificate asked.
+    let browser_like = tls_channel(port(ServiceName::Gateway), &pki.ca, "localhost", None)
+        .await
+        .unwrap();
+    AuthServiceClient::new(browser_like)
+        .who_am_i(authed(WhoAmIRequest {}, &token))
+        .await
+        .unwrap();
     // The legitimate client still gets in after all that.
     assert!(!refused(Ok(connect(ServiceName::Auth).await)).await);
 

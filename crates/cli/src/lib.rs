@@ -616,7 +616,13 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
     // Each server's files are read now, so a broken certificate stops the
     // start rather than the first handshake.
     let grpc_tls = ServerTls::load(&args.tls, &[b"h2"])?;
-    let http_tls = ServerTls::load(&args.tls, &[b"h2", b"http/1.1"])?;
+    // The gateway is the public front (browsers, an Ingress): TLS, but no
+    // client certificate asked for; callers prove who they are by token.
+    let public_tls = TlsArgs {
+        tls_client_ca: None,
+        ..args.tls.clone()
+    };
+    let http_tls = ServerTls::load(&public_tls, &[b"h2", b"http/1.1"])?;
 
     let databases = open_databases(&args.storage, &services, !args.skip_migrations).await?;
     let redis = connect_redis(&args.storage).await?;
@@ -686,7 +692,7 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
         } else {
             http_tls.clone()
         };
-        let set = set.with_tls(tls).with_admin(admin.clone());
+        let set = set.with_tls(tls.clone()).with_admin(admin.clone());
         let set = if service.answers_session_checks() {
             set
         } else {
@@ -699,10 +705,10 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
              /.well-known/jwks.json"
                 .to_owned()
         };
-        let transport = match (&args.tls.tls_cert, &args.tls.tls_client_ca) {
-            (None, _) => "",
-            (Some(_), None) => "; TLS",
-            (Some(_), Some(_)) => "; mTLS",
+        let transport = match tls.as_ref() {
+            None => "",
+            Some(tls) if tls.requires_client_certificates() => "; mTLS",
+            Some(_) => "; TLS",
         };
         say(&format!(
             "{:<10} listening on {bound}  ({serves}{transport})",

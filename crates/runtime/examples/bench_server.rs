@@ -4,7 +4,10 @@
 //! JWT verification with an EdDSA token). Counts handled calls, so the script
 //! can check that every reply was a success (h2load cannot see gRPC errors).
 //!
-//! Usage: bench_server <bare|bare-token|trellis> <port> <token-file>
+//! `trellis-tls` is the same stack serving TLS (a certificate made at start),
+//! for the cost of TLS per call once connections are up.
+//!
+//! Usage: bench_server <bare|bare-token|trellis|trellis-tls> <port> <token-file>
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -87,6 +90,27 @@ fn signed_token() -> (SigningKey, String) {
     (key, token)
 }
 
+/// TLS with a certificate for 127.0.0.1 made now, its files beside
+/// `token_file`.
+fn self_signed_tls(token_file: &str) -> Arc<trellis_runtime::ServerTls> {
+    let dir = std::path::Path::new(token_file).parent().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.join("tls.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+    let args = trellis_runtime::TlsArgs {
+        tls_cert: Some(dir.join("tls.crt")),
+        tls_key: Some(dir.join("tls.key")),
+        ..Default::default()
+    };
+    trellis_runtime::ServerTls::load(&args, &[b"h2"])
+        .unwrap()
+        .unwrap()
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let [_, mode, port, token_file] = args.as_slice() else {
@@ -144,7 +168,7 @@ fn main() {
                     .await
                     .map_err(|e| e.to_string())
             }
-            "trellis" => {
+            "trellis" | "trellis-tls" => {
                 let (key, token) = signed_token();
                 let jwks = Arc::new(JwksCache::new(
                     Arc::new(StaticJwks::new(vec![key.public_jwk()])),
@@ -162,7 +186,9 @@ fn main() {
                     },
                 ));
                 std::fs::write(token_file, token).unwrap();
+                let tls = (mode == "trellis-tls").then(|| self_signed_tls(token_file));
                 let set = ServiceSet::new("bench")
+                    .with_tls(tls)
                     .with_session_guard(Some(Arc::new(SessionGuard::new(
                         Arc::new(AlwaysLive),
                         Duration::from_secs(5),

@@ -61,8 +61,15 @@ impl Admin {
                 }
             }),
         );
-        let mut routes = tonic::service::Routes::from(router);
-        routes = routes.add_service(self.health_service);
+        // Reflection of health alone, so `grpcurl -plaintext` needs no proto.
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health")
+            .build_v1()
+            .expect("the health descriptor set is valid");
+        let routes = tonic::service::Routes::from(router)
+            .add_service(self.health_service)
+            .add_service(reflection);
         tracing::info!(address = ?address, "admin port: gRPC health and /metrics (plaintext)");
         tonic::transport::Server::builder()
             .accept_http1(true)

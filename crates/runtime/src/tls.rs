@@ -48,6 +48,7 @@ pub struct TlsArgs {
     #[arg(long, env = "TRELLIS_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// PEM CA bundle: clients must present a certificate it signed (mTLS).
+    /// Not the gateway's: browsers present none, they bring tokens.
     #[arg(long, env = "TRELLIS_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
     /// PEM CA bundle the other servers' certificates are checked against;
