@@ -207,6 +207,15 @@ fn flags_of(args: &[String]) -> BTreeMap<String, (String, bool)> {
         .collect()
 }
 
+fn args_of(container: &Value) -> Vec<String> {
+    container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| str_of(a).to_owned())
+        .collect()
+}
+
 fn container_port(container: &Value, port_name: &str) -> Option<u16> {
     container["ports"]
         .as_array()?
@@ -228,12 +237,7 @@ fn check_deployment(docs: &[Value], deployment: &Value) -> ServiceName {
     let component = label("app.kubernetes.io/component").to_owned();
     let pod = &deployment["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
-    let args: Vec<String> = container["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| str_of(a).to_owned())
-        .collect();
+    let args = args_of(container);
     let env = environment(docs, container);
     let argv = command_line(&args, &env);
     let what = format!("{} ({})", name(deployment), argv.join(" "));
@@ -363,12 +367,7 @@ fn check_serve_args(
 }
 
 fn check_job_container(docs: &[Value], job: &Value, container: &Value) {
-    let args: Vec<String> = container["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| str_of(a).to_owned())
-        .collect();
+    let args = args_of(container);
     // A Secret key a Job reads is one the servers read too.
     for variable in container["env"].as_array().into_iter().flatten() {
         if let Some(key) = variable["valueFrom"]["secretKeyRef"]["key"].as_str() {

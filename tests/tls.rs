@@ -23,14 +23,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use trellis::auth::v1::WhoAmIRequest;
 use trellis::auth::v1::auth_service_client::AuthServiceClient;
-use trellis::cart::v1 as cart;
-use trellis::cart::v1::cart_service_client::CartServiceClient;
-use trellis::cart::v1::catalog_service_client::CatalogServiceClient;
-use trellis::common::v1::Money;
 use trellis::order::v1 as pb;
 use trellis::order::v1::order_service_client::OrderServiceClient;
-use trellis::session::v1::CreateSessionRequest;
-use trellis::session::v1::session_service_client::SessionServiceClient;
 use trellis_cli::ServiceName;
 
 struct Pki {
@@ -133,13 +127,6 @@ async fn presented_certificate(port: u16, ca: &str, identity: (String, String)) 
     tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 
-fn usd(amount_minor: i64) -> Money {
-    Money {
-        amount_minor,
-        currency: "USD".into(),
-    }
-}
-
 /// One plain HTTP/1.1 GET, read to the end.
 async fn http_get(address: std::net::SocketAddr, path: &str) -> String {
     let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
@@ -189,69 +176,21 @@ async fn every_server_over_mtls_refusing_strangers() {
     // The flow: every server checks tokens against a JWKS fetched from Auth
     // over mTLS, asks Auth about sessions, and Order calls Cart and
     // Execution as a service.
-    let mut auth = AuthServiceClient::new(connect(ServiceName::Auth).await);
-    let token = sign_up(&mut auth, "tls").await.access_token;
-    auth.who_am_i(authed(WhoAmIRequest {}, &token))
-        .await
-        .unwrap();
-    let session_id = SessionServiceClient::new(connect(ServiceName::Session).await)
-        .create_session(authed(CreateSessionRequest::default(), &token))
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap()
-        .session_id;
-    let cart_channel = connect(ServiceName::Cart).await;
-    let product_id = CatalogServiceClient::new(cart_channel.clone())
-        .create_product(authed(
-            cart::CreateProductRequest {
-                sku: "TACO".into(),
-                name: "taco".into(),
-                category: "food".into(),
-                price: Some(usd(350)),
-                stock: Some(10),
-                ..Default::default()
-            },
-            &token,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .product
-        .unwrap()
-        .product_id;
-    CartServiceClient::new(cart_channel)
-        .add_item(authed(
-            cart::AddItemRequest {
-                session_id: session_id.clone(),
-                product_id,
-                quantity: 2,
-                ..Default::default()
-            },
-            &token,
-        ))
+    let (token, session_id) = buyer_with_cart(
+        connect(ServiceName::Auth).await,
+        connect(ServiceName::Session).await,
+        connect(ServiceName::Cart).await,
+        "tls",
+        2,
+    )
+    .await;
+    AuthServiceClient::new(connect(ServiceName::Auth).await)
+        .who_am_i(authed(WhoAmIRequest {}, &token))
         .await
         .unwrap();
     let mut orders = OrderServiceClient::new(connect(ServiceName::Order).await);
     let order = orders
-        .place_order(authed(
-            pb::PlaceOrderRequest {
-                session_id,
-                customer: Some(pb::Customer {
-                    name: "Ana".into(),
-                    phone: "+1 555 0100".into(),
-                    email: String::new(),
-                }),
-                delivery: Some(pb::Delivery {
-                    r#type: pb::DeliveryType::Pickup as i32,
-                    address: String::new(),
-                    requested_for: None,
-                }),
-                idempotency_key: "tls-1".into(),
-            },
-            &token,
-        ))
+        .place_order(authed(pickup_order(&session_id, "tls-1"), &token))
         .await
         .unwrap()
         .into_inner()

@@ -11,15 +11,7 @@ use common::*;
 use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
 use tonic::metadata::MetadataValue;
-use trellis::auth::v1::auth_service_client::AuthServiceClient;
-use trellis::cart::v1 as cart;
-use trellis::cart::v1::cart_service_client::CartServiceClient;
-use trellis::cart::v1::catalog_service_client::CatalogServiceClient;
-use trellis::common::v1::Money;
-use trellis::order::v1 as pb;
 use trellis::order::v1::order_service_client::OrderServiceClient;
-use trellis::session::v1::CreateSessionRequest;
-use trellis::session::v1::session_service_client::SessionServiceClient;
 use trellis_cli::ServiceName;
 use trellis_runtime::TelemetryArgs;
 
@@ -68,76 +60,20 @@ async fn one_place_order_is_one_trace_across_the_servers() {
         .await
         .unwrap();
     let at = |service| running.address(service).unwrap();
-    let token = sign_up(
-        &mut AuthServiceClient::new(channel(at(ServiceName::Auth)).await),
+    let (token, session_id) = buyer_with_cart(
+        channel(at(ServiceName::Auth)).await,
+        channel(at(ServiceName::Session)).await,
+        channel(at(ServiceName::Cart)).await,
         "traced",
+        1,
     )
-    .await
-    .access_token;
-    let session_id = SessionServiceClient::new(channel(at(ServiceName::Session)).await)
-        .create_session(authed(CreateSessionRequest::default(), &token))
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap()
-        .session_id;
-    let cart_channel = channel(at(ServiceName::Cart)).await;
-    let product_id = CatalogServiceClient::new(cart_channel.clone())
-        .create_product(authed(
-            cart::CreateProductRequest {
-                sku: "TACO".into(),
-                name: "taco".into(),
-                category: "food".into(),
-                price: Some(Money {
-                    amount_minor: 350,
-                    currency: "USD".into(),
-                }),
-                stock: Some(5),
-                ..Default::default()
-            },
-            &token,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .product
-        .unwrap()
-        .product_id;
-    CartServiceClient::new(cart_channel)
-        .add_item(authed(
-            cart::AddItemRequest {
-                session_id: session_id.clone(),
-                product_id,
-                quantity: 1,
-                ..Default::default()
-            },
-            &token,
-        ))
-        .await
-        .unwrap();
+    .await;
 
     // Through the gateway, as a browser's call arrives, with a caller's
     // own sampled trace to follow.
     let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
-    let mut request = authed(
-        pb::PlaceOrderRequest {
-            session_id,
-            customer: Some(pb::Customer {
-                name: "Ana".into(),
-                phone: "+1 555 0100".into(),
-                email: String::new(),
-            }),
-            delivery: Some(pb::Delivery {
-                r#type: pb::DeliveryType::Pickup as i32,
-                address: String::new(),
-                requested_for: None,
-            }),
-            idempotency_key: "traced-1".into(),
-        },
-        &token,
-    );
+    let mut request = authed(pickup_order(&session_id, "traced-1"), &token);
     request.metadata_mut().insert(
         "traceparent",
         MetadataValue::try_from(format!("00-{caller_trace}-{caller_span}-01")).unwrap(),

@@ -411,3 +411,90 @@ pub async fn sign_up(
     .unwrap()
     .into_inner()
 }
+
+/// A new organization's admin with a WORK session whose cart holds
+/// `quantity` of a product made for it: what an order is placed from.
+/// Returns the access token and the session id.
+pub async fn buyer_with_cart(
+    auth: Channel,
+    sessions: Channel,
+    cart: Channel,
+    name: &str,
+    quantity: i32,
+) -> (String, String) {
+    use trellis::cart::v1 as pb;
+    let token = sign_up(
+        &mut trellis::auth::v1::auth_service_client::AuthServiceClient::new(auth),
+        name,
+    )
+    .await
+    .access_token;
+    let session_id =
+        trellis::session::v1::session_service_client::SessionServiceClient::new(sessions)
+            .create_session(authed(
+                trellis::session::v1::CreateSessionRequest::default(),
+                &token,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .session
+            .unwrap()
+            .session_id;
+    let product_id = pb::catalog_service_client::CatalogServiceClient::new(cart.clone())
+        .create_product(authed(
+            pb::CreateProductRequest {
+                sku: "TACO".into(),
+                name: "taco".into(),
+                category: "food".into(),
+                price: Some(trellis::common::v1::Money {
+                    amount_minor: 350,
+                    currency: "USD".into(),
+                }),
+                stock: Some(10),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .product
+        .unwrap()
+        .product_id;
+    pb::cart_service_client::CartServiceClient::new(cart)
+        .add_item(authed(
+            pb::AddItemRequest {
+                session_id: session_id.clone(),
+                product_id,
+                quantity,
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap();
+    (token, session_id)
+}
+
+/// A pickup order of the session's cart, for Ana.
+pub fn pickup_order(
+    session_id: &str,
+    idempotency_key: &str,
+) -> trellis::order::v1::PlaceOrderRequest {
+    use trellis::order::v1 as pb;
+    pb::PlaceOrderRequest {
+        session_id: session_id.to_owned(),
+        customer: Some(pb::Customer {
+            name: "Ana".into(),
+            phone: "+1 555 0100".into(),
+            email: String::new(),
+        }),
+        delivery: Some(pb::Delivery {
+            r#type: pb::DeliveryType::Pickup as i32,
+            address: String::new(),
+            requested_for: None,
+        }),
+        idempotency_key: idempotency_key.to_owned(),
+    }
+}
