@@ -22,14 +22,11 @@ const OVERLAYS: [&str; 3] = ["k8s/base", "k8s/overlays/dev", "k8s/overlays/prod"
 /// Who calls each server (besides the gateway, which reaches them all):
 /// what the NetworkPolicies must admit.
 const CALLERS: [(&str, &[&str]); 5] = [
-    (
-        "auth",
-        &["auth", "session", "cart", "order", "execution", "worker"],
-    ),
+    ("auth", &["auth", "session", "cart", "order", "execution"]),
     ("session", &["auth", "cart"]),
     ("cart", &["order"]),
     ("order", &[]),
-    ("execution", &["order", "worker"]),
+    ("execution", &["order"]),
 ];
 
 /// Read by code outside the command line (OpenTelemetry, rustls's system

@@ -286,6 +286,26 @@ async fn registered_accounts_take_their_credentials_from_outside(extra: &[&str])
     )
     .await;
     assert!(weak.is_err(), "a weak secret");
+    for weak in ["a".repeat(40), "ab".repeat(20), "x".repeat(300)] {
+        let refused = service_accounts::register(
+            &fx.auth_database,
+            "weak",
+            ServiceScope::Worker,
+            &uuid::Uuid::new_v4().to_string(),
+            &weak,
+        )
+        .await;
+        assert!(refused.is_err(), "{weak}");
+    }
+    let renamed = service_accounts::register(
+        &fx.auth_database,
+        "another-name",
+        ServiceScope::Worker,
+        &credentials.client_id,
+        &credentials.client_secret,
+    )
+    .await;
+    assert!(renamed.is_err(), "the same id under another name");
     service_accounts::revoke(&fx.auth_database, &credentials.client_id)
         .await
         .unwrap();

@@ -158,10 +158,20 @@ async fn every_server_over_mtls_refusing_strangers() {
             &pki.path("ca.pem"),
             "--admin-addr",
             "127.0.0.1:0",
+            "--shutdown-drain",
+            "1500ms",
         ],
     );
     let running = trellis_cli::start(&ServiceName::ALL, &args).await.unwrap();
-    let port = |service| running.address(service).unwrap().port();
+    let addresses = running.addresses.clone();
+    let port = |service| {
+        addresses
+            .iter()
+            .find(|(name, _)| *name == service)
+            .unwrap()
+            .1
+            .port()
+    };
     let client = leaf(&ca, "a client");
     let connect = |service| {
         let client = client.clone();
@@ -311,6 +321,43 @@ async fn every_server_over_mtls_refusing_strangers() {
         .await
         .unwrap();
 
-    running.shutdown().await.unwrap();
+    // Idle sockets from one address hold no one else's handshake: 40 from
+    // 127.0.0.2 (its share is 16), then a real client from 127.0.0.1.
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        idle.push(
+            socket
+                .connect(([127, 0, 0, 1], auth_port).into())
+                .await
+                .unwrap(),
+        );
+    }
+    let started = std::time::Instant::now();
+    assert!(!refused(Ok(connect(ServiceName::Auth).await)).await);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a handshake waited {:?} behind idle sockets",
+        started.elapsed()
+    );
+    drop(idle);
+
+    // Shutdown drains over TLS too: NOT_SERVING at once, new connections
+    // still served during the drain.
+    let admin_channel = channel(admin).await;
+    let stopping = tokio::spawn(running.shutdown());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let health = HealthClient::new(admin_channel)
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status(), ServingStatus::NotServing);
+    assert!(
+        !refused(Ok(connect(ServiceName::Auth).await)).await,
+        "a new TLS connection during the drain is served"
+    );
+    stopping.await.unwrap().unwrap();
     let _ = std::fs::remove_dir_all(&data_dir);
 }

@@ -34,11 +34,22 @@ const OVERSIZE_PREFIX: &str = "Error, decoded message length too large";
 pub struct AccessLogLayer {
     server: &'static str,
     metrics: Arc<RpcMetrics>,
+    public_front: bool,
 }
 
 impl AccessLogLayer {
     pub fn new(server: &'static str, metrics: Arc<RpcMetrics>) -> Self {
-        AccessLogLayer { server, metrics }
+        AccessLogLayer {
+            server,
+            metrics,
+            public_front: false,
+        }
+    }
+
+    /// For the gateway: traces start here, whatever the caller sent.
+    pub fn public_front(mut self) -> Self {
+        self.public_front = true;
+        self
     }
 }
 
@@ -50,6 +61,7 @@ impl<S> tower::Layer<S> for AccessLogLayer {
             inner,
             server: self.server,
             metrics: self.metrics.clone(),
+            public_front: self.public_front,
         }
     }
 }
@@ -59,6 +71,7 @@ pub struct AccessLog<S> {
     inner: S,
     server: &'static str,
     metrics: Arc<RpcMetrics>,
+    public_front: bool,
 }
 
 /// A call counted in flight until it finishes; one dropped unfinished (its
@@ -137,12 +150,21 @@ impl Completion {
     }
 }
 
-/// The caller's `traceparent` becomes this span's parent, and this span the
+/// The caller's `traceparent` becomes this span's parent (at a public
+/// front, never: a browser would choose what is sampled and which trace its
+/// calls join; its trace context is dropped there), and this span the
 /// parent of every hop after it: the request's header (what the gateway
 /// forwards) and its [`CallContext`] (what a handler's outbound calls send)
 /// now name it.
-fn follow_trace<B>(span: &Span, request: &mut http::Request<B>) {
+fn follow_trace<B>(span: &Span, request: &mut http::Request<B>, public_front: bool) {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if public_front {
+        request.headers_mut().remove(&TRACEPARENT);
+        request.headers_mut().remove(&TRACESTATE);
+    }
+    if !crate::telemetry::exporting() {
+        return;
+    }
     if let Some(parent) = request
         .headers()
         .get(&TRACEPARENT)
@@ -159,6 +181,7 @@ fn follow_trace<B>(span: &Span, request: &mut http::Request<B>) {
 }
 
 static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+static TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 
 /// Reads `grpc-status`, rewriting tonic's over-size OUT_OF_RANGE.
 fn final_status(headers: &mut HeaderMap) -> Option<Code> {
@@ -241,12 +264,12 @@ where
             org = tracing::field::Empty,
             user = tracing::field::Empty,
             server = self.server,
-            otel.name = %logged_method,
+            // The contract's name, or "other": no caller can add names
+            // to the trace backend's index.
+            otel.name = self.metrics.path(slot),
             otel.kind = "server",
         );
-        if crate::telemetry::exporting() {
-            follow_trace(&span, &mut request);
-        }
+        follow_trace(&span, &mut request, self.public_front);
         let response = {
             let _entered = span.enter();
             self.inner.call(request)

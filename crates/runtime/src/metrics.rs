@@ -80,6 +80,11 @@ impl RpcMetrics {
             .unwrap_or(self.paths.len() - 1)
     }
 
+    /// The path a slot counts (`other` for any unknown one).
+    pub fn path(&self, method: usize) -> &'static str {
+        self.paths[method]
+    }
+
     pub fn started(&self, method: usize) {
         self.methods[method].in_flight.fetch_add(1, Relaxed);
     }

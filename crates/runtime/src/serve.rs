@@ -196,7 +196,7 @@ pub async fn serve(
         service_names.clone(),
         shutdown.clone(),
     );
-    let incoming = crate::tls::incoming(listener, tls.clone(), shutdown.clone());
+    let incoming = crate::tls::incoming(listener, tls.clone());
     let mut on_signal = shutdown.clone();
     let drain = limits.shutdown_drain;
     let stop_accepting = async move {
@@ -291,7 +291,7 @@ pub async fn serve(
             // access log, then its own router, which does the rest.
             let stack = ServiceBuilder::new()
                 .layer(RequestContextLayer::new(trusted))
-                .layer(AccessLogLayer::new(name, metrics.clone()))
+                .layer(AccessLogLayer::new(name, metrics.clone()).public_front())
                 .into_inner();
             let server = tonic::transport::Server::builder()
                 .accept_http1(true)

@@ -17,15 +17,18 @@ use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::config::ConfigError;
-use crate::shutdown::Shutdown;
 
 /// A TLS handshake must finish within this, or the connection is dropped:
 /// a client that connects and says nothing holds no task for long.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Handshakes in progress at once per listener; more connections wait in
-/// the kernel's accept queue.
-const MAX_HANDSHAKES: usize = 256;
+/// Handshakes in progress at once per listener; a connection past it is
+/// closed at once rather than queued behind the others.
+const MAX_HANDSHAKES: usize = 4096;
+
+/// Of those, what one client address may hold: idle sockets from one
+/// place cannot take the others' turn.
+const MAX_HANDSHAKES_PER_ADDRESS: usize = 16;
 
 /// One crypto provider for the whole process (tonic, sqlx and redis all
 /// use rustls): aws-lc-rs, installed before the first TLS object is made.
@@ -385,11 +388,7 @@ pub type Incoming =
 
 /// The connections of `listener`: plain, or with `tls` those whose
 /// handshake succeeded.
-pub fn incoming(
-    listener: TcpListener,
-    tls: Option<Arc<ServerTls>>,
-    shutdown: Shutdown,
-) -> Incoming {
+pub fn incoming(listener: TcpListener, tls: Option<Arc<ServerTls>>) -> Incoming {
     use tokio_stream::StreamExt;
     match tls {
         // tonic ignores its own tcp_nodelay for a listener it did not bind:
@@ -400,31 +399,28 @@ pub fn incoming(
                 .with_nodelay(Some(true))
                 .map(|accepted| accepted.map(Connection::Plain)),
         ),
-        Some(tls) => Box::pin(accept_tls(listener, tls, shutdown)),
+        Some(tls) => Box::pin(accept_tls(listener, tls)),
     }
 }
 
 /// Accepts connections on `listener` and hands over those whose handshake
-/// succeeded, until `shutdown`. Handshakes run beside the accept loop (a
-/// slow client delays no one), at most [`MAX_HANDSHAKES`] at once, each
-/// within [`HANDSHAKE_TIMEOUT`]; a refused one (no client certificate, one
-/// from another CA) is logged at DEBUG and dropped.
+/// succeeded, until tonic stops taking them (after the drain: the stream is
+/// dropped then). Accepting never waits for a handshake: each runs on its
+/// own within [`HANDSHAKE_TIMEOUT`]; past [`MAX_HANDSHAKES`] in progress,
+/// or [`MAX_HANDSHAKES_PER_ADDRESS`] from one address, a new connection is
+/// closed at once, so idle sockets from one client cannot keep others out.
+/// A refused handshake (no client certificate, one from another CA) is
+/// logged at DEBUG and dropped.
 fn accept_tls(
     listener: TcpListener,
     tls: Arc<ServerTls>,
-    mut shutdown: Shutdown,
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Connection>> {
-    let (ready, incoming) = tokio::sync::mpsc::channel(MAX_HANDSHAKES);
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    let (ready, incoming) = tokio::sync::mpsc::channel(1024);
+    let pending = Arc::new(PendingHandshakes::default());
     tokio::spawn(async move {
         loop {
-            let permit = tokio::select! {
-                permit = handshakes.clone().acquire_owned() => permit.expect("never closed"),
-                () = shutdown.wait() => return,
-            };
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
-                () = shutdown.wait() => return,
                 () = ready.closed() => return,
             };
             let (stream, peer) = match accepted {
@@ -436,12 +432,18 @@ fn accept_tls(
                     continue;
                 }
             };
+            let Some(slot) = pending.clone().take(peer.ip()) else {
+                tracing::debug!(%peer, "too many TLS handshakes in progress; connection closed");
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
             let ready = ready.clone();
             tokio::spawn(async move {
-                let _permit = permit;
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                let handshake =
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                drop(slot);
+                match handshake {
                     Ok(Ok(inner)) => {
                         let _ = ready.send(Ok(Connection::Tls(Box::new(inner)))).await;
                     }
@@ -454,4 +456,52 @@ fn accept_tls(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(incoming)
+}
+
+/// Handshakes in progress, in all and per client address (at most
+/// [`MAX_HANDSHAKES`] entries, one per address with one in progress).
+#[derive(Default)]
+struct PendingHandshakes {
+    by_address: std::sync::Mutex<(usize, std::collections::HashMap<std::net::IpAddr, usize>)>,
+}
+
+impl PendingHandshakes {
+    fn take(self: Arc<Self>, address: std::net::IpAddr) -> Option<PendingSlot> {
+        let mut guard = self.by_address.lock().expect("handshake counts lock");
+        let (total, by_address) = &mut *guard;
+        let mine = by_address.get(&address).copied().unwrap_or(0);
+        if *total >= MAX_HANDSHAKES || mine >= MAX_HANDSHAKES_PER_ADDRESS {
+            return None;
+        }
+        *total += 1;
+        by_address.insert(address, mine + 1);
+        drop(guard);
+        Some(PendingSlot {
+            pending: self,
+            address,
+        })
+    }
+}
+
+struct PendingSlot {
+    pending: Arc<PendingHandshakes>,
+    address: std::net::IpAddr,
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let mut guard = self
+            .pending
+            .by_address
+            .lock()
+            .expect("handshake counts lock");
+        let (total, by_address) = &mut *guard;
+        *total -= 1;
+        if let Some(count) = by_address.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                by_address.remove(&self.address);
+            }
+        }
+    }
 }

@@ -188,6 +188,14 @@ impl UpstreamTarget {
 
 type EndpointKey = (u64, SocketAddr, usize);
 
+/// Whether a connection made to `endpoint` now completes its handshake.
+async fn accepted(endpoint: &Endpoint) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(3), endpoint.connect()).await,
+        Ok(Ok(_))
+    )
+}
+
 /// Keeps the balanced channel's endpoints to the addresses the target
 /// resolves to, until the channel is dropped.
 async fn keep_endpoints(
@@ -214,7 +222,14 @@ async fn keep_endpoints(
                     if current.get(address) == Some(&generation) {
                         continue;
                     }
+                    let rotated = current.contains_key(address);
                     match target.endpoint(*address) {
+                        // Rotated files replace working connections only
+                        // once one made with them is accepted: a peer that
+                        // does not trust them yet keeps the old ones.
+                        Ok(endpoint) if rotated && !accepted(&endpoint).await => {
+                            tracing::warn!(upstream = %target.url, %address, "the rotated TLS files are not accepted yet; keeping the connections made before");
+                        }
                         Ok(endpoint) => {
                             for slot in 0..per_address {
                                 let change =

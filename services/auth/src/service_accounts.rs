@@ -80,6 +80,13 @@ pub async fn create(
 /// Shortest secret `register` takes: as strong as the ones `create` makes.
 pub const MIN_REGISTERED_SECRET_CHARS: usize = 32;
 
+/// Longest: what IssueServiceToken accepts.
+pub const MAX_REGISTERED_SECRET_BYTES: usize = crate::validate::MAX_OPAQUE_TOKEN_BYTES;
+
+/// Different characters a registered secret must have (hex of 32 random
+/// bytes has 16 at most, and almost always 12 or more).
+const MIN_DISTINCT_SECRET_CHARS: usize = 12;
+
 /// Makes the account `client_id` with `client_secret` chosen elsewhere (a
 /// Secret of a deployment's own), so servers and the accounts table can be
 /// set up from the same Secret. Registering it again with the same
@@ -96,13 +103,18 @@ pub async fn register(
     let id = uuid::Uuid::parse_str(client_id)
         .map_err(|_| ServiceAccountError::InvalidName("the client id must be a UUID"))?
         .to_string();
-    if client_secret.chars().count() < MIN_REGISTERED_SECRET_CHARS
-        || client_secret
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control())
+    // Stored as an unsalted SHA-256 like the generated ones, so it must be
+    // as unguessable: long, printable, not a repeated pattern; and no
+    // longer than IssueServiceToken accepts.
+    let distinct: std::collections::HashSet<char> = client_secret.chars().collect();
+    if client_secret.len() < MIN_REGISTERED_SECRET_CHARS
+        || client_secret.len() > MAX_REGISTERED_SECRET_BYTES
+        || !client_secret.chars().all(|c| c.is_ascii_graphic())
+        || distinct.len() < MIN_DISTINCT_SECRET_CHARS
     {
         return Err(ServiceAccountError::InvalidName(
-            "the client secret must be at least 32 characters, no spaces",
+            "the client secret must be 32 to 256 printable characters, at least 12 of them \
+             different (e.g. `openssl rand -hex 32`)",
         ));
     }
     let hash = token_hash(client_secret);
@@ -112,9 +124,9 @@ pub async fn register(
     if row.revoked_at.is_some() {
         return Err(ServiceAccountError::Conflict(format!("{id} was revoked")));
     }
-    if row.scope != scope || row.secret_hash != hash {
+    if row.scope != scope || row.secret_hash != hash || row.name != name {
         return Err(ServiceAccountError::Conflict(format!(
-            "{id} exists with another secret or scope"
+            "{id} exists with another secret, scope or name"
         )));
     }
     Ok(())
