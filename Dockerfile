@@ -1,3 +1,4 @@
+# syntax=docker/dockerfile:1
 # The `trellis` binary as `cargo build --release` makes it, in a small
 # non-root image (distroless: glibc and CA roots, no shell, no package
 # manager). Build from the repository root:

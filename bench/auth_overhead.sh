@@ -102,10 +102,12 @@ awk -v goal="$GOAL" '
       c[m] = median(cpu, m, n[m])
       printf "%-34s %12.0f %10d %10d %12.2f\n", label, r[m], median(p50, m, n[m]), median(p99, m, n[m]), c[m]
     }
-    ratio = r["trellis"] / r["bare"]
-    printf "\nratio trellis/bare: %.2fx (goal >= %.2fx): %s\n", ratio, goal, (ratio >= goal) ? "met" : "NOT met"
-    printf "ratio by server CPU per request (bare/trellis): %.2fx\n", c["bare"] / c["trellis"]
-    if ("trellis-tls" in r) printf "TLS cost per call (connections up): trellis-tls/trellis %.2fx req/s, %+.2f us CPU/request\n", r["trellis-tls"] / r["trellis"], c["trellis-tls"] - c["trellis"]
-    if ("bare-token" in r) printf "ratio trellis/bare-token (same bytes on the wire): %.2fx\n", r["trellis"] / r["bare-token"]
+    if (("bare" in r) && ("trellis" in r)) {
+      ratio = r["trellis"] / r["bare"]
+      printf "\nratio trellis/bare: %.2fx (goal >= %.2fx): %s\n", ratio, goal, (ratio >= goal) ? "met" : "NOT met"
+      printf "ratio by server CPU per request (bare/trellis): %.2fx\n", c["bare"] / c["trellis"]
+    }
+    if (("trellis-tls" in r) && ("trellis" in r)) printf "TLS cost per call (connections up): trellis-tls/trellis %.2fx req/s, %+.2f us CPU/request\n", r["trellis-tls"] / r["trellis"], c["trellis-tls"] - c["trellis"]
+    if (("bare-token" in r) && ("trellis" in r)) printf "ratio trellis/bare-token (same bytes on the wire): %.2fx\n", r["trellis"] / r["bare-token"]
     print "every reply checked: all calls reached the handler and succeeded"
   }' "$work/results"

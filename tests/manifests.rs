@@ -204,6 +204,35 @@ fn flags_of(args: &[String]) -> BTreeMap<String, (String, bool)> {
         .collect()
 }
 
+/// Files a container reads outside its flags (Redis's CA) are mounted,
+/// and the Secret volumes it mounts are readable by its user: a mode
+/// without "others may read" needs the pod's fsGroup.
+fn check_files(what: &str, pod: &Value, container: &Value, env: &BTreeMap<String, String>) {
+    if let Some(file) = env.get("SSL_CERT_FILE") {
+        assert!(
+            mounted(container, Path::new(file)),
+            "{what}: SSL_CERT_FILE {file} is on no volume"
+        );
+    }
+    for volume in pod["volumes"].as_array().into_iter().flatten() {
+        let Some(mode) = volume["secret"]["defaultMode"].as_u64() else {
+            continue;
+        };
+        let used = container["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|m| m["name"] == volume["name"]);
+        if used && mode & 0o004 == 0 {
+            assert!(
+                pod["securityContext"]["fsGroup"].is_u64(),
+                "{what}: Secret volume {} (mode {mode:o}) is unreadable without an fsGroup",
+                str_of(&volume["name"])
+            );
+        }
+    }
+}
+
 fn args_of(container: &Value) -> Vec<String> {
     container["args"]
         .as_array()
@@ -245,6 +274,7 @@ fn check_deployment(docs: &[Value], deployment: &Value) -> ServiceName {
     assert_eq!(services.len(), 1, "{what}: one server per Deployment");
     let service = services[0];
     assert_eq!(service.as_str(), component, "{what}: component label");
+    check_files(&what, pod, container, &env);
     check_serve_args(docs, deployment, container, service, &args, &what);
     service
 }
@@ -377,6 +407,7 @@ fn check_job_container(docs: &[Value], job: &Value, container: &Value) {
         }
     }
     let env = environment(docs, container);
+    check_files(name(job), &job["spec"]["template"]["spec"], container, &env);
     let argv = command_line(&args, &env);
     Cli::try_parse_from(&argv)
         .unwrap_or_else(|e| panic!("{} ({}): {e}", name(job), argv.join(" ")));

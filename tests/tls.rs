@@ -361,3 +361,36 @@ async fn every_server_over_mtls_refusing_strangers() {
     stopping.await.unwrap().unwrap();
     let _ = std::fs::remove_dir_all(&data_dir);
 }
+
+/// Serving TLS without calling over it (or the reverse), or a CA bundle
+/// that does not load, stops the start with a message naming the setting.
+#[tokio::test]
+async fn half_a_tls_setup_or_a_broken_bundle_refuses_to_start() {
+    let data_dir = temp_dir("tls-half");
+    let (pki, _) = Pki::new(&data_dir);
+    std::fs::write(data_dir.join("broken.pem"), "not a certificate").unwrap();
+    let (cert, key, ca, broken) = (
+        pki.path("tls.crt"),
+        pki.path("tls.key"),
+        pki.path("ca.pem"),
+        pki.path("broken.pem"),
+    );
+    for (flags, expected) in [
+        (vec!["--tls-cert", &cert, "--tls-key", &key], "go together"),
+        (vec!["--tls-ca", &ca], "go together"),
+        (
+            vec!["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &broken],
+            "broken.pem",
+        ),
+    ] {
+        let error = match trellis_cli::start(&ServiceName::ALL, &up_args(&data_dir, &flags)).await {
+            Ok(running) => {
+                running.shutdown().await.unwrap();
+                panic!("{flags:?} started");
+            }
+            Err(error) => error.to_string(),
+        };
+        assert!(error.contains(expected), "{flags:?}: {error}");
+    }
+    let _ = std::fs::remove_dir_all(&data_dir);
+}

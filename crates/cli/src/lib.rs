@@ -90,12 +90,15 @@ pub enum ServiceAccountsCommand {
     /// (TRELLIS_REGISTER_CLIENT_SECRET), e.g. from the same Secret the
     /// servers read; again with the same credentials: nothing changes.
     Register {
+        /// A name to tell it apart in `list` (letters, digits, - _ .).
         name: String,
         #[arg(long, value_enum)]
         scope: AccountScope,
+        /// The account's id: a UUID (e.g. from /proc/sys/kernel/random/uuid).
         #[arg(long, env = "TRELLIS_REGISTER_CLIENT_ID")]
         client_id: String,
-        /// At least 32 characters; prefer the variable to the flag.
+        /// 32 to 256 printable characters, at least 12 different (e.g.
+        /// `openssl rand -hex 32`); prefer the variable to the flag.
         #[arg(long, env = "TRELLIS_REGISTER_CLIENT_SECRET", hide_env_values = true)]
         client_secret: Secret,
         #[command(flatten)]
@@ -325,8 +328,11 @@ impl CliError {
         match self {
             CliError::Config(_)
             | CliError::Invalid(_)
+            | CliError::Tls(_)
             | CliError::Setup(SetupError::Config(_))
-            | CliError::ServiceAccount(ServiceAccountError::InvalidName(_)) => ExitCode::from(2),
+            | CliError::ServiceAccount(
+                ServiceAccountError::InvalidName(_) | ServiceAccountError::Invalid(_),
+            ) => ExitCode::from(2),
             // EX_SOFTWARE (sysexits.h): an internal error.
             CliError::Panicked(_) => ExitCode::from(70),
             _ => ExitCode::FAILURE,
@@ -567,6 +573,16 @@ pub async fn start(services: &[ServiceName], args: &ServeArgs) -> Result<Running
     args.jwt.validate()?;
     args.servers.validate(&args.jwt)?;
     args.tls.validate()?;
+    // The servers of a deployment call each other: serving TLS and calling
+    // over it go together, or every call between them fails at run time.
+    if args.tls.tls_cert.is_some() != args.tls.tls_ca.is_some() {
+        return Err(CliError::Invalid(
+            "tls-cert/tls-key and tls-ca go together: the servers call each other, over TLS \
+             when they serve it (tls-ca: the CA the other servers' certificates are checked \
+             against)"
+                .into(),
+        ));
+    }
     // Streams look at their session every TTL: zero would spin.
     if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&args.session_check_ttl) {
         return Err(CliError::Invalid(format!(
@@ -765,6 +781,10 @@ fn upstream_channels(
     listeners: &[(ServiceName, TcpListener, SocketAddr)],
 ) -> Result<UpstreamAddresses, CliError> {
     let tls = ClientTls::from_args(&args.tls);
+    if let Some(tls) = &tls {
+        // Read now: a broken bundle stops the start, not every call.
+        tls.check()?;
+    }
     let scheme = if tls.is_some() { "https" } else { "http" };
     let reachable = |address: SocketAddr| match address.ip().is_unspecified() {
         true => format!("{scheme}://127.0.0.1:{}", address.port()),

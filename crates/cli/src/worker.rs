@@ -94,10 +94,17 @@ pub struct WorkerArgs {
     /// How often an idle worker asks again.
     #[arg(long, default_value = "1s", value_parser = trellis_runtime::parse_duration)]
     pub poll_interval: Duration,
-    /// --tls-ca (servers' CA) and, for mTLS, --tls-cert/--tls-key (this
-    /// worker's certificate); --tls-client-ca does not apply.
-    #[command(flatten)]
-    pub tls: TlsArgs,
+    /// PEM CA bundle the servers' certificates are checked against; set,
+    /// the URLs are `https://`.
+    #[arg(long, env = "TRELLIS_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM certificate this worker presents, when the servers it calls ask
+    /// for one (mTLS): its own, `clientAuth`, never a server's.
+    #[arg(long, env = "TRELLIS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TRELLIS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 type Workers = WorkerServiceClient<AsService<Channel>>;
@@ -105,7 +112,15 @@ type Workers = WorkerServiceClient<AsService<Channel>>;
 /// A lazily connected channel to `url`: `https://` with --tls-ca (the
 /// worker's --tls-cert presented when mTLS is on), spread over the
 /// name's addresses.
-fn endpoint(url: &str, tls: &TlsArgs) -> Result<Channel, CliError> {
+fn endpoint(url: &str, args: &WorkerArgs) -> Result<Channel, CliError> {
+    let tls = TlsArgs {
+        tls_ca: args.tls_ca.clone(),
+        tls_cert: args.tls_cert.clone(),
+        tls_key: args.tls_key.clone(),
+        tls_client_ca: None,
+    };
+    tls.validate()?;
+    let tls = &tls;
     let target = UpstreamTarget::new(url, ClientTls::from_args(tls)).map_err(CliError::Invalid)?;
     Ok(target.connect(1))
 }
@@ -132,7 +147,7 @@ pub async fn run(
         }
     };
     let tokens = Arc::new(ServiceTokens::new(
-        endpoint(&args.auth_url, &args.tls)?,
+        endpoint(&args.auth_url, args)?,
         ServiceCredentials {
             client_id: args.client_id.clone(),
             client_secret,
@@ -141,7 +156,7 @@ pub async fn run(
     ));
     let workers: Workers = WorkerServiceClient::new(tower::Layer::layer(
         &AsServiceLayer::new(tokens),
-        endpoint(&args.execution_url, &args.tls)?,
+        endpoint(&args.execution_url, args)?,
     ));
     let slots = Arc::new(Semaphore::new(args.concurrency as usize));
     let args = Arc::new(args.clone());

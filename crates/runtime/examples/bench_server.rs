@@ -114,7 +114,7 @@ fn self_signed_tls(token_file: &str) -> Arc<trellis_runtime::ServerTls> {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let [_, mode, port, token_file] = args.as_slice() else {
-        eprintln!("usage: bench_server <bare|trellis> <port> <token-file>");
+        eprintln!("usage: bench_server <bare|bare-token|trellis|trellis-tls> <port> <token-file>");
         std::process::exit(2);
     };
     // The production default: human logs at info (successful RPCs log at debug).

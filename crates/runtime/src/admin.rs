@@ -62,14 +62,24 @@ impl Admin {
             }),
         );
         // Reflection of health alone, so `grpcurl -plaintext` needs no proto.
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .with_service_name("grpc.health.v1.Health")
-            .build_v1()
-            .expect("the health descriptor set is valid");
+        // Both versions: grpcurl before 1.9 asks v1alpha only.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .with_service_name("grpc.health.v1.Health")
+        };
         let routes = tonic::service::Routes::from(router)
             .add_service(self.health_service)
-            .add_service(reflection);
+            .add_service(
+                reflection()
+                    .build_v1()
+                    .expect("the health descriptor set is valid"),
+            )
+            .add_service(
+                reflection()
+                    .build_v1alpha()
+                    .expect("the health descriptor set is valid"),
+            );
         tracing::info!(address = ?address, "admin port: gRPC health and /metrics (plaintext)");
         tonic::transport::Server::builder()
             .accept_http1(true)

@@ -282,6 +282,11 @@ impl ClientTls {
         stamp(&paths)
     }
 
+    /// Reads every file now: an error names the broken one.
+    pub fn check(&self) -> Result<(), TlsError> {
+        self.tonic_config("check").map(|_| ())
+    }
+
     /// tonic's settings for a channel to `domain` (the name its certificate
     /// must carry).
     pub fn tonic_config(

@@ -33,6 +33,9 @@ impl std::fmt::Debug for Credentials {
 pub enum ServiceAccountError {
     #[error("name: {0}")]
     InvalidName(&'static str),
+    /// Credentials `register` cannot take.
+    #[error("{0}")]
+    Invalid(&'static str),
     #[error("no active service account {0}")]
     NotFound(String),
     #[error("service account {0}")]
@@ -101,7 +104,7 @@ pub async fn register(
 ) -> Result<(), ServiceAccountError> {
     check_name(name)?;
     let id = uuid::Uuid::parse_str(client_id)
-        .map_err(|_| ServiceAccountError::InvalidName("the client id must be a UUID"))?
+        .map_err(|_| ServiceAccountError::Invalid("the client id must be a UUID"))?
         .to_string();
     // Stored as an unsalted SHA-256 like the generated ones, so it must be
     // as unguessable: long, printable, not a repeated pattern; and no
@@ -112,7 +115,7 @@ pub async fn register(
         || !client_secret.chars().all(|c| c.is_ascii_graphic())
         || distinct.len() < MIN_DISTINCT_SECRET_CHARS
     {
-        return Err(ServiceAccountError::InvalidName(
+        return Err(ServiceAccountError::Invalid(
             "the client secret must be 32 to 256 printable characters, at least 12 of them \
              different (e.g. `openssl rand -hex 32`)",
         ));

@@ -71,6 +71,16 @@ impl Fulfillment {
                 ));
             };
             let now = now_ms();
+            // This execution is the order's, made by the relay's call whose
+            // answer may not be recorded yet: record it first, so no reader
+            // sees the order settled without its execution.
+            if order.execution_id.is_none()
+                && let Ok(execution_id) = Uuid::parse_str(&execution.execution_id)
+            {
+                self.orders
+                    .enqueued(org_id, order.id, execution_id, now)
+                    .await?;
+            }
             Ok::<_, trellis_store::StoreError>(match order.state {
                 OrderState::Pending if execution.cancel_requested => {
                     if self
