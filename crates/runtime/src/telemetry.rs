@@ -128,41 +128,55 @@ fn provider_builder(
         .with_resource(Resource::builder().with_service_name(name).build()))
 }
 
-fn install(args: &TelemetryArgs, provider: Option<SdkTracerProvider>) -> Result<Telemetry, String> {
-    let filter = || {
-        EnvFilter::try_new(&args.log).map_err(|e| format!("invalid log filter {:?}: {e}", args.log))
-    };
-    let logs = match args.log_format {
-        LogFormat::Human => human_layer(std::io::stdout, std::io::stdout().is_terminal())
-            .with_filter(filter()?)
-            .boxed(),
+/// Lines as `--log-format` says, for any subscriber stack.
+fn log_layer<S>(args: &TelemetryArgs) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    match args.log_format {
+        LogFormat::Human => human_layer(std::io::stdout, std::io::stdout().is_terminal()).boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .with_filter(filter()?)
             .boxed(),
+    }
+}
+
+fn install(args: &TelemetryArgs, provider: Option<SdkTracerProvider>) -> Result<Telemetry, String> {
+    let filter = || {
+        EnvFilter::try_new(&args.log).map_err(|e| format!("invalid log filter {:?}: {e}", args.log))
     };
+    let Some(provider) = provider else {
+        // No export: one global filter, so a disabled callsite (the
+        // per-RPC DEBUG span and lines) costs nothing; a filter per layer
+        // costs ~2 us per call here.
+        tracing_subscriber::registry()
+            .with(filter()?)
+            .with(log_layer(args))
+            .try_init()
+            .map_err(|e| format!("cannot install the log subscriber: {e}"))?;
+        return Ok(Telemetry { provider: None });
+    };
+    let logs = log_layer(args).with_filter(filter()?);
     // Spans only, whatever the log filter: the per-RPC span is DEBUG so
     // that logging at INFO never formats it.
-    let spans = provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("trellis"))
-            .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
-                metadata.is_span() && metadata.target().starts_with("trellis")
-            }))
-    });
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("trellis"))
+        .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
+            metadata.is_span() && metadata.target().starts_with("trellis")
+        }));
     tracing_subscriber::registry()
         .with(logs)
         .with(spans)
         .try_init()
         .map_err(|e| format!("cannot install the log subscriber: {e}"))?;
-    if provider.is_some() {
-        EXPORTING.store(true, Ordering::Relaxed);
-        trellis_tenancy::set_current_traceparent(|| traceparent_of(&tracing::Span::current()));
-    }
-    Ok(Telemetry { provider })
+    EXPORTING.store(true, Ordering::Relaxed);
+    trellis_tenancy::set_current_traceparent(|| traceparent_of(&tracing::Span::current()));
+    Ok(Telemetry {
+        provider: Some(provider),
+    })
 }
 
 /// `traceparent` (W3C) as an OpenTelemetry parent context.
