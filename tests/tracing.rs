@@ -46,6 +46,14 @@ fn describe(spans: &[SpanData]) -> String {
         .join("\n")
 }
 
+/// `request` as a caller that sends its own trace context.
+fn traced<T>(traceparent: &str, mut request: tonic::Request<T>) -> tonic::Request<T> {
+    request
+        .metadata_mut()
+        .insert("traceparent", MetadataValue::try_from(traceparent).unwrap());
+    request
+}
+
 #[tokio::test]
 async fn one_place_order_is_one_trace_across_the_servers() {
     let exporter = InMemorySpanExporter::default();
@@ -77,23 +85,19 @@ async fn one_place_order_is_one_trace_across_the_servers() {
     let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
     let caller_traceparent = format!("00-{caller_trace}-{caller_span}-01");
-    let mut request = authed(pickup_order(&session_id, "traced-1"), &token);
-    request.metadata_mut().insert(
-        "traceparent",
-        MetadataValue::try_from(caller_traceparent.as_str()).unwrap(),
-    );
     OrderServiceClient::new(channel(at(ServiceName::Gateway)).await)
-        .place_order(request)
+        .place_order(traced(
+            &caller_traceparent,
+            authed(pickup_order(&session_id, "traced-1"), &token),
+        ))
         .await
         .unwrap();
     // A service calling a server directly: its trace is followed.
-    let mut request = authed(WhoAmIRequest {}, &token);
-    request.metadata_mut().insert(
-        "traceparent",
-        MetadataValue::try_from(caller_traceparent.as_str()).unwrap(),
-    );
     AuthServiceClient::new(channel(at(ServiceName::Auth)).await)
-        .who_am_i(request)
+        .who_am_i(traced(
+            &caller_traceparent,
+            authed(WhoAmIRequest {}, &token),
+        ))
         .await
         .unwrap();
     // Spans end as their responses finish; give the last a moment.
