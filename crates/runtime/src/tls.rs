@@ -150,11 +150,16 @@ fn stamp(paths: &[&Path]) -> FileStamp {
 /// A server's TLS settings, swapped whole when its files change;
 /// connections already open keep the certificate they shook hands with.
 pub struct ServerTls {
+    files: ServerFiles,
+    current: RwLock<(FileStamp, Arc<rustls::ServerConfig>)>,
+}
+
+/// Where a server's TLS settings come from.
+struct ServerFiles {
     cert: PathBuf,
     key: PathBuf,
     client_ca: Option<PathBuf>,
     alpn: Vec<Vec<u8>>,
-    current: RwLock<(FileStamp, Arc<rustls::ServerConfig>)>,
 }
 
 impl ServerTls {
@@ -164,29 +169,56 @@ impl ServerTls {
             return Ok(None);
         };
         install_crypto_provider();
-        let mut tls = ServerTls {
+        let files = ServerFiles {
             cert: cert.clone(),
             key: key.clone(),
             client_ca: args.tls_client_ca.clone(),
             alpn: alpn.iter().map(|p| p.to_vec()).collect(),
-            current: RwLock::new((Vec::new(), Arc::new(placeholder_server_config()))),
         };
-        let files = tls.stamp();
-        let config = tls.build()?;
-        tls.current = RwLock::new((files, Arc::new(config)));
-        Ok(Some(Arc::new(tls)))
+        let current = RwLock::new((files.stamp(), Arc::new(files.build()?)));
+        Ok(Some(Arc::new(ServerTls { files, current })))
     }
 
     pub fn requires_client_certificates(&self) -> bool {
-        self.client_ca.is_some()
+        self.files.client_ca.is_some()
     }
 
+    /// The settings for the next handshake, read again first if a file
+    /// changed. A file caught half-written (or broken) keeps the last good
+    /// settings, said once per change.
+    pub fn config(&self) -> Arc<rustls::ServerConfig> {
+        let files = self.files.stamp();
+        {
+            let current = self.current.read().expect("TLS settings lock");
+            if current.0 == files {
+                return current.1.clone();
+            }
+        }
+        let mut current = self.current.write().expect("TLS settings lock");
+        if current.0 != files {
+            match self.files.build() {
+                Ok(config) => {
+                    tracing::info!(cert = %self.files.cert.display(), "TLS certificate files changed: new connections use them");
+                    current.1 = Arc::new(config);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "TLS certificate files changed but do not load; keeping the previous ones");
+                }
+            }
+            current.0 = files;
+        }
+        current.1.clone()
+    }
+}
+
+impl ServerFiles {
     fn stamp(&self) -> FileStamp {
         let mut paths = vec![self.cert.as_path(), self.key.as_path()];
         paths.extend(self.client_ca.as_deref());
         stamp(&paths)
     }
 
+    /// Reads the files now: a broken one is an error naming it.
     fn build(&self) -> Result<rustls::ServerConfig, TlsError> {
         let chain = read_certificates(&self.cert)?;
         let key = read_key(&self.key)?;
@@ -207,50 +239,6 @@ impl ServerTls {
         config.alpn_protocols = self.alpn.clone();
         Ok(config)
     }
-
-    /// The settings for the next handshake, read again first if a file
-    /// changed. A file caught half-written (or broken) keeps the last good
-    /// settings, said once per change.
-    pub fn config(&self) -> Arc<rustls::ServerConfig> {
-        let files = self.stamp();
-        {
-            let current = self.current.read().expect("TLS settings lock");
-            if current.0 == files {
-                return current.1.clone();
-            }
-        }
-        let mut current = self.current.write().expect("TLS settings lock");
-        if current.0 != files {
-            match self.build() {
-                Ok(config) => {
-                    tracing::info!(cert = %self.cert.display(), "TLS certificate files changed: new connections use them");
-                    current.1 = Arc::new(config);
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "TLS certificate files changed but do not load; keeping the previous ones");
-                }
-            }
-            current.0 = files;
-        }
-        current.1.clone()
-    }
-}
-
-/// Only ever replaced before use (rustls has no empty ServerConfig).
-fn placeholder_server_config() -> rustls::ServerConfig {
-    #[derive(Debug)]
-    struct NoCertificate;
-    impl rustls::server::ResolvesServerCert for NoCertificate {
-        fn resolve(
-            &self,
-            _: rustls::server::ClientHello<'_>,
-        ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-            None
-        }
-    }
-    rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(NoCertificate))
 }
 
 /// What every outbound channel of the process uses: the CA to check
