@@ -272,19 +272,29 @@ async fn orders_place_confirm_and_refuse(flags: &[&str]) {
     let mut executions = ExecutionServiceClient::new(
         channel(running.address(ServiceName::Execution).unwrap()).await,
     );
-    let execution = executions
-        .get_execution(authed(
-            exec::GetExecutionRequest {
-                execution_id: confirmed.execution_id.clone(),
-            },
-            &ana.token,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .execution
-        .unwrap();
-    assert_eq!(execution.status(), exec::ExecutionStatus::Passed);
+    // The worker confirms the order, then completes its execution: the
+    // execution may still read RUNNING for a moment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let execution = executions
+            .get_execution(authed(
+                exec::GetExecutionRequest {
+                    execution_id: confirmed.execution_id.clone(),
+                },
+                &ana.token,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .execution
+            .unwrap();
+        if execution.status() == exec::ExecutionStatus::Passed {
+            break;
+        }
+        assert_eq!(execution.status(), exec::ExecutionStatus::Running);
+        assert!(tokio::time::Instant::now() < deadline, "execution passed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The same key and request: the same order. Another request: refused.
     let again = c.place(&ana, "first").await.unwrap();
     assert_eq!(again.order_id, order.order_id);
