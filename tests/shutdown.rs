@@ -218,6 +218,46 @@ async fn a_call_longer_than_the_grace_period_does_not_hold_the_exit() {
     );
 }
 
+/// A socket that connects and never speaks (a stalled client connection,
+/// a slowloris) is closed before it reaches the server, so it neither
+/// holds the exit for the grace period nor keeps a descriptor for long.
+#[tokio::test]
+async fn a_socket_that_never_speaks_holds_no_shutdown() {
+    use tokio::io::AsyncReadExt;
+    let key = SigningKey::generate("key-1");
+    let server = spawn_server_process(&key, Duration::ZERO, Duration::from_secs(30));
+    let mut silent = tokio::net::TcpStream::connect(server.address)
+        .await
+        .unwrap();
+    // A real call on another connection still works beside it.
+    let mut client = AuthServiceClient::new(channel(server.address).await);
+    let token = bearer(&key, &claims(uuid::Uuid::new_v4(), Role::Viewer));
+    client
+        .who_am_i(with_metadata(
+            WhoAmIRequest {},
+            &[("authorization", &token)],
+        ))
+        .await
+        .unwrap();
+    drop(client);
+    sigterm(&server.child);
+    let mut child = server.child;
+    let (took, status) =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(20)))
+            .await
+            .unwrap()
+            .expect("a silent socket held the exit");
+    assert!(status.success());
+    assert!(
+        took < Duration::from_secs(3),
+        "exit took {took:?}: it waited for a socket that never spoke"
+    );
+    // Closed, not left open: a read sees the end.
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(2), silent.read(&mut byte)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+}
+
 #[tokio::test]
 async fn health_reports_not_serving_at_once_while_draining() {
     use tonic_health::pb::health_check_response::ServingStatus;

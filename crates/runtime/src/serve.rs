@@ -367,6 +367,9 @@ fn watch_background_tasks(
 ) -> tokio::task::JoinHandle<RunningTasks> {
     tokio::spawn(async move {
         tokio::select! {
+            // Shutdown first: tasks end when it fires, and that is no failure.
+            biased;
+            () = shutdown.wait() => {}
             ended = tasks.first_to_end() => {
                 tracing::error!(server, task = %ended, "background task ended before shutdown; health NOT_SERVING");
                 for service in service_names.iter().copied().chain([""]) {
@@ -374,7 +377,6 @@ fn watch_background_tasks(
                 }
                 shutdown.wait().await;
             }
-            () = shutdown.wait() => {}
         }
         tasks
     })

@@ -379,42 +379,97 @@ impl AsyncWrite for Connection {
 pub type Incoming =
     Pin<Box<dyn tokio_stream::Stream<Item = std::io::Result<Connection>> + Send + 'static>>;
 
-/// The connections of `listener`: plain, or with `tls` those whose
-/// handshake succeeded.
+/// The connections of `listener`: with `tls`, those whose TLS handshake
+/// succeeded; plain, those that sent their first bytes. Either way within
+/// [`HANDSHAKE_TIMEOUT`], so a socket that never speaks is closed before
+/// it holds anything of the server's, and never holds up a shutdown (an
+/// HTTP/2 connection still waiting for its preface does not end on
+/// GOAWAY: hyper waits for the preface first).
 pub fn incoming(listener: TcpListener, tls: Option<Arc<ServerTls>>) -> Incoming {
-    use tokio_stream::StreamExt;
     match tls {
-        // tonic ignores its own tcp_nodelay for a listener it did not bind:
-        // without it, Nagle holds a response's later frames for the
-        // client's delayed ACK (tens of ms).
-        None => Box::pin(
-            tonic::transport::server::TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .map(|accepted| accepted.map(Connection::Plain)),
-        ),
-        Some(tls) => Box::pin(accept_tls(listener, tls)),
+        // A plain handshake costs one round trip, so the per-address bound
+        // is wider: a client opening many channels at once is no attacker.
+        None => Box::pin(accept(
+            listener,
+            MAX_PLAIN_OPENINGS_PER_ADDRESS,
+            |stream| async move {
+                first_bytes(&stream).await?;
+                Ok(Connection::Plain(stream))
+            },
+        )),
+        Some(tls) => Box::pin(accept(
+            listener,
+            MAX_HANDSHAKES_PER_ADDRESS,
+            move |stream| {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+                async move {
+                    let inner = acceptor.accept(stream).await?;
+                    Ok(Connection::Tls(Box::new(inner)))
+                }
+            },
+        )),
     }
 }
 
-/// Accepts connections on `listener` and hands over those whose handshake
-/// succeeded, until tonic stops taking them (after the drain: the stream is
-/// dropped then). Accepting never waits for a handshake: each runs on its
-/// own within [`HANDSHAKE_TIMEOUT`]; past [`MAX_HANDSHAKES`] in progress,
-/// or [`MAX_HANDSHAKES_PER_ADDRESS`] from one address, a new connection is
-/// closed at once, so idle sockets from one client cannot keep others out.
-/// A refused handshake (no client certificate, one from another CA) is
-/// logged at DEBUG and dropped.
-fn accept_tls(
+/// Of plaintext connections still to send their first bytes, what one
+/// client address may hold.
+const MAX_PLAIN_OPENINGS_PER_ADDRESS: usize = 256;
+
+/// The shortest thing a client speaks first: the HTTP/2 preface is 24
+/// bytes, and every HTTP/1.1 request (the gateway's) is longer.
+const FIRST_BYTES: usize = 24;
+
+/// Waits until the client has sent [`FIRST_BYTES`], without reading them
+/// (the server reads them next). A peek does not consume, so readiness
+/// stays set while fewer have come: the wait between looks grows instead.
+async fn first_bytes(stream: &TcpStream) -> std::io::Result<()> {
+    let mut buffer = [0u8; FIRST_BYTES];
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match stream.peek(&mut buffer).await? {
+            0 => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed before speaking",
+                ));
+            }
+            n if n >= FIRST_BYTES => return Ok(()),
+            _ => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Accepts connections on `listener` and hands over those whose
+/// `handshake` succeeded, until tonic stops taking them (after the drain:
+/// the stream is dropped then, and handshakes in progress with it).
+/// Accepting never waits for a handshake: each runs on its own within
+/// [`HANDSHAKE_TIMEOUT`]; past [`MAX_HANDSHAKES`] in progress, or
+/// `per_address` from one address, a new connection is closed at once, so
+/// idle sockets from one client cannot keep others out. A refused
+/// handshake (no client certificate, one from another CA) is logged at
+/// DEBUG and dropped.
+fn accept<H, F>(
     listener: TcpListener,
-    tls: Arc<ServerTls>,
-) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Connection>> {
+    per_address: usize,
+    handshake: H,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Connection>>
+where
+    H: Fn(TcpStream) -> F + Send + 'static,
+    F: Future<Output = std::io::Result<Connection>> + Send + 'static,
+{
     let (ready, incoming) = tokio::sync::mpsc::channel(1024);
     let pending = Arc::new(PendingHandshakes::default());
     tokio::spawn(async move {
+        let mut in_progress = tokio::task::JoinSet::new();
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 () = ready.closed() => return,
+                // Reaps finished handshakes so the set stays small.
+                Some(_) = in_progress.join_next(), if !in_progress.is_empty() => continue,
             };
             let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
@@ -425,28 +480,29 @@ fn accept_tls(
                     continue;
                 }
             };
-            let Some(slot) = pending.clone().take(peer.ip()) else {
-                tracing::debug!(%peer, "too many TLS handshakes in progress; connection closed");
+            let Some(slot) = pending.clone().take(peer.ip(), per_address) else {
+                tracing::debug!(%peer, "too many handshakes in progress; connection closed");
                 continue;
             };
+            // tonic ignores its own tcp_nodelay for a listener it did not
+            // bind: without it, Nagle holds a response's later frames for
+            // the client's delayed ACK (tens of ms).
             let _ = stream.set_nodelay(true);
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+            let handshake = handshake(stream);
             let ready = ready.clone();
-            tokio::spawn(async move {
-                let handshake =
-                    tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+            in_progress.spawn(async move {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await;
                 drop(slot);
                 match handshake {
-                    Ok(Ok(inner)) => {
-                        let _ = ready.send(Ok(Connection::Tls(Box::new(inner)))).await;
+                    Ok(Ok(connection)) => {
+                        let _ = ready.send(Ok(connection)).await;
                     }
-                    Ok(Err(error)) => {
-                        tracing::debug!(%peer, %error, "TLS handshake refused");
-                    }
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    Ok(Err(error)) => tracing::debug!(%peer, %error, "handshake refused"),
+                    Err(_) => tracing::debug!(%peer, "handshake timed out"),
                 }
             });
         }
+        // Dropping the set on return aborts the handshakes still going.
     });
     tokio_stream::wrappers::ReceiverStream::new(incoming)
 }
@@ -459,11 +515,11 @@ struct PendingHandshakes {
 }
 
 impl PendingHandshakes {
-    fn take(self: Arc<Self>, address: std::net::IpAddr) -> Option<PendingSlot> {
+    fn take(self: Arc<Self>, address: std::net::IpAddr, per_address: usize) -> Option<PendingSlot> {
         let mut guard = self.by_address.lock().expect("handshake counts lock");
         let (total, by_address) = &mut *guard;
         let mine = by_address.get(&address).copied().unwrap_or(0);
-        if *total >= MAX_HANDSHAKES || mine >= MAX_HANDSHAKES_PER_ADDRESS {
+        if *total >= MAX_HANDSHAKES || mine >= per_address {
             return None;
         }
         *total += 1;

@@ -102,25 +102,36 @@ impl std::fmt::Debug for Upstreams {
 /// and the client certificate files looked at.
 const REFRESH: Duration = Duration::from_secs(5);
 
-/// Where one server is reached: its URL and, with `--tls-ca`, TLS.
+/// Where one server is reached: its URL (or a comma-separated list of
+/// replicas' URLs, for hosts without a DNS name that lists them all) and,
+/// with `--tls-ca`, TLS.
 #[derive(Clone, Debug)]
 pub struct UpstreamTarget {
-    url: http::Uri,
-    host: String,
-    port: u16,
+    /// As configured, for logs.
+    name: String,
+    replicas: Vec<Replica>,
     tls: Option<ClientTls>,
 }
 
-impl UpstreamTarget {
-    /// `url` must be `https://` exactly when `tls` is set.
-    pub fn new(url: &str, tls: Option<ClientTls>) -> Result<Self, String> {
+#[derive(Clone, Debug)]
+struct Replica {
+    url: http::Uri,
+    host: String,
+    port: u16,
+}
+
+/// More replica URLs than this in one setting is a mistake, not a fleet.
+const MAX_REPLICA_URLS: usize = 64;
+
+impl Replica {
+    fn parse(url: &str, tls: bool) -> Result<Replica, String> {
         let parsed: http::Uri = url.parse().map_err(|e| format!("{url:?}: {e}"))?;
         let secure = match parsed.scheme_str() {
             Some("https") => true,
             Some("http") => false,
             _ => return Err(format!("{url:?}: use http:// or https://")),
         };
-        if secure != tls.is_some() {
+        if secure != tls {
             return Err(format!(
                 "{url:?}: https:// URLs go with --tls-ca, http:// ones without"
             ));
@@ -132,39 +143,11 @@ impl UpstreamTarget {
             .trim_end_matches(']')
             .to_owned();
         let port = parsed.port_u16().unwrap_or(if secure { 443 } else { 80 });
-        Ok(UpstreamTarget {
+        Ok(Replica {
             url: parsed,
             host,
             port,
-            tls,
         })
-    }
-
-    /// A channel spread over every address the name resolves to (a
-    /// headless Service's pods), `per_address` connections each, each call
-    /// to the less loaded of two: client-side balancing, so one long-lived
-    /// HTTP/2 connection does not tie a caller to one replica. Addresses
-    /// are resolved again every [`REFRESH`]; rotated client certificate
-    /// files reconnect everything, new connections first.
-    pub fn connect(&self, per_address: usize) -> Channel {
-        let (channel, changes) = Channel::balance_channel(64);
-        tokio::spawn(keep_endpoints(self.clone(), per_address.max(1), changes));
-        channel
-    }
-
-    fn endpoint(&self, address: SocketAddr) -> Result<Endpoint, String> {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
-            .map_err(|e| e.to_string())?
-            // Requests still name the server as configured (:authority).
-            .origin(self.url.clone())
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true);
-        if let Some(tls) = &self.tls {
-            let config = tls.tonic_config(&self.host).map_err(|e| e.to_string())?;
-            endpoint = endpoint.tls_config(config).map_err(|e| e.to_string())?;
-        }
-        Ok(endpoint)
     }
 
     async fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
@@ -180,8 +163,72 @@ impl UpstreamTarget {
         if addresses.iter().any(SocketAddr::is_ipv4) {
             addresses.retain(SocketAddr::is_ipv4);
         }
+        Ok(addresses)
+    }
+}
+
+impl UpstreamTarget {
+    /// Every URL must be `https://` exactly when `tls` is set.
+    pub fn new(url: &str, tls: Option<ClientTls>) -> Result<Self, String> {
+        let replicas = url
+            .split(',')
+            .map(|one| Replica::parse(one.trim(), tls.is_some()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if replicas.len() > MAX_REPLICA_URLS {
+            return Err(format!(
+                "{} URLs in one setting; at most {MAX_REPLICA_URLS}",
+                replicas.len()
+            ));
+        }
+        Ok(UpstreamTarget {
+            name: url.to_owned(),
+            replicas,
+            tls,
+        })
+    }
+
+    /// A channel spread over every address the names resolve to (a
+    /// headless Service's pods, or the replicas listed), `per_address`
+    /// connections each, each call to the less loaded of two: client-side
+    /// balancing, so one long-lived HTTP/2 connection does not tie a caller
+    /// to one replica. Addresses are resolved again every [`REFRESH`];
+    /// rotated client certificate files reconnect everything, new
+    /// connections first.
+    pub fn connect(&self, per_address: usize) -> Channel {
+        let (channel, changes) = Channel::balance_channel(64);
+        tokio::spawn(keep_endpoints(self.clone(), per_address.max(1), changes));
+        channel
+    }
+
+    fn endpoint(&self, address: SocketAddr, replica: usize) -> Result<Endpoint, String> {
+        let replica = &self.replicas[replica];
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+            .map_err(|e| e.to_string())?
+            // Requests still name the server as configured (:authority).
+            .origin(replica.url.clone())
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            let config = tls.tonic_config(&replica.host).map_err(|e| e.to_string())?;
+            endpoint = endpoint.tls_config(config).map_err(|e| e.to_string())?;
+        }
+        Ok(endpoint)
+    }
+
+    /// Every address of every replica, with the replica it came from. One
+    /// replica's name failing to resolve fails the round: the caller keeps
+    /// what it had rather than dropping that replica's connections.
+    async fn resolve(&self) -> std::io::Result<Vec<(SocketAddr, usize)>> {
+        let mut addresses = Vec::new();
+        for (index, replica) in self.replicas.iter().enumerate() {
+            for address in replica.resolve().await? {
+                if !addresses.iter().any(|(known, _)| *known == address) {
+                    addresses.push((address, index));
+                }
+            }
+        }
         addresses.sort();
-        addresses.dedup();
         Ok(addresses)
     }
 }
@@ -194,6 +241,41 @@ async fn accepted(endpoint: &Endpoint) -> bool {
         tokio::time::timeout(Duration::from_secs(3), endpoint.connect()).await,
         Ok(Ok(_))
     )
+}
+
+/// The addresses that accept a TCP connection now, and whether any did
+/// not. A stopped replica (a process restarting, a pod not yet gone from
+/// DNS) would otherwise get its share of calls, each failing at once. When
+/// none accepts, all stay: calls then fail fast rather than wait for one.
+async fn reachable(addresses: Vec<(SocketAddr, usize)>) -> (Vec<(SocketAddr, usize)>, bool) {
+    let mut probes = tokio::task::JoinSet::new();
+    for (index, (address, _)) in addresses.iter().enumerate() {
+        let address = *address;
+        probes.spawn(async move {
+            let answered = tokio::time::timeout(
+                Duration::from_secs(1),
+                tokio::net::TcpStream::connect(address),
+            )
+            .await;
+            (index, matches!(answered, Ok(Ok(_))))
+        });
+    }
+    let mut accepting = vec![false; addresses.len()];
+    while let Some(Ok((index, open))) = probes.join_next().await {
+        accepting[index] = open;
+    }
+    let open: Vec<_> = addresses
+        .iter()
+        .zip(&accepting)
+        .filter(|(_, open)| **open)
+        .map(|(address, _)| *address)
+        .collect();
+    let some_unreachable = open.len() < addresses.len();
+    if open.is_empty() {
+        (addresses, some_unreachable)
+    } else {
+        (open, some_unreachable)
+    }
 }
 
 /// Keeps the balanced channel's endpoints to the addresses the target
@@ -214,21 +296,25 @@ async fn keep_endpoints(
             certificates = stamp;
             generation += 1;
         }
+        let mut some_unreachable = false;
         match target.resolve().await {
             Ok(addresses) if !addresses.is_empty() => {
+                let addresses = reachable(addresses).await;
+                some_unreachable = addresses.1;
+                let addresses = addresses.0;
                 warned = false;
                 let mut added = Vec::new();
-                for address in &addresses {
+                for (address, replica) in &addresses {
                     if current.get(address) == Some(&generation) {
                         continue;
                     }
                     let rotated = current.contains_key(address);
-                    match target.endpoint(*address) {
+                    match target.endpoint(*address, *replica) {
                         // Rotated files replace working connections only
                         // once one made with them is accepted: a peer that
                         // does not trust them yet keeps the old ones.
                         Ok(endpoint) if rotated && !accepted(&endpoint).await => {
-                            tracing::warn!(upstream = %target.url, %address, "the rotated TLS files are not accepted yet; keeping the connections made before");
+                            tracing::warn!(upstream = %target.name, %address, "the rotated TLS files are not accepted yet; keeping the connections made before");
                         }
                         Ok(endpoint) => {
                             for slot in 0..per_address {
@@ -241,7 +327,7 @@ async fn keep_endpoints(
                             added.push(*address);
                         }
                         Err(error) => {
-                            tracing::warn!(upstream = %target.url, %error, "cannot make a connection; keeping the previous ones");
+                            tracing::warn!(upstream = %target.name, %error, "cannot make a connection; keeping the previous ones");
                         }
                     }
                 }
@@ -249,7 +335,7 @@ async fn keep_endpoints(
                 let stale: Vec<(SocketAddr, u64)> = current
                     .iter()
                     .filter(|(address, made)| {
-                        !addresses.contains(address)
+                        !addresses.iter().any(|(known, _)| known == *address)
                             || (added.contains(address) && **made != generation)
                     })
                     .map(|(address, made)| (*address, *made))
@@ -278,12 +364,14 @@ async fn keep_endpoints(
                         Err(error) => error.to_string(),
                         Ok(_) => "no addresses".to_owned(),
                     };
-                    tracing::warn!(upstream = %target.url, %error, "cannot resolve; keeping the previous addresses");
+                    tracing::warn!(upstream = %target.name, %error, "cannot resolve; keeping the previous addresses");
                     warned = true;
                 }
             }
         }
-        let wait = if current.is_empty() {
+        // A replica that is away is looked at again soon: it rejoins
+        // within half a second of listening again.
+        let wait = if current.is_empty() || some_unreachable {
             Duration::from_millis(500)
         } else {
             REFRESH

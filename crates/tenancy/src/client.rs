@@ -52,7 +52,7 @@ impl<S, B, ResBody> tower::Service<http::Request<B>> for Propagate<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<ResBody>>,
     S::Future: Send + 'static,
-    S::Error: Send + 'static,
+    S::Error: std::fmt::Display + Send + 'static,
     ResBody: Default + Send + 'static,
 {
     type Response = S::Response;
@@ -73,11 +73,22 @@ where
         let response = self.inner.call(request);
         Box::pin(async move {
             match tokio::time::timeout(timeout, response).await {
-                Ok(result) => result,
+                Ok(result) => Ok(result.unwrap_or_else(|error| transport_failure(&path, error))),
                 Err(_) => Ok(Status::deadline_exceeded(format!("{path} timed out")).into_http()),
             }
         })
     }
+}
+
+/// A call the connection failed (refused, reset, or closed by a server
+/// going away with the call queued on it) is UNAVAILABLE, as gRPC's own
+/// clients say: tonic would call a request its connection dropped before
+/// sending CANCELLED, which every caller reads as "given up", not "retry".
+pub(crate) fn transport_failure<E: std::fmt::Display, B: Default>(
+    path: &str,
+    error: E,
+) -> http::Response<B> {
+    Status::unavailable(format!("{path}: transport: {error}")).into_http()
 }
 
 /// Where a server's current span can be read as a `traceparent`: set once

@@ -17,7 +17,7 @@ use tower::ServiceExt;
 use trellis::auth::v1::IssueServiceTokenRequest;
 use trellis::auth::v1::auth_service_client::AuthServiceClient;
 
-use crate::client::{DEFAULT_OUTBOUND_TIMEOUT, prepare_outbound};
+use crate::client::{DEFAULT_OUTBOUND_TIMEOUT, prepare_outbound, transport_failure};
 use crate::context::CallContext;
 
 /// A service account's client credentials.
@@ -228,7 +228,7 @@ where
         + Send
         + 'static,
     S::Future: Send + 'static,
-    S::Error: Send + 'static,
+    S::Error: std::fmt::Display + Send + 'static,
     B: Send + 'static,
     ResBody: Default + Send + 'static,
 {
@@ -254,6 +254,7 @@ where
                 Err(status) => return Ok(status.into_http()),
             };
             let path = request.uri().path().to_owned();
+            let path_for_failure = path.clone();
             let call = async move {
                 let authorization = match tokens.authorization().await {
                     Ok(authorization) => authorization,
@@ -262,7 +263,13 @@ where
                 request
                     .headers_mut()
                     .insert(http::header::AUTHORIZATION, authorization);
-                inner.ready().await?.call(request).await
+                match inner.ready().await {
+                    Ok(ready) => match ready.call(request).await {
+                        Ok(response) => Ok(response),
+                        Err(error) => Ok(transport_failure(&path_for_failure, error)),
+                    },
+                    Err(error) => Ok(transport_failure(&path_for_failure, error)),
+                }
             };
             // The deadline covers getting the token too.
             match tokio::time::timeout(timeout, call).await {

@@ -6,6 +6,7 @@
 //! login_storm sign-up <url> <tag> <accounts>
 //! login_storm storm   <url> <tag> <accounts> <concurrency> <logins>
 //! login_storm timing  <url> <tag> <samples>
+//! login_storm raw     <seconds>
 //! ```
 //!
 //! Accounts are `bench.<tag>.<n>@example.com`. `timing` compares failed
@@ -165,11 +166,52 @@ async fn timing(url: &str, tag: &str, samples: usize) {
     );
 }
 
+/// Argon2id with Auth's own parameters on one thread per core, nothing
+/// else: the ceiling a login rate is compared with.
+fn raw_hash_rate(seconds: usize) {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let until = Instant::now() + Duration::from_secs(seconds as u64);
+    let started = Instant::now();
+    let hashes: usize = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(move || {
+                    let argon2 = argon2::Argon2::new(
+                        argon2::Algorithm::Argon2id,
+                        argon2::Version::V0x13,
+                        trellis_auth::password::params(),
+                    );
+                    let mut out = [0u8; 32];
+                    let mut count = 0;
+                    while Instant::now() < until {
+                        argon2
+                            .hash_password_into(b"Correct-Horse-9", b"sixteen byte salt", &mut out)
+                            .expect("valid input");
+                        count += 1;
+                    }
+                    count
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "raw argon2id: {hashes} hashes on {threads} threads in {elapsed:.2} s: {:.1} hashes/s",
+        hashes as f64 / elapsed
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("raw") {
+        return raw_hash_rate(number(args.get(1), "seconds"));
+    }
     let (Some(command), Some(url), Some(tag)) = (args.first(), args.get(1), args.get(2)) else {
-        fail("usage: login_storm <sign-up|storm|timing> <url> <tag> ...");
+        fail(
+            "usage: login_storm <sign-up|storm|timing> <url> <tag> ... | login_storm raw <seconds>",
+        );
     };
     match command.as_str() {
         "sign-up" => sign_up(url, tag, number(args.get(3), "accounts")).await,

@@ -32,7 +32,9 @@ const LANES: u32 = 1;
 /// Long enough for any passphrase; bounds the work an attacker can ask for.
 pub const MAX_PASSWORD_BYTES: usize = 1024;
 
-fn params() -> Params {
+/// The parameters every hash is made with; public for the login benchmark,
+/// which compares the login rate with the raw rate of these.
+pub fn params() -> Params {
     Params::new(MEMORY_KIB, PASSES, LANES, None).expect("constant parameters are valid")
 }
 

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The whole order flow under N virtual users (crates/load, `trellis-load
+# flow`) against a release `trellis up` on this machine: every user signs up
+# once, then loops session -> three items with options -> PlaceOrder ->
+# WatchOrder to CONFIRMED. Prints per-RPC and place -> confirmed
+# percentiles, errors by code, and the server's resident memory once the
+# users are connected and at its peak; writes JSON and an SVG plot.
+#
+#   bash bench/load.sh                                # 1000 users, one order each every 5 s, 60 s, SQLite
+#   BACKEND=postgres bash bench/load.sh               # PostgreSQL + Redis (a fresh database on the local server)
+#   TARGET=gateway bash bench/load.sh                 # every call through the gateway
+#   OPEN_RATE=300 bash bench/load.sh                  # open loop: 300 flows/s whatever the answers
+#   USERS=1000 THINK=2s DURATION=30s bash bench/load.sh
+#
+# Goals (exit 1 when not met): per-RPC p95 <= 50 ms, place -> confirmed p95
+# <= 300 ms, 0 errors. Results: $OUT_DIR (target/load by default).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+USERS=${USERS:-1000}
+THINK=${THINK:-5s}
+DURATION=${DURATION:-60s}
+BACKEND=${BACKEND:-embedded}
+TARGET=${TARGET:-direct}
+OPEN_RATE=${OPEN_RATE:-}
+POSTGRES=${POSTGRES:-postgres://postgres@127.0.0.1:5432}
+REDIS=${REDIS:-redis://127.0.0.1:6379/}
+target=${CARGO_TARGET_DIR:-target}
+OUT_DIR=${OUT_DIR:-$target/load}
+mkdir -p "$OUT_DIR"
+
+cargo build --release --quiet --bin trellis --bin trellis-load
+work=$(mktemp -d)
+server=
+trap '[ -n "$server" ] && kill "$server" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+
+port=$((20000 + RANDOM % 20000))
+storage=()
+if [ "$BACKEND" = postgres ]; then
+  db=trellis_load_$$
+  psql -q "$POSTGRES/postgres" -c "drop database if exists $db" -c "create database $db"
+  storage=(--database-url "$POSTGRES/$db" --redis-url "$REDIS" --redis-key-prefix "trellis-load-$$:")
+fi
+# The generator signs every user up from one address: lift the per-address
+# sign-up limit, and the gateway's per-client limits (one client here).
+TRELLIS_SIGN_UP_RATE=1000000/1h "$target/release/trellis" up --data-dir "$work" "${storage[@]}" \
+  --auth-addr "127.0.0.1:$port" --session-addr "127.0.0.1:$((port + 1))" \
+  --cart-addr "127.0.0.1:$((port + 2))" --order-addr "127.0.0.1:$((port + 3))" \
+  --execution-addr "127.0.0.1:$((port + 4))" --gateway-addr "127.0.0.1:$((port + 5))" \
+  --admin-addr "127.0.0.1:$((port + 6))" \
+  --gateway-client-rate 0 --gateway-org-rate 0 --gateway-client-concurrency 1000000 \
+  --gateway-concurrency 1000000 --log "${LOG:-warn}" > "$work/server.log" 2>&1 &
+server=$!
+for _ in $(seq 300); do grep -q "gateway    listening" "$work/server.log" && break; sleep 0.1; done
+grep -q "gateway    listening" "$work/server.log" || { cat "$work/server.log"; exit 1; }
+
+targets=(--auth-url "http://127.0.0.1:$port" --session-url "http://127.0.0.1:$((port + 1))"
+  --cart-url "http://127.0.0.1:$((port + 2))" --order-url "http://127.0.0.1:$((port + 3))")
+[ "$TARGET" = gateway ] && targets=(--gateway "http://127.0.0.1:$((port + 5))")
+arrival=(--think "$THINK" --paced)
+[ -n "$OPEN_RATE" ] && arrival=(--open-rate "$OPEN_RATE")
+name="load-$BACKEND-$TARGET-$USERS${OPEN_RATE:+-open$OPEN_RATE}"
+
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$server/status"; }
+hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$server/status"; }
+idle=$(rss_kib)
+# Resident memory once every user is set up and connected: sampled while
+# the run goes (the first sample after setup is the connected-idle figure).
+(
+  while kill -0 "$server" 2>/dev/null; do
+    echo "$(date +%s) $(rss_kib)"
+    sleep 1
+  done
+) > "$work/rss.log" 2>/dev/null &
+sampler=$!
+
+status=0
+"$target/release/trellis-load" flow --users "$USERS" "${arrival[@]}" --duration "$DURATION" \
+  "${targets[@]}" --out "$OUT_DIR/$name.json" --plot "$OUT_DIR/$name.svg" \
+  --goal-rpc-p95-ms 50 --goal-confirm-p95-ms 300 ${LOAD_ARGS:-} || status=$?
+kill "$sampler" 2>/dev/null || true
+peak=$(hwm_kib)
+echo
+echo "server (one trellis up process, every server in it) resident memory:"
+echo "  before users: $((idle / 1024)) MiB; peak during the run: $((peak / 1024)) MiB"
+echo "results: $OUT_DIR/$name.json, plot: $OUT_DIR/$name.svg"
+grep -E "ERROR|panicked" "$work/server.log" | head -5 || true
+if [ "$BACKEND" = postgres ]; then
+  kill "$server"; wait "$server" 2>/dev/null || true; server=
+  psql -q "$POSTGRES/postgres" -c "drop database if exists $db" || true
+fi
+exit "$status"
