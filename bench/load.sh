@@ -11,6 +11,8 @@
 #   TARGET=gateway bash bench/load.sh                 # every call through the gateway
 #   OPEN_RATE=300 bash bench/load.sh                  # open loop: 300 flows/s whatever the answers
 #   USERS=1000 THINK=2s DURATION=30s bash bench/load.sh
+#   BACKEND=postgres SPLIT=1 bash bench/load.sh       # one `trellis serve` process per server:
+#                                                     # resident memory of each
 #
 # Goals (exit 1 when not met): per-RPC p95 <= 50 ms, place -> confirmed p95
 # <= 300 ms, 0 errors. Results: $OUT_DIR (target/load by default).
@@ -34,13 +36,47 @@ work=$(mktemp -d)
 server=
 trap '[ -n "$server" ] && kill "$server" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 
-port=$((20000 + RANDOM % 20000))
+# Below the ephemeral range (32768+), so no outgoing connection holds one.
+port=$((20000 + RANDOM % 12000))
 storage=()
 if [ "$BACKEND" = postgres ]; then
   db=trellis_load_$$
   psql -q "$POSTGRES/postgres" -c "drop database if exists $db" -c "create database $db"
   storage=(--database-url "$POSTGRES/$db" --redis-url "$REDIS" --redis-key-prefix "trellis-load-$$:")
 fi
+servers=(auth session cart order execution)
+pids=()
+if [ "${SPLIT:-0}" = 1 ]; then
+  [ "$BACKEND" = postgres ] || { echo "SPLIT=1 needs BACKEND=postgres: the processes share one database" >&2; exit 2; }
+  bin=$target/release/trellis
+  "$bin" migrate "${storage[@]}" > "$work/setup.log" 2>&1
+  "$bin" keys rotate --signing-keys-dir "$work/keys" >> "$work/setup.log" 2>&1
+  account() { "$bin" service-accounts create --scope "$1" "$2" --database-url "$POSTGRES/$db" 2>> "$work/setup.log"; }
+  field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+  service=$(account service trellis-servers); worker=$(account worker fulfillment)
+  urls=(--auth-url "http://127.0.0.1:$port" --session-url "http://127.0.0.1:$((port + 1))"
+    --cart-url "http://127.0.0.1:$((port + 2))" --order-url "http://127.0.0.1:$((port + 3))"
+    --execution-url "http://127.0.0.1:$((port + 4))")
+  for i in "${!servers[@]}"; do
+    name=${servers[$i]}
+    extra=()
+    [ "$name" = order ] && extra=(--fulfillment-client-id "$(field client_id <<< "$worker")"
+      --fulfillment-client-secret "$(field client_secret <<< "$worker")")
+    TRELLIS_SIGN_UP_RATE=1000000/1h "$bin" serve "$name" "${storage[@]}" "${urls[@]}" "${extra[@]}" \
+      --skip-migrations --data-dir "$work/$name" --signing-keys-dir "$work/keys" \
+      "--$name-addr" "127.0.0.1:$((port + i))" \
+      --service-client-id "$(field client_id <<< "$service")" \
+      --service-client-secret "$(field client_secret <<< "$service")" \
+      --log "${LOG:-warn}" > "$work/$name.log" 2>&1 &
+    pids+=($!)
+  done
+  server=${pids[0]}
+  for i in "${!servers[@]}"; do
+    for _ in $(seq 300); do grep -q "listening" "$work/${servers[$i]}.log" && break; sleep 0.1; done
+    grep -q "listening" "$work/${servers[$i]}.log" || { cat "$work/${servers[$i]}.log" "$work/setup.log"; exit 1; }
+  done
+  trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+else
 # The generator signs every user up from one address: lift the per-address
 # sign-up limit, and the gateway's per-client limits (one client here).
 TRELLIS_SIGN_UP_RATE=1000000/1h "$target/release/trellis" up --data-dir "$work" "${storage[@]}" \
@@ -51,8 +87,10 @@ TRELLIS_SIGN_UP_RATE=1000000/1h "$target/release/trellis" up --data-dir "$work" 
   --gateway-client-rate 0 --gateway-org-rate 0 --gateway-client-concurrency 1000000 \
   --gateway-concurrency 1000000 --log "${LOG:-warn}" > "$work/server.log" 2>&1 &
 server=$!
+pids=("$server")
 for _ in $(seq 300); do grep -q "gateway    listening" "$work/server.log" && break; sleep 0.1; done
 grep -q "gateway    listening" "$work/server.log" || { cat "$work/server.log"; exit 1; }
+fi
 
 targets=(--auth-url "http://127.0.0.1:$port" --session-url "http://127.0.0.1:$((port + 1))"
   --cart-url "http://127.0.0.1:$((port + 2))" --order-url "http://127.0.0.1:$((port + 3))")
@@ -61,32 +99,28 @@ arrival=(--think "$THINK" --paced)
 [ -n "$OPEN_RATE" ] && arrival=(--open-rate "$OPEN_RATE")
 name="load-$BACKEND-$TARGET-$USERS${OPEN_RATE:+-open$OPEN_RATE}"
 
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$server/status"; }
 hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$server/status"; }
-idle=$(rss_kib)
-# Resident memory once every user is set up and connected: sampled while
-# the run goes (the first sample after setup is the connected-idle figure).
-(
-  while kill -0 "$server" 2>/dev/null; do
-    echo "$(date +%s) $(rss_kib)"
-    sleep 1
-  done
-) > "$work/rss.log" 2>/dev/null &
-sampler=$!
+idle=$(awk '/^VmRSS/ {print $2}' "/proc/$server/status")
 
 status=0
 "$target/release/trellis-load" flow --users "$USERS" "${arrival[@]}" --duration "$DURATION" \
   "${targets[@]}" --out "$OUT_DIR/$name.json" --plot "$OUT_DIR/$name.svg" \
   --goal-rpc-p95-ms 50 --goal-confirm-p95-ms 300 ${LOAD_ARGS:-} || status=$?
-kill "$sampler" 2>/dev/null || true
 peak=$(hwm_kib)
 echo
-echo "server (one trellis up process, every server in it) resident memory:"
-echo "  before users: $((idle / 1024)) MiB; peak during the run: $((peak / 1024)) MiB"
+if [ "${SPLIT:-0}" = 1 ]; then
+  echo "resident memory per server process (peak during the run):"
+  for i in "${!pids[@]}"; do
+    printf '  %-10s %4d MiB\n' "${servers[$i]}" "$(( $(awk '/^VmHWM/ {print $2}' "/proc/${pids[$i]}/status") / 1024 ))"
+  done
+else
+  echo "server (one trellis up process, every server in it) resident memory:"
+  echo "  before users: $((idle / 1024)) MiB; peak during the run: $((peak / 1024)) MiB"
+fi
 echo "results: $OUT_DIR/$name.json, plot: $OUT_DIR/$name.svg"
-grep -E "ERROR|panicked" "$work/server.log" | head -5 || true
+grep -hE "ERROR|panicked" "$work"/*.log | head -5 || true
 if [ "$BACKEND" = postgres ]; then
-  kill "$server"; wait "$server" 2>/dev/null || true; server=
+  kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true; server=; pids=()
   psql -q "$POSTGRES/postgres" -c "drop database if exists $db" || true
 fi
 exit "$status"

@@ -68,6 +68,14 @@ fn writer_turn(file: &Path) -> Arc<tokio::sync::Mutex<()>> {
     turns.entry(file.to_path_buf()).or_default().clone()
 }
 
+/// Waits for the writer turn of `pool`'s file: held while one statement
+/// writes outside a transaction ([`crate::write_with_pool!`]).
+pub async fn sqlite_writer_turn(pool: &SqlitePool) -> tokio::sync::OwnedMutexGuard<()> {
+    writer_turn(pool.connect_options().get_filename())
+        .lock_owned()
+        .await
+}
+
 impl BeginWrite for SqlitePool {
     type Db = sqlx::Sqlite;
     async fn begin_write(&self) -> Result<WriteTransaction<sqlx::Sqlite>, sqlx::Error> {

@@ -18,6 +18,7 @@ pub use counters::{
 };
 pub use database::{
     BeginWrite, Database, DatabaseOptions, WriteTransaction, default_sqlite_url, redact_url,
+    sqlite_writer_turn,
 };
 pub use error::StoreError;
 pub use fanout::{
@@ -40,6 +41,25 @@ macro_rules! with_pool {
     ($db:expr, |$pool:ident| $body:expr) => {
         match $db {
             $crate::Database::Sqlite($pool) => $body,
+            $crate::Database::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// [`with_pool!`] for a write outside a transaction (one statement, in
+/// autocommit): on SQLite it waits for its file's writer turn first, as
+/// [`BeginWrite`] does, so it never meets another writer inside SQLite,
+/// whose busy wait sleeps up to 100 ms a look, and a transaction holding
+/// the turn never sleeps there behind it (a convoy every writer of the
+/// file joins).
+#[macro_export]
+macro_rules! write_with_pool {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match $db {
+            $crate::Database::Sqlite($pool) => {
+                let _turn = $crate::sqlite_writer_turn($pool).await;
+                $body
+            }
             $crate::Database::Postgres($pool) => $body,
         }
     };

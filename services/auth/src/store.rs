@@ -4,7 +4,7 @@
 use sqlx::FromRow;
 use trellis_store::{
     BeginWrite, Database, EmbeddedMigration, ServiceMigrations, StoreError, is_unique_violation,
-    with_pool,
+    with_pool, write_with_pool,
 };
 
 const ACCOUNTS: EmbeddedMigration = EmbeddedMigration {
@@ -373,7 +373,7 @@ impl AuthStore {
         user_id: &str,
         hash: &str,
     ) -> Result<(), StoreError> {
-        with_pool!(&self.db, |pool| {
+        write_with_pool!(&self.db, |pool| {
             sqlx::query("UPDATE auth_users SET password_hash = $1 WHERE org_id = $2 AND id = $3")
                 .bind(hash)
                 .bind(org_id)

@@ -6,7 +6,7 @@
 
 use trellis_store::{
     BeginWrite, Database, EmbeddedMigration, Page, ServiceMigrations, StoreError,
-    is_unique_violation, with_pool,
+    is_unique_violation, with_pool, write_with_pool,
 };
 use uuid::Uuid;
 
@@ -154,7 +154,7 @@ impl Catalog {
             "INSERT INTO cart_products ({PRODUCT_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         );
-        let inserted = with_pool!(&self.db, |pool| {
+        let inserted = write_with_pool!(&self.db, |pool| {
             sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(product.id.to_string())
                 .bind(product.org_id.to_string())
@@ -249,7 +249,7 @@ impl Catalog {
     /// stock only if `with_stock`; `Ok(false)` when the sku is another
     /// product's.
     pub async fn update(&self, product: &Product, with_stock: bool) -> Result<bool, StoreError> {
-        let updated = with_pool!(&self.db, |pool| {
+        let updated = write_with_pool!(&self.db, |pool| {
             sqlx::query(
                 "UPDATE cart_products SET sku = $1, name = $2, category = $3, price_minor = $4, \
                  currency = $5, stock = CASE WHEN $12 THEN $6 ELSE stock END, active = $7, \
@@ -291,7 +291,7 @@ impl Catalog {
              WHERE org_id = $3 AND id = $4 AND stock IS NOT NULL AND stock + $1 >= 0 \
              RETURNING {PRODUCT_COLUMNS}"
         );
-        let row: Option<ProductRow> = with_pool!(&self.db, |pool| {
+        let row: Option<ProductRow> = write_with_pool!(&self.db, |pool| {
             sqlx::query_as(sqlx::AssertSqlSafe(sql))
                 .bind(delta)
                 .bind(now)

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use trellis_store::{
     BeginWrite, Database, EmbeddedMigration, FanOut, Page, ServiceMigrations, StoreError,
-    is_unique_violation, with_pool,
+    is_unique_violation, with_pool, write_with_pool,
 };
 use uuid::Uuid;
 
@@ -908,7 +908,7 @@ impl Queue {
              updated_at = $1 WHERE lease_id = $3 AND status = 'running' AND lease_expires_at > $1 \
              RETURNING {COLUMNS}"
         );
-        let row: Option<ExecutionRow> = with_pool!(&self.db, |pool| {
+        let row: Option<ExecutionRow> = write_with_pool!(&self.db, |pool| {
             sqlx::query_as(sqlx::AssertSqlSafe(sql))
                 .bind(now)
                 .bind(lease_ms)
@@ -1215,7 +1215,7 @@ impl Queue {
 
     /// Drops up to `limit` events that happened before `before`; how many.
     pub async fn prune_events(&self, before: i64, limit: i64) -> Result<u64, StoreError> {
-        Ok(with_pool!(&self.db, |pool| {
+        Ok(write_with_pool!(&self.db, |pool| {
             sqlx::query(
                 "DELETE FROM execution_events WHERE (org_id, event_id) IN \
                  (SELECT org_id, event_id FROM execution_events WHERE occurred_at < $1 \

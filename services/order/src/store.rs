@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use trellis_store::{
-    BeginWrite, Database, EmbeddedMigration, FanOut, Page, ServiceMigrations, StoreError, with_pool,
+    BeginWrite, Database, EmbeddedMigration, FanOut, Page, ServiceMigrations, StoreError,
+    with_pool, write_with_pool,
 };
 use uuid::Uuid;
 
@@ -262,7 +263,7 @@ impl Orders {
         fingerprint: &str,
         order_id: Uuid,
     ) -> Result<Claim, StoreError> {
-        let inserted = with_pool!(&self.db, |pool| {
+        let inserted = write_with_pool!(&self.db, |pool| {
             sqlx::query(
                 "INSERT INTO order_requests (org_id, user_id, idempotency_key, fingerprint, \
                  order_id, placed, claimed_at) VALUES ($1, $2, $3, $4, $5, FALSE, $6) \
@@ -313,7 +314,7 @@ impl Orders {
     /// since `claimed_at` (its call died); false when another call took it
     /// first or it was placed meanwhile.
     pub async fn take_over(&self, key: &RequestKey, claimed_at: i64) -> Result<bool, StoreError> {
-        let taken = with_pool!(&self.db, |pool| {
+        let taken = write_with_pool!(&self.db, |pool| {
             sqlx::query(
                 "UPDATE order_requests SET claimed_at = $1 WHERE org_id = $2 AND user_id = $3 \
                  AND idempotency_key = $4 AND placed = FALSE AND claimed_at = $5",
@@ -333,7 +334,7 @@ impl Orders {
     /// Gives an unplaced claim back (the order was refused), so the key
     /// can be used again; false when `key` no longer holds it.
     pub async fn unclaim(&self, key: &RequestKey) -> Result<bool, StoreError> {
-        let gone = with_pool!(&self.db, |pool| {
+        let gone = write_with_pool!(&self.db, |pool| {
             sqlx::query(
                 "DELETE FROM order_requests WHERE org_id = $1 AND user_id = $2 \
                  AND idempotency_key = $3 AND placed = FALSE AND claimed_at = $4",
@@ -500,7 +501,7 @@ impl Orders {
 
     /// Tries the row again at `next_attempt_at`.
     pub async fn retry_later(&self, due: &Due, next_attempt_at: i64) -> Result<(), StoreError> {
-        with_pool!(&self.db, |pool| {
+        write_with_pool!(&self.db, |pool| {
             sqlx::query(
                 "UPDATE order_outbox SET attempts = attempts + 1, next_attempt_at = $1 \
                  WHERE order_id = $2 AND kind = $3",
@@ -516,7 +517,7 @@ impl Orders {
 
     /// The stock went back: the release row is done.
     pub async fn released(&self, order_id: Uuid) -> Result<(), StoreError> {
-        with_pool!(&self.db, |pool| {
+        write_with_pool!(&self.db, |pool| {
             sqlx::query("DELETE FROM order_outbox WHERE order_id = $1 AND kind = $2")
                 .bind(order_id.to_string())
                 .bind(Chore::Release.as_str())
@@ -672,7 +673,7 @@ impl Orders {
 
     /// Looked at now: the reconciler comes back to it later.
     pub async fn touch(&self, org_id: Uuid, order_id: Uuid, now: i64) -> Result<(), StoreError> {
-        with_pool!(&self.db, |pool| {
+        write_with_pool!(&self.db, |pool| {
             sqlx::query(
                 "UPDATE order_orders SET updated_at = $1 WHERE org_id = $2 AND id = $3 \
                  AND status = 'pending'",

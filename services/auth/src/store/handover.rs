@@ -3,7 +3,7 @@
 //! (`trellis migrate`, and any process that migrates both Auth and Session)
 //! and then drops the table: these are the two halves Auth provides.
 
-use trellis_store::{Database, StoreError, with_pool};
+use trellis_store::{Database, StoreError, with_pool, write_with_pool};
 
 trellis_store::row! {
     /// A live session as Auth's old table kept it. Times are Unix ms.
@@ -70,7 +70,7 @@ pub async fn legacy_login_sessions(
 /// resumed handover never brings back one ended since.
 pub async fn remove_legacy_login_sessions(db: &Database, ids: &[String]) -> Result<(), StoreError> {
     for id in ids {
-        with_pool!(db, |pool| {
+        write_with_pool!(db, |pool| {
             sqlx::query("DELETE FROM auth_login_sessions WHERE id = $1")
                 .bind(id)
                 .execute(pool)

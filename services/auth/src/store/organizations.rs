@@ -4,7 +4,9 @@
 //! seat limit hold under concurrent requests.
 
 use sqlx::FromRow;
-use trellis_store::{BeginWrite, Page, StoreError, is_unique_violation, newest_first, with_pool};
+use trellis_store::{
+    BeginWrite, Page, StoreError, is_unique_violation, newest_first, with_pool, write_with_pool,
+};
 
 use super::{
     AuthStore, InvitationRow, OrganizationRow, Role, USER_COLUMNS, UserRow, UserStatus, sql,
@@ -83,7 +85,7 @@ impl AuthStore {
         org_id: &str,
         name: &str,
     ) -> Result<Option<OrganizationRow>, StoreError> {
-        with_pool!(&self.db, |pool| {
+        write_with_pool!(&self.db, |pool| {
             let row = sqlx::query(sql::RENAME_ORGANIZATION)
                 .bind(name)
                 .bind(org_id)

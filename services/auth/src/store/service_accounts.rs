@@ -2,7 +2,7 @@
 //! organization: a worker serves every organization, and an internal call
 //! names the organization it acts for in its request.
 
-use trellis_store::{Database, StoreError, stored_names, with_pool};
+use trellis_store::{Database, StoreError, stored_names, with_pool, write_with_pool};
 
 use trellis_runtime::time::now_ms;
 
@@ -94,7 +94,7 @@ impl ServiceAccounts {
             "INSERT INTO auth_service_accounts \
              (id, name, scope, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5)"
         };
-        with_pool!(&self.db, |pool| {
+        write_with_pool!(&self.db, |pool| {
             sqlx::query(statement)
                 .bind(&row.id)
                 .bind(&row.name)
@@ -152,7 +152,7 @@ impl ServiceAccounts {
     /// Ends an account; whether it was active.
     pub async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
         let now = now_ms();
-        with_pool!(&self.db, |pool| {
+        write_with_pool!(&self.db, |pool| {
             let done = sqlx::query(
                 "UPDATE auth_service_accounts SET revoked_at = $1 \
                  WHERE id = $2 AND revoked_at IS NULL",

@@ -1,7 +1,7 @@
 //! [`SessionStore`] in the service's SQL database, one SQL text for SQLite
 //! and PostgreSQL.
 
-use trellis_store::{Database, Page, StoreError, with_pool};
+use trellis_store::{Database, Page, StoreError, with_pool, write_with_pool};
 use uuid::Uuid;
 
 use super::{SessionCounts, SessionKind, SessionRecord, SessionStore};
@@ -77,7 +77,7 @@ impl SessionStore for SqlSessions {
             "INSERT INTO session_sessions ({COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         );
-        with_pool!(&self.db, |pool| {
+        write_with_pool!(&self.db, |pool| {
             sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(session.id.to_string())
                 .bind(session.org_id.to_string())
@@ -133,7 +133,7 @@ impl SessionStore for SqlSessions {
         };
         // Conditional on the activity read: of two touches racing, one
         // writes; both answer the session as live.
-        with_pool!(&self.db, |pool| {
+        write_with_pool!(&self.db, |pool| {
             sqlx::query(
                 "UPDATE session_sessions SET last_activity_at = $1, idle_expires_at = $2 \
                  WHERE org_id = $3 AND id = $4 AND last_activity_at = $5",
@@ -187,7 +187,7 @@ impl SessionStore for SqlSessions {
         let sql = format!(
             "DELETE FROM session_sessions WHERE org_id = $1 AND id = $2 RETURNING {COLUMNS}"
         );
-        let row: Option<SessionRow> = with_pool!(&self.db, |pool| {
+        let row: Option<SessionRow> = write_with_pool!(&self.db, |pool| {
             sqlx::query_as(sqlx::AssertSqlSafe(sql))
                 .bind(org_id.to_string())
                 .bind(id.to_string())
@@ -209,7 +209,7 @@ impl SessionStore for SqlSessions {
         now: i64,
     ) -> Result<u64, StoreError> {
         let except = except.map(|id| id.to_string()).unwrap_or_default();
-        let done = with_pool!(&self.db, |pool| {
+        let done = write_with_pool!(&self.db, |pool| {
             sqlx::query(
                 "DELETE FROM session_sessions WHERE org_id = $1 AND user_id = $2 AND id <> $3 \
                  AND idle_expires_at > $4 AND absolute_expires_at > $4",
@@ -255,7 +255,7 @@ impl SessionStore for SqlSessions {
     }
 
     async fn sweep_expired(&self, now: i64, limit: i64) -> Result<u64, StoreError> {
-        let done = with_pool!(&self.db, |pool| {
+        let done = write_with_pool!(&self.db, |pool| {
             sqlx::query(
                 "DELETE FROM session_sessions WHERE id IN (SELECT id FROM session_sessions \
                  WHERE idle_expires_at <= $1 OR absolute_expires_at <= $1 LIMIT $2)",
