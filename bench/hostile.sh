@@ -84,6 +84,7 @@ echo "resident memory before the attacks: $((idle / 1024)) MiB"
 echo
 
 status=0
+rm -f "$OUT_DIR/hostile.jsonl.tmp"
 printf '%-16s %-8s %10s %10s %6s %10s %9s %8s %8s %8s %s\n' attack target "p99 us" "base us" ratio "peak MiB" closed goaway rst alive "legit errors"
 for attack in $ATTACKS; do
   for t in $TARGETS; do

@@ -34,7 +34,19 @@ mkdir -p "$OUT_DIR"
 cargo build --release --quiet --bin trellis --bin trellis-load
 work=$(mktemp -d)
 server=
-trap '[ -n "$server" ] && kill "$server" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+pids=()
+db=
+cleanup() {
+  [ ${#pids[@]} -gt 0 ] && kill "${pids[@]}" 2>/dev/null
+  wait 2>/dev/null
+  if [ -n "$db" ]; then
+    psql -q "$POSTGRES/postgres" -c "drop database if exists $db" 2>/dev/null
+    redis-cli -u "$REDIS" --scan --pattern "trellis-load-$$:*" 2>/dev/null | xargs -r redis-cli -u "$REDIS" del > /dev/null 2>&1
+  fi
+  rm -rf "$work"
+  return 0
+}
+trap cleanup EXIT
 
 # Below the ephemeral range (32768+), so no outgoing connection holds one.
 port=$((20000 + RANDOM % 12000))
@@ -49,11 +61,13 @@ pids=()
 if [ "${SPLIT:-0}" = 1 ]; then
   [ "$BACKEND" = postgres ] || { echo "SPLIT=1 needs BACKEND=postgres: the processes share one database" >&2; exit 2; }
   bin=$target/release/trellis
-  "$bin" migrate "${storage[@]}" > "$work/setup.log" 2>&1
-  "$bin" keys rotate --signing-keys-dir "$work/keys" >> "$work/setup.log" 2>&1
+  setup_failed() { echo "SPLIT setup failed:" >&2; cat "$work/setup.log" >&2; exit 1; }
+  "$bin" migrate "${storage[@]}" > "$work/setup.log" 2>&1 || setup_failed
+  "$bin" keys rotate --signing-keys-dir "$work/keys" >> "$work/setup.log" 2>&1 || setup_failed
   account() { "$bin" service-accounts create --scope "$1" "$2" --database-url "$POSTGRES/$db" 2>> "$work/setup.log"; }
   field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
-  service=$(account service trellis-servers); worker=$(account worker fulfillment)
+  service=$(account service trellis-servers) || setup_failed
+  worker=$(account worker fulfillment) || setup_failed
   urls=(--auth-url "http://127.0.0.1:$port" --session-url "http://127.0.0.1:$((port + 1))"
     --cart-url "http://127.0.0.1:$((port + 2))" --order-url "http://127.0.0.1:$((port + 3))"
     --execution-url "http://127.0.0.1:$((port + 4))")
@@ -72,10 +86,9 @@ if [ "${SPLIT:-0}" = 1 ]; then
   done
   server=${pids[0]}
   for i in "${!servers[@]}"; do
-    for _ in $(seq 300); do grep -q "listening" "$work/${servers[$i]}.log" && break; sleep 0.1; done
+    for _ in $(seq 300); do grep -qs "listening" "$work/${servers[$i]}.log" && break; sleep 0.1; done
     grep -q "listening" "$work/${servers[$i]}.log" || { cat "$work/${servers[$i]}.log" "$work/setup.log"; exit 1; }
   done
-  trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 else
 # The generator signs every user up from one address: lift the per-address
 # sign-up limit, and the gateway's per-client limits (one client here).
@@ -97,7 +110,7 @@ targets=(--auth-url "http://127.0.0.1:$port" --session-url "http://127.0.0.1:$((
 [ "$TARGET" = gateway ] && targets=(--gateway "http://127.0.0.1:$((port + 5))")
 arrival=(--think "$THINK" --paced)
 [ -n "$OPEN_RATE" ] && arrival=(--open-rate "$OPEN_RATE")
-name="load-$BACKEND-$TARGET-$USERS${OPEN_RATE:+-open$OPEN_RATE}"
+name="load-$BACKEND-$TARGET-$USERS-think$THINK${OPEN_RATE:+-open$OPEN_RATE}${SPLIT:+-split}"
 
 hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$server/status"; }
 idle=$(awk '/^VmRSS/ {print $2}' "/proc/$server/status")
@@ -119,8 +132,4 @@ else
 fi
 echo "results: $OUT_DIR/$name.json, plot: $OUT_DIR/$name.svg"
 grep -hE "ERROR|panicked" "$work"/*.log | head -5 || true
-if [ "$BACKEND" = postgres ]; then
-  kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true; server=; pids=()
-  psql -q "$POSTGRES/postgres" -c "drop database if exists $db" || true
-fi
 exit "$status"

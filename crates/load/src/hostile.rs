@@ -26,7 +26,7 @@ pub enum Attack {
     StreamFlood,
     /// Requests with header blocks far past any sane size.
     HeaderFlood,
-    /// Many connections sending their preface a byte at a time.
+    /// Many connections, each trickling a request's headers a byte at a time.
     Slowloris,
     /// A gRPC message announcing 4 GiB, then trickling.
     Oversized,

@@ -319,7 +319,7 @@ fn print_report(report: &Report) {
         report.unfinished_flows
     );
     println!(
-        "{:<17} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9}",
+        "{:<22} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9}",
         "step", "ok", "errors", "p50 ms", "p95 ms", "p99 ms", "max ms"
     );
     let order = [
@@ -337,7 +337,7 @@ fn print_report(report: &Report) {
         for step in order {
             if let Some(s) = summary.step(step) {
                 println!(
-                    "{:<17} {:>8} {:>7} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+                    "{:<22} {:>8} {:>7} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
                     format!(
                         "{}{}",
                         if phase == "setup" { "(setup) " } else { "" },

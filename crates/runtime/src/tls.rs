@@ -382,9 +382,11 @@ pub type Incoming =
 /// The connections of `listener`: with `tls`, those whose TLS handshake
 /// succeeded; plain, those that sent their first bytes. Either way within
 /// [`HANDSHAKE_TIMEOUT`], so a socket that never speaks is closed before
-/// it holds anything of the server's, and never holds up a shutdown (an
+/// it holds anything of the server's, and does not hold up a shutdown (an
 /// HTTP/2 connection still waiting for its preface does not end on
-/// GOAWAY: hyper waits for the preface first).
+/// GOAWAY: hyper waits for the preface first). A connection that has
+/// spoken and then stalls is the HTTP/2 keepalive's (and, at shutdown,
+/// the grace period's) to end.
 pub fn incoming(listener: TcpListener, tls: Option<Arc<ServerTls>>) -> Incoming {
     match tls {
         // A plain handshake costs one round trip, so the per-address bound
@@ -415,13 +417,15 @@ pub fn incoming(listener: TcpListener, tls: Option<Arc<ServerTls>>) -> Incoming 
 /// client address may hold.
 const MAX_PLAIN_OPENINGS_PER_ADDRESS: usize = 256;
 
-/// The shortest thing a client speaks first: the HTTP/2 preface is 24
-/// bytes, and every HTTP/1.1 request (the gateway's) is longer.
+/// The HTTP/2 preface is 24 bytes; an HTTP/1.1 request (the gateway's)
+/// is at least that long, or ends its headers sooner (`GET / HTTP/1.0`
+/// and a blank line, as load balancers' health checks send).
 const FIRST_BYTES: usize = 24;
 
-/// Waits until the client has sent [`FIRST_BYTES`], without reading them
-/// (the server reads them next). A peek does not consume, so readiness
-/// stays set while fewer have come: the wait between looks grows instead.
+/// Waits until the client has sent [`FIRST_BYTES`] or a whole short
+/// HTTP/1 request head, without reading them (the server reads them
+/// next). A peek does not consume, so readiness stays set while fewer have
+/// come: the wait between looks grows instead.
 async fn first_bytes(stream: &TcpStream) -> std::io::Result<()> {
     let mut buffer = [0u8; FIRST_BYTES];
     let mut pause = Duration::from_millis(1);
@@ -434,6 +438,7 @@ async fn first_bytes(stream: &TcpStream) -> std::io::Result<()> {
                 ));
             }
             n if n >= FIRST_BYTES => return Ok(()),
+            n if buffer[..n].windows(4).any(|w| w == b"\r\n\r\n") => return Ok(()),
             _ => {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(100));
@@ -447,8 +452,11 @@ async fn first_bytes(stream: &TcpStream) -> std::io::Result<()> {
 /// the stream is dropped then, and handshakes in progress with it).
 /// Accepting never waits for a handshake: each runs on its own within
 /// [`HANDSHAKE_TIMEOUT`]; past [`MAX_HANDSHAKES`] in progress, or
-/// `per_address` from one address, a new connection is closed at once, so
-/// idle sockets from one client cannot keep others out. A refused
+/// `per_address` from one address (an IPv6 /64 counts as one), a new
+/// connection is closed at once, so idle sockets from one client cannot
+/// keep others out; past [`MAX_HANDSHAKES`] in all (idle sockets from many
+/// addresses), the oldest handshake in progress is dropped for the new
+/// one, so the listener never stops taking connections. A refused
 /// handshake (no client certificate, one from another CA) is logged at
 /// DEBUG and dropped.
 fn accept<H, F>(
@@ -464,6 +472,8 @@ where
     let pending = Arc::new(PendingHandshakes::default());
     tokio::spawn(async move {
         let mut in_progress = tokio::task::JoinSet::new();
+        // Oldest first; finished ones are skipped when met.
+        let mut oldest = std::collections::VecDeque::new();
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
@@ -480,9 +490,23 @@ where
                     continue;
                 }
             };
-            let Some(slot) = pending.clone().take(peer.ip(), per_address) else {
-                tracing::debug!(%peer, "too many handshakes in progress; connection closed");
-                continue;
+            let slot = match pending.clone().take(peer.ip(), per_address) {
+                Ok(slot) => slot,
+                Err(Full::Address) => {
+                    tracing::debug!(%peer, "too many handshakes in progress from this address; connection closed");
+                    continue;
+                }
+                Err(Full::Listener) => {
+                    while let Some(handle) = oldest.pop_front() {
+                        let handle: tokio::task::AbortHandle = handle;
+                        if !handle.is_finished() {
+                            handle.abort();
+                            break;
+                        }
+                    }
+                    tracing::debug!(%peer, "handshakes full; the oldest in progress dropped");
+                    pending.clone().take_anyway(peer.ip())
+                }
             };
             // tonic ignores its own tcp_nodelay for a listener it did not
             // bind: without it, Nagle holds a response's later frames for
@@ -490,7 +514,12 @@ where
             let _ = stream.set_nodelay(true);
             let handshake = handshake(stream);
             let ready = ready.clone();
-            in_progress.spawn(async move {
+            // Finished handles are dropped as the queue is walked; it holds
+            // at most the handshakes begun within the last timeout.
+            if oldest.len() >= MAX_HANDSHAKES {
+                oldest.retain(|handle: &tokio::task::AbortHandle| !handle.is_finished());
+            }
+            oldest.push_back(in_progress.spawn(async move {
                 let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await;
                 drop(slot);
                 match handshake {
@@ -500,35 +529,74 @@ where
                     Ok(Err(error)) => tracing::debug!(%peer, %error, "handshake refused"),
                     Err(_) => tracing::debug!(%peer, "handshake timed out"),
                 }
-            });
+            }));
         }
         // Dropping the set on return aborts the handshakes still going.
     });
     tokio_stream::wrappers::ReceiverStream::new(incoming)
 }
 
-/// Handshakes in progress, in all and per client address (at most
-/// [`MAX_HANDSHAKES`] entries, one per address with one in progress).
+/// Handshakes in progress, in all and per client (about
+/// [`MAX_HANDSHAKES`] entries at most, one per client with one in
+/// progress).
 #[derive(Default)]
 struct PendingHandshakes {
     by_address: std::sync::Mutex<(usize, std::collections::HashMap<std::net::IpAddr, usize>)>,
 }
 
+/// Which bound a new handshake met.
+enum Full {
+    Address,
+    Listener,
+}
+
+/// What one client is counted as: its IPv4 address, or its IPv6 /64 (one
+/// host's share of addresses).
+fn client_of(address: std::net::IpAddr) -> std::net::IpAddr {
+    match address {
+        std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let mut segments = v6.segments();
+            segments[4..].fill(0);
+            std::net::IpAddr::V6(segments.into())
+        }
+        std::net::IpAddr::V6(v6) => std::net::IpAddr::V4(v6.to_ipv4_mapped().expect("mapped")),
+        v4 => v4,
+    }
+}
+
 impl PendingHandshakes {
-    fn take(self: Arc<Self>, address: std::net::IpAddr, per_address: usize) -> Option<PendingSlot> {
+    fn take(
+        self: Arc<Self>,
+        address: std::net::IpAddr,
+        per_address: usize,
+    ) -> Result<PendingSlot, Full> {
+        let address = client_of(address);
         let mut guard = self.by_address.lock().expect("handshake counts lock");
         let (total, by_address) = &mut *guard;
         let mine = by_address.get(&address).copied().unwrap_or(0);
-        if *total >= MAX_HANDSHAKES || mine >= per_address {
-            return None;
+        if mine >= per_address {
+            return Err(Full::Address);
         }
-        *total += 1;
-        by_address.insert(address, mine + 1);
+        if *total >= MAX_HANDSHAKES {
+            return Err(Full::Listener);
+        }
         drop(guard);
-        Some(PendingSlot {
+        Ok(self.take_anyway(address))
+    }
+
+    /// A slot past the listener's bound: taken once the oldest handshake
+    /// was told to stop (its slot goes when its task does).
+    fn take_anyway(self: Arc<Self>, address: std::net::IpAddr) -> PendingSlot {
+        let address = client_of(address);
+        let mut guard = self.by_address.lock().expect("handshake counts lock");
+        let (total, by_address) = &mut *guard;
+        *total += 1;
+        *by_address.entry(address).or_default() += 1;
+        drop(guard);
+        PendingSlot {
             pending: self,
             address,
-        })
+        }
     }
 }
 
@@ -552,5 +620,40 @@ impl Drop for PendingSlot {
                 by_address.remove(&self.address);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_is_its_ipv4_address_or_its_ipv6_slash_64() {
+        let v4: std::net::IpAddr = "10.1.2.3".parse().unwrap();
+        assert_eq!(client_of(v4), v4);
+        let mapped: std::net::IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(client_of(mapped), v4);
+        let a: std::net::IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: std::net::IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let other: std::net::IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_of(a), client_of(b));
+        assert_ne!(client_of(a), client_of(other));
+    }
+
+    #[tokio::test]
+    async fn a_short_http1_request_head_counts_as_spoken() {
+        use tokio::io::AsyncWriteExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut client = TcpStream::connect(address).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        client.write_all(b"GET / HTTP/1.0\r\n").await.unwrap();
+        let waiting = tokio::time::timeout(Duration::from_millis(300), first_bytes(&server)).await;
+        assert!(waiting.is_err(), "half a request head is not enough");
+        client.write_all(b"\r\n").await.unwrap();
+        tokio::time::timeout(Duration::from_secs(2), first_bytes(&server))
+            .await
+            .expect("a whole head is")
+            .unwrap();
     }
 }

@@ -118,7 +118,7 @@ impl Default for DatabaseOptions {
     fn default() -> Self {
         DatabaseOptions {
             max_connections: 16,
-            acquire_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(3),
         }
     }
 }

@@ -44,10 +44,26 @@ impl StoreError {
     /// request being wrong.
     pub fn is_unavailable(&self) -> bool {
         match self {
+            StoreError::Sqlx(sqlx::Error::Database(error)) => {
+                // A PostgreSQL going down or coming up: connection
+                // exceptions (08), shutting down or not yet accepting
+                // (57P01-57P03), out of connections or memory (53). Only
+                // PostgreSQL's SQLSTATEs have five characters; SQLite's
+                // codes are numbers (531 is a constraint).
+                error.code().is_some_and(|code| {
+                    code.len() == 5
+                        && (code.starts_with("08")
+                            || code.starts_with("57P0")
+                            || code.starts_with("53"))
+                })
+            }
+            // A connection made while a server restarts can read garbage
+            // ("unexpected response from SSLRequest").
             StoreError::Sqlx(error) => matches!(
                 error,
                 sqlx::Error::Io(_)
                     | sqlx::Error::Tls(_)
+                    | sqlx::Error::Protocol(_)
                     | sqlx::Error::PoolTimedOut
                     | sqlx::Error::PoolClosed
                     | sqlx::Error::WorkerCrashed

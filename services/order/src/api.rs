@@ -345,14 +345,19 @@ impl OrderApi {
                 key.as_ref(),
             )
             .await;
-        if placed.is_err()
-            && let Some(key) = &key
-            && let Err(error) = self.orders.unclaim(key).await
-        {
-            // The sweep gives it back later.
-            tracing::warn!(%error, "giving an idempotency key back failed");
+        match placed {
+            Ok(order) => Ok(order),
+            Err(unplaced) => {
+                if !unplaced.holds_stock
+                    && let Some(key) = &key
+                    && let Err(error) = self.orders.unclaim(key).await
+                {
+                    // The sweep gives it back later.
+                    tracing::warn!(%error, "giving an idempotency key back failed");
+                }
+                Err(unplaced.error)
+            }
         }
-        placed
     }
 
     /// Claims the key (setting its token), waiting a little, with growing
@@ -397,7 +402,7 @@ impl OrderApi {
         customer: Customer,
         delivery: Delivery,
         key: Option<&RequestKey>,
-    ) -> Result<pb::Order> {
+    ) -> Result<pb::Order, Unplaced> {
         let cart = self
             .carts
             .clone()
@@ -413,7 +418,24 @@ impl OrderApi {
             .cart
             .unwrap_or_default();
         let (items, total_minor, currency) = snapshot(&cart)?;
-        self.reserve(tenant.org_id, order_id, &items).await?;
+        if let Err(error) = self.reserve(tenant.org_id, order_id, &items).await {
+            // Cart may have reserved before the answer was lost: give it
+            // back, and keep the key claimed (for the sweep of abandoned
+            // placements, which releases by order id) if that fails too.
+            let unknown = matches!(
+                error,
+                OrderServiceError::Unavailable { .. } | OrderServiceError::Upstream { .. }
+            );
+            let holds_stock = unknown
+                && match self.relay.release(tenant.org_id, order_id).await {
+                    Ok(()) => false,
+                    Err(release) => {
+                        tracing::warn!(%release, %order_id, "giving back a reservation of unknown outcome failed");
+                        true
+                    }
+                };
+            return Err(Unplaced { error, holds_stock });
+        }
         let now = now_ms();
         let order = OrderRecord {
             id: order_id,
@@ -436,7 +458,7 @@ impl OrderApi {
         let placed = match self.orders.place(&order, key).await {
             Ok(Some(placed)) => placed,
             // Taken over by a retry, whose order (and reservation) it is.
-            Ok(None) => return Err(OrderServiceError::InFlight),
+            Ok(None) => return Err(OrderServiceError::InFlight.into()),
             Err(error) => {
                 // Only while the claim is still this call's: else the stock
                 // is the order's of whoever took it over.
@@ -448,7 +470,7 @@ impl OrderApi {
                     // Left to the sweep of abandoned claims (keyed orders).
                     tracing::warn!(%release, "giving back the stock of an unstored order failed");
                 }
-                return Err(error.into());
+                return Err(OrderServiceError::from(error).into());
             }
         };
         // The relay does it when this fails: the outbox row stays.
@@ -457,7 +479,11 @@ impl OrderApi {
             self.relay.outbox_ready.notify_one();
         }
         self.clear_cart(context, &cart).await;
-        let stored = self.orders.get(tenant.org_id, order_id).await?;
+        let stored = self
+            .orders
+            .get(tenant.org_id, order_id)
+            .await
+            .map_err(OrderServiceError::from)?;
         Ok(order_message(stored.as_ref().unwrap_or(&placed)))
     }
 
@@ -628,4 +654,20 @@ pub async fn watch(
             }
         }
     }))
+}
+
+/// Why an order was not placed, and whether its placement may still hold
+/// stock: then its key stays claimed, for the sweep of abandoned ones.
+struct Unplaced {
+    error: OrderServiceError,
+    holds_stock: bool,
+}
+
+impl From<OrderServiceError> for Unplaced {
+    fn from(error: OrderServiceError) -> Self {
+        Unplaced {
+            error,
+            holds_stock: false,
+        }
+    }
 }
