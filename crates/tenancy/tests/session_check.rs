@@ -55,8 +55,10 @@ async fn fake_auth(delay: Duration) -> (AuthSessionCheck, FakeAuth) {
     let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
         .unwrap()
         .connect_lazy();
+    // Long enough for a cold connection on a loaded CI machine (500 ms was
+    // not), short of the slow fake's 5 s.
     (
-        AuthSessionCheck::new(channel, Duration::from_millis(500)),
+        AuthSessionCheck::new(channel, Duration::from_millis(1500)),
         fake,
     )
 }
