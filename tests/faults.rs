@@ -58,14 +58,6 @@ fn trellis_process() {
     });
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A required program, or a loud skip (a failure when CI requires backends).
 fn have(program: &str, what: &str) -> bool {
     let found = Command::new("sh")

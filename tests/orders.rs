@@ -538,15 +538,6 @@ async fn orders_place_confirm_and_refuse(flags: &[&str]) {
 
 backend_suite!(orders_place_confirm_and_refuse, "orders": sqlite, postgres);
 
-/// A port nothing listens on yet.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn orders_wait_for_the_execution_server(flags: &[&str]) {
     let data_dir = temp_dir("orders-outage");
     let port = free_port();

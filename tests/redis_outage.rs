@@ -64,14 +64,6 @@ async fn wait_for_port(port: u16) {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn sessions_answer_unavailable_while_redis_is_down_and_recover_after() {
     let data_dir = temp_dir("redis-outage");

@@ -266,6 +266,16 @@ macro_rules! backend_suite {
     };
 }
 
+/// A loopback port nothing listens on yet (free when asked; a test that
+/// binds it later can lose a race only to another process).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn temp_dir(label: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("trellis-{label}-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
