@@ -187,14 +187,14 @@ async fn the_worker_runs_allowed_commands_only() {
     let background = create(
         &mut executions,
         &token,
-        &["sh", "-c", "sleep 300 & echo started"],
+        &["sh", "-c", "sleep 299.75 & echo started"],
         b"",
     )
     .await;
     let done = final_state(&mut executions, &token, &background).await;
     assert_eq!(done.status(), pb::ExecutionStatus::Passed);
     let stray = std::process::Command::new("pgrep")
-        .args(["-f", "^sleep 300$"])
+        .args(["-f", "^sleep 299.75$"])
         .output()
         .unwrap();
     assert!(

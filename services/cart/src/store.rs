@@ -469,7 +469,20 @@ impl Catalog {
             .await?
             .rows_affected();
             if marked == 0 {
-                tx.rollback().await?;
+                // Nothing reserved yet: a tombstone, so a reservation of
+                // this order still on its way (its caller gave up waiting
+                // and released) is refused instead of taking stock no
+                // order will ever give back.
+                sqlx::query(
+                    "INSERT INTO cart_reservation_orders (org_id, order_id, created_at, released_at) \
+                     VALUES ($1, $2, $3, $3) ON CONFLICT (org_id, order_id) DO NOTHING",
+                )
+                .bind(&org)
+                .bind(&order)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
                 return Ok(Vec::new());
             }
             let held: Vec<(String, i64, bool)> = sqlx::query_as(
