@@ -119,6 +119,17 @@ fn sigterm(child: &Child) {
     assert!(status.success());
 }
 
+/// Waits (off the runtime) for a successful exit within `limit`, or fails
+/// with `held`; how long it took.
+async fn exits_cleanly(mut child: Child, limit: Duration, held: &'static str) -> Duration {
+    let (took, status) = tokio::task::spawn_blocking(move || wait_exit(&mut child, limit))
+        .await
+        .unwrap()
+        .expect(held);
+    assert!(status.success(), "{status:?}");
+    took
+}
+
 /// Waits for exit, returning how long it took, or None past `limit`.
 fn wait_exit(child: &mut Child, limit: Duration) -> Option<(Duration, std::process::ExitStatus)> {
     let started = Instant::now();
@@ -157,13 +168,12 @@ async fn sigterm_lets_in_flight_calls_finish_then_exits() {
             result.err()
         );
     }
-    let mut child = server.child;
-    let (took, status) =
-        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(6)))
-            .await
-            .unwrap()
-            .expect("server did not exit within its grace period");
-    assert!(status.success(), "{status:?}");
+    let took = exits_cleanly(
+        server.child,
+        Duration::from_secs(6),
+        "server did not exit within its grace period",
+    )
+    .await;
     assert!(
         signalled.elapsed() < Duration::from_secs(5),
         "exit took {took:?}"
@@ -201,13 +211,12 @@ async fn a_call_longer_than_the_grace_period_does_not_hold_the_exit() {
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     sigterm(&server.child);
-    let mut child = server.child;
-    let (took, status) =
-        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(5)))
-            .await
-            .unwrap()
-            .expect("server ignored its grace period");
-    assert!(status.success());
+    let took = exits_cleanly(
+        server.child,
+        Duration::from_secs(5),
+        "server ignored its grace period",
+    )
+    .await;
     assert!(
         took < Duration::from_secs(2),
         "exit took {took:?} with a 500 ms grace"
@@ -240,13 +249,12 @@ async fn a_socket_that_never_speaks_holds_no_shutdown() {
         .unwrap();
     drop(client);
     sigterm(&server.child);
-    let mut child = server.child;
-    let (took, status) =
-        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(20)))
-            .await
-            .unwrap()
-            .expect("a silent socket held the exit");
-    assert!(status.success());
+    let took = exits_cleanly(
+        server.child,
+        Duration::from_secs(20),
+        "a silent socket held the exit",
+    )
+    .await;
     assert!(
         took < Duration::from_secs(3),
         "exit took {took:?}: it waited for a socket that never spoke"
